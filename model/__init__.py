@@ -1,0 +1,21 @@
+"""Model core: two-tower CLIP (text + image) with a linear head, bundles, preprocessing. No grpc here."""
+
+from __future__ import annotations
+
+from shopclip.model.embedder import Embedder, FakeEmbedder
+
+__all__ = ["Embedder", "FakeEmbedder", "load_embedder"]
+
+
+def load_embedder(spec: str, device: str | None = None) -> Embedder:
+    """The one factory for embedders.
+
+    `spec` is a model bundle directory, or `fake` / `fake:dim=64,classes=1200` for the deterministic
+    test double. `device` is `cpu`, `cuda` or None (CUDA when available).
+    """
+    if spec == "fake" or spec.startswith("fake:"):
+        options = dict(part.split("=", 1) for part in spec[5:].split(",") if part)
+        return FakeEmbedder(dim=int(options.get("dim", 32)), codes=range(int(options.get("classes", 27))))
+    from shopclip.model.bundle import load_bundle_embedder  # torch is imported only for real bundles
+
+    return load_bundle_embedder(spec, device=device)

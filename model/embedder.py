@@ -1,0 +1,88 @@
+"""The contract between the model and everything that uses it (indexer, server, evaluation).
+
+An `Embedder` turns products into L2-normalised vectors in one shared space and classifies those
+vectors with the bundle's linear head. Text-only, image-only and text+image products all land in
+the same space, so any of them can be indexed, searched for, or voted on.
+
+Real bundles and the deterministic fake are both built by `shopclip.model.load_embedder`, so tests
+exercise the same code path as production.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from shopclip.errors import InvalidInput
+from shopclip.products import ProductInput
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    fingerprint: str
+    """Identifies the weights: vectors made by embedders with different fingerprints are not comparable."""
+    dim: int
+    codes: Sequence[int]
+    """Class index -> prdtypecode, the order of `classify_vectors` columns."""
+
+    def embed(self, products: Sequence[ProductInput]) -> np.ndarray:
+        """(n, dim) float32, L2-normalised. Raises InvalidInput naming the field of a bad product."""
+        ...
+
+    def classify_vectors(self, vectors: np.ndarray) -> np.ndarray:
+        """(n, len(codes)) float32 probabilities of the linear head for vectors from `embed`."""
+        ...
+
+    def describe(self) -> dict:
+        """JSON-able facts for GetInfo and manifests: architecture, dims, versions, metrics."""
+        ...
+
+
+def validate_product(product: ProductInput, field_prefix: str = "") -> None:
+    if not product.has_text and not product.has_image:
+        raise InvalidInput(f"{field_prefix}designation", "a product needs a designation, a description or an image")
+
+
+class FakeEmbedder:
+    """Deterministic, dependency-free stand-in with the real interface (tests and dry runs).
+
+    Words are hashed into dimensions, so products that share words get similar vectors and
+    a product's code can be recovered from its neighbours, which makes k-NN tests meaningful.
+    """
+
+    def __init__(self, dim: int = 32, codes: Sequence[int] = tuple(range(27))) -> None:
+        self.dim = dim
+        self.codes = list(codes)
+        self.fingerprint = f"fake-{dim}-{len(self.codes)}"
+        rng = np.random.default_rng(0)
+        self._head = rng.standard_normal((dim, len(self.codes))).astype(np.float32)
+
+    def _bucket_vector(self, token: str) -> np.ndarray:
+        seed = int.from_bytes(hashlib.blake2b(token.encode(), digest_size=8).digest(), "little")
+        return np.random.default_rng(seed).standard_normal(self.dim).astype(np.float32)
+
+    def embed(self, products: Sequence[ProductInput]) -> np.ndarray:
+        out = np.zeros((len(products), self.dim), dtype=np.float32)
+        for i, product in enumerate(products):
+            validate_product(product, f"products[{i}].")
+            tokens = re.findall(r"\w+", f"{product.designation} {product.description}".lower())
+            if product.image is not None:
+                tokens.append("image:" + hashlib.blake2b(product.image, digest_size=8).hexdigest())
+            for token in tokens:
+                out[i] += self._bucket_vector(token)
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        return out / np.maximum(norms, 1e-12)
+
+    def classify_vectors(self, vectors: np.ndarray) -> np.ndarray:
+        logits = vectors @ self._head
+        logits -= logits.max(axis=1, keepdims=True)
+        probs = np.exp(logits)
+        return (probs / probs.sum(axis=1, keepdims=True)).astype(np.float32)
+
+    def describe(self) -> dict:
+        return {"architecture": "fake", "embed_dim": self.dim, "num_classes": len(self.codes),
+                "fingerprint": self.fingerprint}

@@ -1,0 +1,1 @@
+"""shopclip.server"""

@@ -1,0 +1,83 @@
+"""The one `shopclip` entry point: composes the command groups of each subpackage.
+
+Each subpackage owns its commands in its own `cli.py` with a `register(subparsers)` function that
+only declares arguments (cheap, no heavy imports) and sets `handler`; handlers import torch, faiss
+or lancedb lazily, so `shopclip classify` works on a client-only install (grpcio + protobuf).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+
+from shopclip import __version__
+from shopclip.errors import Busy, InvalidInput, NotFound, NotReady, Overloaded, ShopclipError
+
+# Command groups in help order: (module, what it adds).
+COMMAND_MODULES = (
+    "shopclip.quickstart",  # quickstart
+    "shopclip.training.cli",  # train, evaluate
+    "shopclip.indexer.cli",  # index ingest|build|run|status
+    "shopclip.server.cli",  # serve
+    "shopclip.client.cli",  # classify, search, embed, info
+)
+
+# One table from domain error to exit status, the CLI twin of server/errors.py.
+EXIT_CODES: dict[type[ShopclipError], int] = {
+    InvalidInput: 2,
+    NotFound: 3,
+    NotReady: 4,
+    Overloaded: 5,
+    Busy: 6,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="shopclip", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"shopclip {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError as exc:  # an extra that is not installed: its commands are simply absent
+            logging.getLogger(__name__).debug("commands of %s unavailable: %s", name, exc)
+            continue
+        module.register(sub)
+    return parser
+
+
+def exit_code_for(exc: ShopclipError) -> int:
+    for kind, code in EXIT_CODES.items():
+        if isinstance(exc, kind):
+            return code
+    return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.handler(args) or 0)
+    except ShopclipError as exc:
+        if os.environ.get("SHOPCLIP_DEBUG"):
+            traceback.print_exc()
+        print(f"shopclip {args.command}: error: {exc}", file=sys.stderr)
+        return exit_code_for(exc)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

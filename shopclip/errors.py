@@ -1,0 +1,37 @@
+"""Domain errors shared by every layer.
+
+Model, index, catalogue and training code raise these; the server maps them to gRPC status codes in
+one table (server/errors.py) and the CLI maps them to one-line messages (shopclip/cli.py). Messages
+name the offending field so a caller can fix the request without reading logs.
+"""
+
+from __future__ import annotations
+
+
+class ShopclipError(Exception):
+    """Base class for errors that are the caller's or the environment's, not a bug."""
+
+
+class InvalidInput(ShopclipError):
+    """The request or a data row is malformed. `field` names what to fix."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class NotFound(ShopclipError):
+    """A referenced object (productid, bundle, index version) does not exist."""
+
+
+class Overloaded(ShopclipError):
+    """A bounded queue is full; the caller should back off and retry."""
+
+
+class NotReady(ShopclipError):
+    """The model or index is not loaded yet, or the server is draining."""
+
+
+class Busy(ShopclipError):
+    """Another process holds an exclusive lock (for example a second index builder)."""
