@@ -1,0 +1,34 @@
+# The README's two commands: `make quickstart` (main job, embedded defaults) and `make test`.
+# Both create .venv on first use; nothing needs to be installed by hand beyond Python 3.10+.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch comes from pip with exact pins: this machine serves these two from local disk (uv/poetry would not).
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install quickstart test test-slow proto clean
+
+$(BIN)/shopclip: pyproject.toml setup.py $(wildcard proto/shopclip/v1/*.proto)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH_PINS)
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+install: $(BIN)/shopclip
+
+quickstart: install
+	$(BIN)/shopclip quickstart
+
+test: install
+	$(BIN)/python -m pytest
+
+# Real weights and real data: minutes. .ci/run runs it when time allows.
+test-slow: install
+	$(BIN)/python -m pytest -m slow
+
+proto: install
+	$(BIN)/python -m pip install -q -e . --no-deps
+
+clean:
+	rm -rf runs build *.egg-info proto/shopclip/v1/*_pb2*.py proto/shopclip/v1/*_pb2*.pyi
