@@ -1,0 +1,87 @@
+"""Typed, immutable results of the shopclip API: what callers get instead of protobuf messages.
+
+Plain frozen dataclasses (stdlib only) so results can be hashed, compared in tests, logged and
+turned into JSON (`dataclasses.asdict`) without knowing anything about gRPC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Versions:
+    """Which model and index produced an answer."""
+
+    model_fingerprint: str
+    index_version: str
+    """"" when the server runs without an index."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    code: int
+    """A prdtypecode."""
+    probability: float
+    """Head and k-NN vote combined, in [0, 1]."""
+
+
+@dataclass(frozen=True)
+class Neighbor:
+    """A catalogue product close to the query in embedding space."""
+
+    productid: int
+    prdtypecode: int | None
+    """None for unlabelled catalogue products (searchable, but they do not vote)."""
+    similarity: float
+    """Cosine similarity in [-1, 1]."""
+    designation: str
+    imageid: int | None = None
+
+
+@dataclass(frozen=True)
+class ClassifyResult:
+    predictions: tuple[Prediction, ...]
+    """Best first."""
+    neighbors: tuple[Neighbor, ...]
+    """Labelled catalogue products that voted, best first."""
+    abstain: bool
+    """True when the top probability is below the server's threshold: route to human review."""
+    versions: Versions
+
+    @property
+    def code(self) -> int | None:
+        """The predicted prdtypecode (None only if the server returned no prediction)."""
+        return self.predictions[0].code if self.predictions else None
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    neighbors: tuple[Neighbor, ...]
+    """Best first."""
+    versions: Versions
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    vectors: tuple[tuple[float, ...], ...]
+    """One L2-normalised vector of `dim` floats per product, in request order."""
+    dim: int
+    versions: Versions
+
+
+@dataclass(frozen=True)
+class Info:
+    """What the server is running."""
+
+    versions: Versions
+    architecture: str
+    embed_dim: int
+    prdtypecodes: tuple[int, ...]
+    index_size: int
+    index_type: str
+    """FLAT, IVF, HNSW or UNSPECIFIED (no index)."""
+    abstain_threshold: float
+    knn_k: int
+    metrics: Mapping[str, float] = field(default_factory=dict)

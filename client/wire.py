@@ -1,0 +1,152 @@
+"""Conversion between the client's typed values and the shopclip.v1 protobuf messages.
+
+The only client module that knows message field names, so both clients build identical requests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from google.protobuf.message import Message
+
+from shopclip.client.results import (ClassifyResult, EmbedResult, Info, Neighbor, Prediction, SearchResult,
+                                     Versions)
+from shopclip.products import ProductInput
+from shopclip.v1 import (classification_pb2, embedding_pb2, info_pb2, product_pb2, search_pb2)
+
+ProductLike = ProductInput | str
+"""A product, or just its designation (title)."""
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Call(Generic[T]):
+    """One unary RPC ready to send: full method path, request, and how to read the answer."""
+
+    method: str
+    request: Message
+    response_type: type[Message]
+    convert: Callable[[Message], T]
+
+
+def method_path(service: str, method: str) -> str:
+    return f"/shopclip.v1.{service}/{method}"
+
+
+def classify_call(product: ProductLike, top_k: int | None) -> Call[ClassifyResult]:
+    return Call(method_path("ClassificationService", "Classify"), classify_request(product, top_k),
+                classification_pb2.ClassifyResponse, classify_result)
+
+
+def classify_batch_call(products: Sequence[ProductLike], top_k: int | None) -> Call[list[ClassifyResult]]:
+    return Call(method_path("ClassificationService", "ClassifyBatch"), classify_batch_request(products, top_k),
+                classification_pb2.ClassifyBatchResponse, classify_batch_results)
+
+
+def search_call(product: ProductLike | None, productid: int | None, top_k: int | None,
+                prdtypecode: int | None) -> Call[SearchResult]:
+    return Call(method_path("SearchService", "SearchSimilar"), search_request(product, productid, top_k, prdtypecode),
+                search_pb2.SearchSimilarResponse, search_result)
+
+
+def embed_call(products: Sequence[ProductLike]) -> Call[EmbedResult]:
+    return Call(method_path("EmbeddingService", "Embed"), embed_request(products), embedding_pb2.EmbedResponse,
+                embed_result)
+
+
+def info_call() -> Call[Info]:
+    return Call(method_path("InfoService", "GetInfo"), info_pb2.GetInfoRequest(), info_pb2.GetInfoResponse, info)
+
+
+def as_product(product: ProductLike) -> ProductInput:
+    return ProductInput(designation=product) if isinstance(product, str) else product
+
+
+def product_message(product: ProductLike) -> product_pb2.Product:
+    """Unset optional fields stay unset on the wire (an empty description is not sent)."""
+    product = as_product(product)
+    message = product_pb2.Product(designation=product.designation)
+    if product.description:
+        message.description = product.description
+    if product.image is not None:
+        message.image = product.image
+    return message
+
+
+def classify_request(product: ProductLike, top_k: int | None) -> classification_pb2.ClassifyRequest:
+    request = classification_pb2.ClassifyRequest(product=product_message(product))
+    if top_k is not None:
+        request.top_k = top_k
+    return request
+
+
+def classify_batch_request(products: Sequence[ProductLike],
+                           top_k: int | None) -> classification_pb2.ClassifyBatchRequest:
+    request = classification_pb2.ClassifyBatchRequest(products=[product_message(p) for p in products])
+    if top_k is not None:
+        request.top_k = top_k
+    return request
+
+
+def search_request(product: ProductLike | None, productid: int | None, top_k: int | None,
+                   prdtypecode: int | None) -> search_pb2.SearchSimilarRequest:
+    """Exactly one of `product` or `productid` is the query."""
+    if (product is None) == (productid is None):
+        raise ValueError("search needs exactly one query: a product or a productid")
+    request = search_pb2.SearchSimilarRequest()
+    if productid is not None:
+        request.productid = productid
+    else:
+        request.product.CopyFrom(product_message(product))  # type: ignore[arg-type]
+    if top_k is not None:
+        request.top_k = top_k
+    if prdtypecode is not None:
+        request.prdtypecode = prdtypecode
+    return request
+
+
+def embed_request(products: Sequence[ProductLike]) -> embedding_pb2.EmbedRequest:
+    return embedding_pb2.EmbedRequest(products=[product_message(p) for p in products])
+
+
+def versions(message: product_pb2.Versions) -> Versions:
+    return Versions(model_fingerprint=message.model_fingerprint, index_version=message.index_version)
+
+
+def neighbor(message: product_pb2.Neighbor) -> Neighbor:
+    return Neighbor(productid=message.productid,
+                    prdtypecode=message.prdtypecode if message.HasField("prdtypecode") else None,
+                    similarity=message.similarity, designation=message.designation,
+                    imageid=message.imageid if message.HasField("imageid") else None)
+
+
+def classify_result(message: classification_pb2.ClassifyResponse) -> ClassifyResult:
+    return ClassifyResult(predictions=tuple(Prediction(p.prdtypecode, p.probability) for p in message.predictions),
+                          neighbors=tuple(neighbor(n) for n in message.neighbors),
+                          abstain=message.abstain, versions=versions(message.versions))
+
+
+def classify_batch_results(message: classification_pb2.ClassifyBatchResponse) -> list[ClassifyResult]:
+    return [classify_result(result) for result in message.results]
+
+
+def search_result(message: search_pb2.SearchSimilarResponse) -> SearchResult:
+    return SearchResult(neighbors=tuple(neighbor(n) for n in message.results), versions=versions(message.versions))
+
+
+def embed_result(message: embedding_pb2.EmbedResponse) -> EmbedResult:
+    return EmbedResult(vectors=tuple(tuple(e.values) for e in message.embeddings), dim=message.dim,
+                       versions=versions(message.versions))
+
+
+def info(message: info_pb2.GetInfoResponse) -> Info:
+    known = message.index_type in info_pb2.IndexType.values()  # a newer server may know more types
+    index_type = info_pb2.IndexType.Name(message.index_type).removeprefix("INDEX_TYPE_") if known \
+        else str(message.index_type)
+    return Info(versions=versions(message.versions), architecture=message.architecture,
+                embed_dim=message.embed_dim, prdtypecodes=tuple(message.prdtypecodes),
+                index_size=message.index_size, index_type=index_type,
+                abstain_threshold=message.abstain_threshold, knn_k=message.knn_k, metrics=dict(message.metrics))
