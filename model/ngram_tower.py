@@ -1,0 +1,114 @@
+"""Hashed word + character n-gram tower: the sub-word statistics that make TF-IDF strong on titles.
+
+Rakuten titles are full of model numbers, brand names, sizes and half-translated words ("PS4",
+"1/10 RC", "Kinderwagen") that a sentence encoder smooths away; TF-IDF over word and char_wb n-grams
+is the strongest single text baseline on this data. This tower keeps that signal in the network:
+each text becomes the weighted sum of learned bucket vectors (an `nn.EmbeddingBag`, as in fastText)
+over its hashed n-grams.
+
+- n-grams: word 1-2 grams and character 2-5 grams inside word boundaries (like scikit-learn's
+  `char_wb`: each word padded with one space on both sides), on lower-cased `\\w+` words.
+- hashing: `zlib.crc32` of the kind-tagged n-gram, so ids are the same in every process, machine and
+  Python version (Python's `hash()` is salted per process). Bucket 0 is reserved for padding.
+- weights: sublinear term frequency `1 + log(count)`, L2-normalised within the word group and within
+  the char group, so a long description does not drown the title's words in character n-grams.
+
+With the default initialisation (N(0, 1/dim)) the untrained tower is a random projection of that
+weighted n-gram vector: texts sharing n-grams are already close, and training only has to sharpen it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import zlib
+from collections import Counter
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import nn
+
+_WORD_RE = re.compile(r"\w+")
+PADDING_ID = 0
+DEFAULT_MAX_CHARS = 2000
+"""n-grams are taken from at most this many leading characters: bounds the padded batch for texts
+that did not go through `product_text` (which caps at 1000)."""
+
+
+def iter_word_ngrams(words: Sequence[str], orders: tuple[int, int]) -> Iterable[str]:
+    low, high = orders
+    for n in range(low, high + 1):
+        for start in range(len(words) - n + 1):
+            yield " ".join(words[start:start + n])
+
+
+def iter_char_ngrams(words: Sequence[str], orders: tuple[int, int]) -> Iterable[str]:
+    """scikit-learn `char_wb`: n-grams of " word ", a word shorter than n counted once whole."""
+    low, high = orders
+    for word in words:
+        padded = f" {word} "
+        for n in range(low, high + 1):
+            if len(padded) <= n:
+                yield padded
+                break
+            for start in range(len(padded) - n + 1):
+                yield padded[start:start + n]
+
+
+class NgramTower(nn.Module):
+    """Text tower over hashed n-grams: `tokenize(texts)` then `forward(batch)` -> (n, dim)."""
+
+    name = "ngram"
+    pretrained = False
+
+    def __init__(self, buckets: int = 2**18, dim: int = 128, word_ngrams: tuple[int, int] = (1, 2),
+                 char_ngrams: tuple[int, int] = (2, 5), max_chars: int = DEFAULT_MAX_CHARS) -> None:
+        super().__init__()
+        if buckets < 2 or dim < 1:
+            raise ValueError(f"ngram tower needs buckets >= 2 and dim >= 1, got buckets={buckets}, dim={dim}")
+        for label, (low, high) in (("word_ngrams", word_ngrams), ("char_ngrams", char_ngrams)):
+            if not 1 <= low <= high:
+                raise ValueError(f"{label} must be (min, max) with 1 <= min <= max, got {(low, high)}")
+        self.buckets, self.output_dim = buckets, dim
+        self.word_orders, self.char_orders = tuple(word_ngrams), tuple(char_ngrams)
+        self.max_chars = max_chars
+        self.bag = nn.EmbeddingBag(buckets, dim, mode="sum", padding_idx=PADDING_ID)
+        nn.init.normal_(self.bag.weight, std=dim ** -0.5)
+        with torch.no_grad():
+            self.bag.weight[PADDING_ID].zero_()
+
+    def bucket(self, kind: str, gram: str) -> int:
+        """Stable bucket of one n-gram; `kind` keeps the word "ab" and the char n-gram "ab" apart."""
+        return 1 + zlib.crc32(f"{kind}:{gram}".encode()) % (self.buckets - 1)
+
+    def weighted_ids(self, text: str) -> dict[int, float]:
+        """Bucket -> weight for one text (sublinear tf, each n-gram group L2-normalised)."""
+        words = _WORD_RE.findall(text[:self.max_chars].lower())
+        weights: dict[int, float] = {}
+        for kind, grams in (("w", iter_word_ngrams(words, self.word_orders)),
+                            ("c", iter_char_ngrams(words, self.char_orders))):
+            counts = Counter(self.bucket(kind, gram) for gram in grams)
+            group = {bucket: 1.0 + math.log(count) for bucket, count in counts.items()}
+            norm = math.sqrt(sum(w * w for w in group.values())) or 1.0
+            for bucket, weight in group.items():
+                weights[bucket] = weights.get(bucket, 0.0) + weight / norm
+        return weights
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """`ids` (n, L) bucket ids sorted, right-padded with 0, and their `weights` (0 on padding)."""
+        per_text = [sorted(self.weighted_ids(text).items()) for text in texts]
+        width = max((len(items) for items in per_text), default=1) or 1
+        ids = torch.zeros((len(texts), width), dtype=torch.long)
+        weights = torch.zeros((len(texts), width), dtype=torch.float32)
+        for row, items in enumerate(per_text):
+            if items:
+                buckets, values = zip(*items)
+                ids[row, :len(items)] = torch.tensor(buckets, dtype=torch.long)
+                weights[row, :len(items)] = torch.tensor(values, dtype=torch.float32)
+        return {"ids": ids, "weights": weights}
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.bag(batch["ids"], per_sample_weights=batch["weights"].to(self.bag.weight.dtype))
+
+    def extra_repr(self) -> str:
+        return f"buckets={self.buckets}, dim={self.output_dim}, word={self.word_orders}, char={self.char_orders}"
