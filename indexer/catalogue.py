@@ -1,0 +1,132 @@
+"""The catalogue: one LanceDB table of products keyed by productid, with each product's embedding.
+
+LanceDB is embedded (a local directory) by default and accepts any LanceDB URI (s3://, gs://, memory://).
+Every write is one Lance commit, so a killed writer leaves the previous table version intact: ingest writes
+all of a drop in one commit, the builder commits embeddings chunk by chunk (what is committed is kept, which
+makes an interrupted build resumable).
+
+A row needs (re-)embedding when the model fingerprint that made its vector differs from the current model's,
+or when its content hash (text + image bytes) changed since. Label or metadata changes do not re-embed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timezone
+
+import numpy as np
+import pyarrow as pa
+
+from shopclip.errors import InvalidInput
+
+DEFAULT_TABLE = "products"
+
+METADATA_FIELDS = [
+    pa.field("productid", pa.int64(), nullable=False),
+    pa.field("designation", pa.string()),
+    pa.field("description", pa.string()),
+    pa.field("imageid", pa.int64()),
+    pa.field("image_uri", pa.string()),
+    pa.field("image_note", pa.string()),
+    pa.field("prdtypecode", pa.int64()),
+    pa.field("content_hash", pa.string()),
+    pa.field("row_hash", pa.string()),
+    pa.field("source_batch", pa.string()),
+    pa.field("created_at", pa.timestamp("us", tz="UTC")),
+    pa.field("updated_at", pa.timestamp("us", tz="UTC")),
+]
+EMBEDDING_FIELDS = [
+    # Variable-length so the table does not fix the model's dimension; one model's vectors share it.
+    pa.field("embedding", pa.list_(pa.float32())),
+    pa.field("embed_fingerprint", pa.string()),
+    pa.field("embedded_hash", pa.string()),
+    pa.field("embed_note", pa.string()),
+]
+SCHEMA = pa.schema(METADATA_FIELDS + EMBEDDING_FIELDS)
+METADATA_SCHEMA = pa.schema(METADATA_FIELDS)
+EMBEDDING_SCHEMA = pa.schema([METADATA_FIELDS[0]] + EMBEDDING_FIELDS)
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+class Catalogue:
+    """The product table of one LanceDB database."""
+
+    def __init__(self, uri: str, table: str = DEFAULT_TABLE) -> None:
+        import lancedb  # lazy: the CLI parser must not pay for it
+
+        self.uri = uri
+        self.table_name = table
+        try:
+            self._db = lancedb.connect(uri)
+        except Exception as exc:  # lancedb raises plain ValueError/OSError for bad URIs
+            raise InvalidInput("catalogue", f"cannot open LanceDB at {uri!r}: {exc}") from exc
+        self._table = self._db.create_table(table, schema=SCHEMA, exist_ok=True)
+        if self._table.schema != SCHEMA:
+            raise InvalidInput("catalogue", f"table {table!r} at {uri} has an unexpected schema: "
+                                            f"{self._table.schema}")
+
+    @property
+    def version(self) -> int:
+        """The Lance version: changes with every committed write."""
+        self._table.checkout_latest()
+        return int(self._table.version)
+
+    def __len__(self) -> int:
+        return int(self._table.count_rows())
+
+    def _select(self, columns: Sequence[str], where: str | None = None) -> pa.Table:
+        self._table.checkout_latest()
+        total = self._table.count_rows()
+        if total == 0:
+            return pa.table({name: pa.array([], SCHEMA.field(name).type) for name in columns})
+        query = self._table.search().select(list(columns)).limit(total)
+        if where:
+            query = query.where(where)
+        return query.to_arrow()
+
+    def row_states(self) -> pa.Table:
+        """productid, row_hash, content_hash, created_at of every product (what ingest compares against)."""
+        return self._select(["productid", "row_hash", "content_hash", "created_at"])
+
+    def upsert_metadata(self, rows: pa.Table) -> None:
+        """Insert new products and update the metadata of known ones, in one commit (embeddings untouched)."""
+        if rows.num_rows:
+            rows = rows.select(METADATA_SCHEMA.names).cast(METADATA_SCHEMA)
+            self._table.merge_insert("productid").when_matched_update_all() \
+                .when_not_matched_insert_all().execute(rows)
+
+    def stale_rows(self, fingerprint: str) -> pa.Table:
+        """Products whose vector is missing, made by another model, or older than their content."""
+        where = (f"embed_fingerprint IS NULL OR embed_fingerprint != {_quote(fingerprint)} "
+                 "OR embedded_hash IS NULL OR embedded_hash != content_hash")
+        return self._select(["productid", "designation", "description", "image_uri", "content_hash"], where)
+
+    def store_embeddings(self, productids: Sequence[int], vectors: Sequence[np.ndarray | None],
+                         content_hashes: Sequence[str], notes: Sequence[str | None], fingerprint: str) -> None:
+        """Record vectors (None: nothing embeddable) for these products, in one commit."""
+        if not productids:
+            return
+        embeddings = pa.array([None if v is None else np.asarray(v, np.float32) for v in vectors],
+                              pa.list_(pa.float32()))
+        rows = pa.Table.from_arrays(
+            [pa.array(productids, pa.int64()), embeddings, pa.array([fingerprint] * len(productids), pa.string()),
+             pa.array(content_hashes, pa.string()), pa.array(notes, pa.string())], schema=EMBEDDING_SCHEMA)
+        self._table.merge_insert("productid").when_matched_update_all().execute(rows)
+
+    def embedded_products(self, fingerprint: str) -> pa.Table:
+        """Everything an index version needs, for the products that have a vector from this model."""
+        where = f"embed_fingerprint = {_quote(fingerprint)} AND embedding IS NOT NULL"
+        return self._select(["productid", "designation", "description", "imageid", "prdtypecode", "image_uri",
+                             "embedding"], where)
+
+    def products(self, productids: Sequence[int]) -> pa.Table:
+        """Full rows of some products (for inspection and tests)."""
+        ids = ",".join(str(int(pid)) for pid in productids) or "NULL"
+        return self._select(SCHEMA.names, f"productid IN ({ids})")

@@ -1,0 +1,122 @@
+"""Ingest a catalogue folder into the LanceDB catalogue: validate, write rejects, upsert what changed.
+
+Idempotent: a row whose content and metadata are unchanged is not written, so ingesting the same folder
+twice leaves the table at the same version. All added and updated rows go in one commit: a killed ingest
+leaves the previous table version, never half a drop.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pyarrow as pa
+from tqdm import tqdm
+
+from shopclip.indexer.catalogue import METADATA_SCHEMA, Catalogue, utc_now
+from shopclip.indexer.faults import crash_point
+from shopclip.indexer.sources import Reject, SourceOptions, SourceRow, read_labelled_folder
+
+
+@dataclass(frozen=True)
+class IngestSummary:
+    source: str
+    source_batch: str
+    added: int
+    updated: int
+    unchanged: int
+    rejected: int
+    rejects_file: str | None
+    catalogue_version: int
+
+    @property
+    def changed(self) -> int:
+        return self.added + self.updated
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _digest(*parts: bytes | str | None) -> str:
+    hasher = hashlib.blake2b(digest_size=16)
+    for part in parts:
+        data = b"\x00" if part is None else part.encode("utf-8", "surrogatepass") if isinstance(part, str) else part
+        hasher.update(len(data).to_bytes(8, "little"))
+        hasher.update(data)
+    return hasher.hexdigest()
+
+
+def content_hash(row: SourceRow) -> str:
+    """Hash of what the model sees (text and image bytes): a change here means re-embedding."""
+    image_bytes = Path(row.image_path).read_bytes() if row.image_path else None
+    return _digest(row.designation, row.description, image_bytes)
+
+
+def row_hash(row: SourceRow, content: str) -> str:
+    """Hash of everything stored about a product except bookkeeping: a change here means an update."""
+    return _digest(content, str(row.prdtypecode), str(row.imageid), row.image_path, row.image_note)
+
+
+def write_rejects(rejects: list[Reject], path: Path) -> None:
+    """Rejects as csv (source_file,row_number,productid,field,reason), replaced atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="", encoding="utf-8", errors="replace") as out:
+        writer = csv.writer(out)
+        writer.writerow(["source_file", "row_number", "productid", "field", "reason"])
+        for reject in rejects:
+            writer.writerow([reject.source_file, reject.row_number, reject.productid, reject.field, reject.reason])
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
+
+
+def _changed_rows(rows: list[SourceRow], catalogue: Catalogue, source_batch: str
+                  ) -> tuple[pa.Table, int, int]:
+    """(rows to write, added count, updated count): products new to the catalogue or whose row hash moved."""
+    states = catalogue.row_states().to_pydict()
+    known = {pid: (rhash, created) for pid, rhash, created
+             in zip(states["productid"], states["row_hash"], states["created_at"])}
+    now = utc_now()
+    columns: dict[str, list] = {name: [] for name in METADATA_SCHEMA.names}
+    added = updated = 0
+    for row in tqdm(rows, desc="hashing", unit="row", disable=None, mininterval=1.0):
+        content = content_hash(row)
+        rhash = row_hash(row, content)
+        previous = known.get(row.productid)
+        if previous is not None and previous[0] == rhash:
+            continue
+        added += previous is None
+        updated += previous is not None
+        values = {"productid": row.productid, "designation": row.designation, "description": row.description,
+                  "imageid": row.imageid, "image_uri": row.image_path, "image_note": row.image_note,
+                  "prdtypecode": row.prdtypecode, "content_hash": content, "row_hash": rhash,
+                  "source_batch": source_batch, "created_at": previous[1] if previous else now, "updated_at": now}
+        for name, value in values.items():
+            columns[name].append(value)
+    return pa.table(columns, schema=METADATA_SCHEMA), added, updated
+
+
+def ingest_folder(folder: str | Path, catalogue: Catalogue, rejects_path: str | Path | None = None,
+                  source_batch: str | None = None, options: SourceOptions | None = None) -> IngestSummary:
+    """Validate a catalogue folder and upsert its good rows; rejects go to `rejects_path` (csv) if given."""
+    folder = Path(folder)
+    source_batch = source_batch or folder.resolve().name
+    rows, rejects = read_labelled_folder(folder, options)
+    changes, added, updated = _changed_rows(rows, catalogue, source_batch)
+    if rejects_path is not None:
+        write_rejects(rejects, Path(rejects_path))
+    crash_point("ingest-before-commit")
+    catalogue.upsert_metadata(changes)
+    return IngestSummary(source=str(folder), source_batch=source_batch, added=added, updated=updated,
+                         unchanged=len(rows) - added - updated, rejected=len(rejects),
+                         rejects_file=str(rejects_path) if rejects_path is not None else None,
+                         catalogue_version=catalogue.version)
+
+
+def summary_line(summary: IngestSummary) -> str:
+    return json.dumps(summary.to_dict(), sort_keys=True)

@@ -1,0 +1,162 @@
+"""Atomic, versioned publishing of index builds under one index root.
+
+Layout::
+
+    <root>/CURRENT              name of the live version (one line), replaced by atomic rename
+    <root>/versions/<version>/  manifest.json + index files, complete before it gets this name
+    <root>/versions/.tmp-<version>/   a build in progress (removed by the next builder if it died)
+    <root>/build.lock           flock held by the one running builder
+
+A version directory is written under a temporary name, every file fsync'd, then renamed into place and the
+parent fsync'd; only then is CURRENT flipped (temp file, fsync, rename, fsync). A builder killed at any point
+leaves CURRENT naming a complete older version. Readers only ever follow CURRENT.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+from shopclip.errors import Busy
+from shopclip.indexer.faults import crash_point
+
+CURRENT_FILE = "CURRENT"
+VERSIONS_DIR = "versions"
+LOCK_FILE = "build.lock"
+MANIFEST_FILE = "manifest.json"
+TMP_PREFIX = ".tmp-"
+
+
+def versions_dir(root: Path) -> Path:
+    return Path(root) / VERSIONS_DIR
+
+
+def new_version_name(fingerprint: str) -> str:
+    """Sortable by time, unique per build: `20261125T221500123456Z-<fingerprint prefix>`."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    safe = "".join(ch if ch.isalnum() else "-" for ch in fingerprint)[:24].strip("-")
+    return f"{stamp}-{safe}" if safe else stamp
+
+
+def read_current(root: str | Path) -> str | None:
+    """The live version's name, or None before the first publish (one small file read)."""
+    try:
+        name = (Path(root) / CURRENT_FILE).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    return name or None
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(path: Path) -> None:
+    """Flush every file below `path`, then the directories, so a rename publishes durable contents."""
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        with file.open("rb") as handle:
+            os.fsync(handle.fileno())
+    for directory in sorted((p for p in path.rglob("*") if p.is_dir()), reverse=True):
+        _fsync_dir(directory)
+    _fsync_dir(path)
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as out:
+        json.dump(data, out, indent=2, sort_keys=True)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
+
+
+@contextmanager
+def builder_lock(root: str | Path) -> Iterator[None]:
+    """Exclusive right to build under `root`; a second builder gets Busy naming the holder.
+
+    flock is released by the kernel when the holder dies, so a killed builder never leaves a stale lock."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    handle = (root / LOCK_FILE).open("a+", encoding="utf-8")
+    try:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown process"
+            raise Busy(f"another index builder holds {root / LOCK_FILE} ({holder}); "
+                       "wait for it to finish or stop it") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} since {datetime.now(timezone.utc).isoformat(timespec='seconds')}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()
+
+
+def start_version(root: str | Path, version: str) -> Path:
+    """A fresh temporary directory for `version`, after removing what dead builders left behind."""
+    parent = versions_dir(Path(root))
+    parent.mkdir(parents=True, exist_ok=True)
+    for leftover in parent.glob(TMP_PREFIX + "*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    staging = parent / (TMP_PREFIX + version)
+    staging.mkdir()
+    return staging
+
+
+def commit_version(root: str | Path, staging: Path, manifest: dict, keep: int) -> Path:
+    """Make the staged build the live version: manifest, fsync, rename, flip CURRENT, prune old versions."""
+    root = Path(root)
+    version = manifest["version"]
+    write_json_atomic(staging / MANIFEST_FILE, manifest)
+    fsync_tree(staging)
+    crash_point("publish-before-rename")
+    final = versions_dir(root) / version
+    os.replace(staging, final)
+    _fsync_dir(final.parent)
+    crash_point("publish-before-flip")
+    tmp_pointer = root / (CURRENT_FILE + ".tmp")
+    with tmp_pointer.open("w", encoding="utf-8") as out:
+        out.write(version + "\n")
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp_pointer, root / CURRENT_FILE)
+    _fsync_dir(root)
+    crash_point("publish-after-flip")
+    prune_versions(root, keep)
+    return final
+
+
+def list_versions(root: str | Path) -> list[str]:
+    """Complete versions, oldest first."""
+    parent = versions_dir(Path(root))
+    if not parent.is_dir():
+        return []
+    return sorted(p.name for p in parent.iterdir()
+                  if p.is_dir() and not p.name.startswith(TMP_PREFIX) and (p / MANIFEST_FILE).exists())
+
+
+def prune_versions(root: str | Path, keep: int) -> list[str]:
+    """Delete all but the newest `keep` versions (never the current one); returns what was removed."""
+    current = read_current(root)
+    names = list_versions(root)
+    doomed = [name for name in names[:-keep] if name != current] if keep > 0 else []
+    for name in doomed:
+        shutil.rmtree(versions_dir(Path(root)) / name, ignore_errors=True)
+    return doomed
+
+
+def read_manifest(root: str | Path, version: str) -> dict:
+    return json.loads((versions_dir(Path(root)) / version / MANIFEST_FILE).read_text(encoding="utf-8"))
