@@ -1,0 +1,192 @@
+"""Server assembly and lifecycle: `create_server(config) -> (server, port)`, and `serve(config)` for the CLI.
+
+`create_server` loads the model (off the event loop), opens the published index when one exists, wires
+servicers, health, reflection, interceptors, batcher, index watcher and metrics, binds and starts.
+Health reports SERVING only once the model and (when an index root is configured) an index are loaded;
+`stop` flips it to NOT_SERVING first so load balancers drain the server, then lets in-flight calls finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from shopclip.indexer.api import PublishedIndex
+from shopclip.model import load_embedder
+from shopclip.server.auth import BearerTokenInterceptor, server_credentials
+from shopclip.server.batching import MicroBatcher
+from shopclip.server.config import ServerConfig
+from shopclip.server.engine import Engine, Job, Outcome
+from shopclip.server.errors import ErrorTableInterceptor
+from shopclip.server.index_watch import IndexSource, IndexWatcher, PublishedIndexSource
+from shopclip.server.metrics import ServerMetrics
+from shopclip.server.servicer import (ClassificationServicer, EmbeddingServicer, InfoServicer, RequestLimits,
+                                      SearchServicer)
+from shopclip.server.validation import Limits
+from shopclip.v1 import (classification_pb2, classification_pb2_grpc, embedding_pb2, embedding_pb2_grpc, info_pb2,
+                         info_pb2_grpc, search_pb2, search_pb2_grpc)
+
+log = logging.getLogger(__name__)
+
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+APP_SERVICES = tuple(module.DESCRIPTOR.services_by_name[name].full_name for module, name in (
+    (classification_pb2, "ClassificationService"), (search_pb2, "SearchService"),
+    (embedding_pb2, "EmbeddingService"), (info_pb2, "InfoService")))
+SERVICE_NAMES = APP_SERVICES + (HEALTH_SERVICE, reflection.SERVICE_NAME)
+"""Every service this server exposes: health statuses and reflection are fed from this one tuple."""
+
+
+class ShopclipServer:
+    """A started grpc.aio server plus what runs beside it (batcher, index watcher, metrics endpoint).
+
+    Mirrors `grpc.aio.Server`'s lifecycle methods: `start` (idempotent), `stop(grace)`, `wait_for_termination`.
+    """
+
+    def __init__(self, config: ServerConfig, grpc_server: grpc.aio.Server, engine: Engine,
+                 batcher: MicroBatcher[Job, Outcome], forward_executor: ThreadPoolExecutor,
+                 health_servicer: health.aio.HealthServicer, metrics: ServerMetrics) -> None:
+        self.config = config
+        self.grpc_server = grpc_server
+        self.engine = engine
+        self.batcher = batcher
+        self.watcher: IndexWatcher | None = None
+        self._forward_executor = forward_executor
+        self.health = health_servicer
+        self.metrics = metrics
+        self.port = 0
+        self.metrics_port: int | None = None
+        self._started = False
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        self.batcher.start()
+        await self.grpc_server.start()
+        if self.watcher is not None:
+            self.watcher.start()
+        if self.config.metrics_port is not None:
+            self.metrics_port = self.metrics.serve_http(_metrics_host(self.config.host), self.config.metrics_port)
+        await self.update_health()
+
+    async def update_health(self) -> None:
+        """SERVING for every service once the engine is ready (no-op once draining)."""
+        status = health_pb2.HealthCheckResponse.SERVING if self.engine.ready \
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("",) + SERVICE_NAMES:
+            await self.health.set(name, status)
+        self.metrics.ready.set(1 if self.engine.ready else 0)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain: NOT_SERVING, refuse new calls, let in-flight ones finish within `grace`, then stop the rest."""
+        await self.health.enter_graceful_shutdown()
+        self.metrics.ready.set(0)
+        await self.grpc_server.stop(grace)
+        if self.watcher is not None:
+            await self.watcher.stop()
+        await self.batcher.stop()
+        self._forward_executor.shutdown(wait=False)
+        self.metrics.close()
+
+    async def on_index_swapped(self, index: PublishedIndex) -> None:
+        self.metrics.set_index(index.version, len(index))
+        await self.update_health()
+
+    async def wait_for_termination(self) -> None:
+        await self.grpc_server.wait_for_termination()
+
+
+async def create_server(config: ServerConfig, index_source: IndexSource | None = None) -> tuple[ShopclipServer, int]:
+    """Build, bind and start a server; returns it and the bound port (config.port 0 picks a free one).
+
+    `index_source` replaces the published indexes under `config.index_root` (tests use an in-memory one).
+    """
+    embedder = await asyncio.to_thread(load_embedder, config.bundle, config.device)
+    if index_source is None and config.index_root is not None:
+        index_source = PublishedIndexSource(config.index_root)
+    engine = Engine(embedder, abstain_threshold=config.abstain_threshold, index_required=index_source is not None)
+    metrics = ServerMetrics()
+    metrics.set_model(embedder.fingerprint, str(engine.info().architecture))
+    forward_executor = ThreadPoolExecutor(1, thread_name_prefix="shopclip-forward")  # one forward at a time
+    batcher: MicroBatcher[Job, Outcome] = MicroBatcher(
+        engine.forward, executor=forward_executor,
+        max_batch=config.max_batch, max_wait_s=config.max_wait_ms / 1000, queue_size=config.queue_size,
+        on_batch=metrics.batch_size.observe)
+    metrics.track_queue_depth(lambda: batcher.depth)
+
+    interceptors: list[grpc.aio.ServerInterceptor] = [ErrorTableInterceptor(metrics)]
+    if config.token:
+        interceptors.append(BearerTokenInterceptor(config.token, open_services={HEALTH_SERVICE}))
+    grpc_server = grpc.aio.server(interceptors=interceptors)
+    health_servicer = health.aio.HealthServicer()
+    _add_servicers(grpc_server, engine, batcher, _limits(config), health_servicer)
+
+    server = ShopclipServer(config, grpc_server, engine, batcher, forward_executor, health_servicer, metrics)
+    if index_source is not None:
+        server.watcher = IndexWatcher(index_source, engine, config.poll_interval_s, on_swap=server.on_index_swapped)
+        await _load_first_index(server.watcher)
+    address = f"{config.host}:{config.port}"
+    if config.tls:
+        server.port = grpc_server.add_secure_port(address, server_credentials(config.tls_cert, config.tls_key))
+    else:
+        server.port = grpc_server.add_insecure_port(address)
+    await server.start()
+    log.info("serving %s on %s (tls=%s, auth=%s, index=%s)", embedder.fingerprint, address, config.tls,
+             bool(config.token), engine.versions(engine.index).index_version or "none")
+    return server, server.port
+
+
+async def serve(config: ServerConfig) -> None:
+    """Run until SIGTERM or SIGINT, then drain gracefully."""
+    server, port = await create_server(config)
+    stop_requested = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop_requested.set)
+    log.info("listening on port %d; SIGTERM drains within %.0fs", port, config.drain_grace_s)
+    try:
+        await stop_requested.wait()
+        log.info("draining")
+    finally:
+        await server.stop(config.drain_grace_s)
+    log.info("stopped")
+
+
+def _add_servicers(grpc_server: grpc.aio.Server, engine: Engine, batcher: MicroBatcher[Job, Outcome],
+                   limits: RequestLimits, health_servicer: health.aio.HealthServicer) -> None:
+    classification_pb2_grpc.add_ClassificationServiceServicer_to_server(
+        ClassificationServicer(engine, batcher, limits), grpc_server)
+    search_pb2_grpc.add_SearchServiceServicer_to_server(SearchServicer(engine, batcher, limits), grpc_server)
+    embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server(EmbeddingServicer(engine, batcher, limits), grpc_server)
+    info_pb2_grpc.add_InfoServiceServicer_to_server(InfoServicer(engine, batcher, limits), grpc_server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
+    reflection.enable_server_reflection(SERVICE_NAMES, grpc_server)
+
+
+def _limits(config: ServerConfig) -> RequestLimits:
+    return RequestLimits(
+        product=Limits(max_image_bytes=config.max_image_bytes, max_image_pixels=config.max_image_pixels,
+                       max_designation_chars=config.max_designation_chars,
+                       max_description_chars=config.max_description_chars),
+        max_classify_top_k=config.max_classify_top_k, max_search_top_k=config.max_search_top_k,
+        batch_limit=config.batch_limit)
+
+
+async def _load_first_index(watcher: IndexWatcher) -> None:
+    """Serve the published index from the first request on; without one yet, start NOT_SERVING and keep polling."""
+    try:
+        await watcher.load_if_newer()
+    except Exception:  # noqa: BLE001 - a broken index must not keep the server down: the watcher retries
+        log.exception("could not load the published index at start-up; health stays NOT_SERVING until one loads")
+
+
+def _metrics_host(grpc_host: str) -> str:
+    """prometheus_client binds IPv4/IPv6 literals without brackets."""
+    return "::" if grpc_host == "[::]" else grpc_host.strip("[]")

@@ -1,0 +1,188 @@
+"""What the server computes, without protobuf or grpc: embed, classify (head + k-NN vote), search.
+
+`Engine.forward` is the micro-batched function: one call embeds every product of a batch, runs the
+linear head and one batched index search for the products being classified. It reads the current
+index once per batch, so every answer of a batch names the index version that produced it, and a hot
+swap (`Engine.swap_index`, a single reference assignment) never mixes two versions in one answer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from shopclip.errors import NotFound, NotReady
+from shopclip.indexer.api import Neighbor, PublishedIndex
+from shopclip.model.embedder import Embedder
+from shopclip.model.knn import KnnParams, combine, knn_vote
+from shopclip.products import ProductInput
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Versions:
+    model_fingerprint: str
+    index_version: str
+    """"" when no index is loaded."""
+
+
+@dataclass(frozen=True)
+class NeighborInfo:
+    productid: int
+    prdtypecode: int | None
+    similarity: float
+    designation: str
+    imageid: int | None
+
+
+@dataclass(frozen=True)
+class Classification:
+    predictions: list[tuple[int, float]]
+    """(prdtypecode, probability), best first."""
+    neighbors: list[NeighborInfo]
+    """Labelled neighbours that voted, best first (empty without an index)."""
+    abstain: bool
+
+
+@dataclass(frozen=True)
+class Job:
+    product: ProductInput
+    top_k: int | None = None
+    """Classify with this many ranked codes; None only embeds."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    vector: np.ndarray
+    classification: Classification | None
+    versions: Versions
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    versions: Versions
+    architecture: str
+    embed_dim: int
+    prdtypecodes: list[int]
+    index_size: int
+    index_type: str
+    """Manifest's index type ("flat", "ivf", "hnsw"), "" without an index."""
+    metrics: dict[str, float]
+    abstain_threshold: float
+    knn_k: int
+
+
+class Engine:
+    def __init__(self, embedder: Embedder, *, abstain_threshold: float, index_required: bool) -> None:
+        """`index_required`: the server was given an index root, so it is not ready until an index is loaded."""
+        self.embedder = embedder
+        self.knn: KnnParams = getattr(embedder, "knn", None) or KnnParams()
+        self.abstain_threshold = abstain_threshold
+        self._index_required = index_required
+        self._index: PublishedIndex | None = None
+        self._description = embedder.describe()
+
+    @property
+    def index(self) -> PublishedIndex | None:
+        return self._index
+
+    @property
+    def ready(self) -> bool:
+        return self._index is not None or not self._index_required
+
+    def require_ready(self) -> None:
+        if not self.ready:
+            raise NotReady("no published index loaded yet: retry shortly")
+
+    def swap_index(self, index: PublishedIndex) -> None:
+        """Serve `index` from the next batch on; refuses vectors from another model (they are not comparable)."""
+        built_with = index.manifest.get("model_fingerprint")
+        if built_with is not None and built_with != self.embedder.fingerprint:
+            raise NotReady(f"index {index.version} was built with model {built_with}, "
+                           f"this server runs {self.embedder.fingerprint}: rebuild the index")
+        self._index = index
+
+    def versions(self, index: PublishedIndex | None = None) -> Versions:
+        return Versions(self.embedder.fingerprint, index.version if index is not None else "")
+
+    def forward(self, jobs: Sequence[Job]) -> list[Outcome]:
+        """The batch function (runs in the forward thread)."""
+        index = self._index
+        versions = self.versions(index)
+        vectors = self.embedder.embed([job.product for job in jobs])
+        rows = [i for i, job in enumerate(jobs) if job.top_k is not None]
+        classifications: dict[int, Classification] = {}
+        if rows:
+            head = self.embedder.classify_vectors(vectors[rows])
+            found = index.search(vectors[rows], self.knn.k) if index is not None else [[] for _ in rows]
+            for row, probs, neighbors in zip(rows, head, found):
+                classifications[row] = self._classify(probs, neighbors, jobs[row].top_k or 1, index)
+        return [Outcome(vectors[i], classifications.get(i), versions) for i in range(len(jobs))]
+
+    def _classify(self, head_probs: np.ndarray, neighbors: list[Neighbor], top_k: int,
+                  index: PublishedIndex | None) -> Classification:
+        codes = self.embedder.codes
+        known = set(codes)
+        voters = [n for n in neighbors if n.prdtypecode in known]
+        probs = head_probs
+        if index is not None:
+            votes = knn_vote([n.prdtypecode for n in voters], [n.score for n in voters], codes, self.knn.temperature)
+            probs = combine(head_probs, votes, self.knn.weight)
+        best = np.argsort(-probs, kind="stable")[:top_k]
+        predictions = [(int(codes[i]), float(probs[i])) for i in best]
+        return Classification(predictions, describe_neighbors(index, voters) if index is not None else [],
+                              abstain=predictions[0][1] < self.abstain_threshold)
+
+    def search_vector(self, vector: np.ndarray, top_k: int, code: int | None,
+                      exclude: Sequence[int] = ()) -> tuple[list[NeighborInfo], Versions]:
+        """Nearest catalogue products to one vector (runs off the event loop)."""
+        index = self._require_index()
+        found = index.search(vector[None, :], top_k, code=code, exclude=exclude)[0]
+        return describe_neighbors(index, found), self.versions(index)
+
+    def search_product(self, productid: int, top_k: int, code: int | None) -> tuple[list[NeighborInfo], Versions]:
+        """Products similar to a catalogue product, itself excluded; NotFound for an unknown productid."""
+        index = self._require_index()
+        vector = index.vector(productid)
+        found = index.search(np.asarray(vector, dtype=np.float32)[None, :], top_k, code=code,
+                             exclude=[productid])[0]
+        return describe_neighbors(index, found), self.versions(index)
+
+    def _require_index(self) -> PublishedIndex:
+        index = self._index
+        if index is None:
+            raise NotReady("similar-product search needs a published index (serve with --index-root)")
+        return index
+
+    def info(self) -> EngineInfo:
+        index = self._index
+        return EngineInfo(
+            versions=self.versions(index),
+            architecture=str(self._description.get("architecture", "")),
+            embed_dim=self.embedder.dim,
+            prdtypecodes=[int(c) for c in self.embedder.codes],
+            index_size=len(index) if index is not None else 0,
+            index_type=str(index.manifest.get("index_type", "")) if index is not None else "",
+            metrics={k: float(v) for k, v in (self._description.get("metrics") or {}).items()
+                     if isinstance(v, (int, float)) and not isinstance(v, bool)},
+            abstain_threshold=self.abstain_threshold,
+            knn_k=self.knn.k,
+        )
+
+
+def describe_neighbors(index: PublishedIndex, neighbors: Sequence[Neighbor]) -> list[NeighborInfo]:
+    """Attach catalogue metadata (designation, imageid) to search hits."""
+    out = []
+    for n in neighbors:
+        try:
+            product = index.product(n.productid)
+            designation, imageid = product.designation, product.imageid
+        except NotFound:  # indexed but missing from the metadata: still a valid hit
+            log.warning("productid %s is in index %s but has no metadata", n.productid, index.version)
+            designation, imageid = "", None
+        out.append(NeighborInfo(n.productid, n.prdtypecode, float(n.score), designation, imageid))
+    return out

@@ -1,0 +1,135 @@
+"""The gRPC servicers: the only code that touches protobuf.
+
+Each method converts the request to domain types, checks limits (naming the field as the caller spelled
+it), hands the work to the micro-batcher or to a worker thread, and converts the answer back. Errors are
+raised as `shopclip.errors` types; `server/errors.py` turns them into status codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import grpc.aio
+
+from shopclip.errors import InvalidInput
+from shopclip.products import ProductInput
+from shopclip.server.batching import MicroBatcher
+from shopclip.server.engine import Classification, Engine, Job, NeighborInfo, Outcome, Versions
+from shopclip.server.validation import Limits, check_count, check_product, check_top_k
+from shopclip.v1 import (classification_pb2, classification_pb2_grpc, embedding_pb2, embedding_pb2_grpc, info_pb2,
+                         info_pb2_grpc, product_pb2, search_pb2, search_pb2_grpc)
+
+DEFAULT_CLASSIFY_TOP_K = 5
+DEFAULT_SEARCH_TOP_K = 10
+
+INDEX_TYPES = {"flat": info_pb2.INDEX_TYPE_FLAT, "ivf": info_pb2.INDEX_TYPE_IVF, "hnsw": info_pb2.INDEX_TYPE_HNSW}
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    product: Limits
+    max_classify_top_k: int
+    max_search_top_k: int
+    batch_limit: int
+
+
+class _Base:
+    def __init__(self, engine: Engine, batcher: MicroBatcher[Job, Outcome], limits: RequestLimits) -> None:
+        self._engine = engine
+        self._batcher = batcher
+        self._limits = limits
+
+    def _product(self, message: product_pb2.Product, field: str) -> ProductInput:
+        product = ProductInput(designation=message.designation,
+                               description=message.description if message.HasField("description") else "",
+                               image=message.image if message.HasField("image") else None)
+        check_product(product, self._limits.product, field)
+        return product
+
+    async def _run(self, jobs: Sequence[Job], context: grpc.aio.ServicerContext) -> list[Outcome]:
+        self._engine.require_ready()
+        return await self._batcher.submit_many(jobs, context.time_remaining())
+
+
+class ClassificationServicer(_Base, classification_pb2_grpc.ClassificationServiceServicer):
+    async def Classify(self, request: classification_pb2.ClassifyRequest,
+                       context: grpc.aio.ServicerContext) -> classification_pb2.ClassifyResponse:
+        top_k = self._top_k(request)
+        product = self._product(request.product, "product")
+        (outcome,) = await self._run([Job(product, top_k)], context)
+        return _classify_response(outcome)
+
+    async def ClassifyBatch(self, request: classification_pb2.ClassifyBatchRequest,
+                            context: grpc.aio.ServicerContext) -> classification_pb2.ClassifyBatchResponse:
+        top_k = self._top_k(request)
+        check_count(len(request.products), self._limits.batch_limit)
+        jobs = [Job(self._product(p, f"products[{i}]"), top_k) for i, p in enumerate(request.products)]
+        outcomes = await self._run(jobs, context)
+        return classification_pb2.ClassifyBatchResponse(results=[_classify_response(o) for o in outcomes])
+
+    def _top_k(self, request: classification_pb2.ClassifyRequest | classification_pb2.ClassifyBatchRequest) -> int:
+        top_k = request.top_k if request.HasField("top_k") else DEFAULT_CLASSIFY_TOP_K
+        check_top_k(top_k, self._limits.max_classify_top_k)
+        return top_k
+
+
+class SearchServicer(_Base, search_pb2_grpc.SearchServiceServicer):
+    async def SearchSimilar(self, request: search_pb2.SearchSimilarRequest,
+                            context: grpc.aio.ServicerContext) -> search_pb2.SearchSimilarResponse:
+        top_k = request.top_k if request.HasField("top_k") else DEFAULT_SEARCH_TOP_K
+        check_top_k(top_k, self._limits.max_search_top_k)
+        code = request.prdtypecode if request.HasField("prdtypecode") else None
+        query = request.WhichOneof("query")
+        if query == "productid":
+            found = await asyncio.to_thread(self._engine.search_product, request.productid, top_k, code)
+        elif query == "product":
+            product = self._product(request.product, "product")
+            (outcome,) = await self._run([Job(product)], context)
+            found = await asyncio.to_thread(self._engine.search_vector, outcome.vector, top_k, code)
+        else:
+            raise InvalidInput("query", "set either productid or product")
+        neighbors, versions = found
+        return search_pb2.SearchSimilarResponse(results=[_neighbor(n) for n in neighbors],
+                                                versions=_versions(versions))
+
+
+class EmbeddingServicer(_Base, embedding_pb2_grpc.EmbeddingServiceServicer):
+    async def Embed(self, request: embedding_pb2.EmbedRequest,
+                    context: grpc.aio.ServicerContext) -> embedding_pb2.EmbedResponse:
+        check_count(len(request.products), self._limits.batch_limit)
+        jobs = [Job(self._product(p, f"products[{i}]")) for i, p in enumerate(request.products)]
+        outcomes = await self._run(jobs, context)
+        return embedding_pb2.EmbedResponse(
+            embeddings=[embedding_pb2.Embedding(values=o.vector.tolist()) for o in outcomes],
+            dim=self._engine.embedder.dim, versions=_versions(outcomes[0].versions))
+
+
+class InfoServicer(_Base, info_pb2_grpc.InfoServiceServicer):
+    async def GetInfo(self, request: info_pb2.GetInfoRequest,
+                      context: grpc.aio.ServicerContext) -> info_pb2.GetInfoResponse:
+        info = self._engine.info()
+        return info_pb2.GetInfoResponse(
+            versions=_versions(info.versions), architecture=info.architecture, embed_dim=info.embed_dim,
+            prdtypecodes=info.prdtypecodes, index_size=info.index_size,
+            index_type=INDEX_TYPES.get(info.index_type.lower(), info_pb2.INDEX_TYPE_UNSPECIFIED),
+            metrics=info.metrics, abstain_threshold=info.abstain_threshold, knn_k=info.knn_k)
+
+
+def _versions(versions: Versions) -> product_pb2.Versions:
+    return product_pb2.Versions(model_fingerprint=versions.model_fingerprint, index_version=versions.index_version)
+
+
+def _neighbor(n: NeighborInfo) -> product_pb2.Neighbor:
+    return product_pb2.Neighbor(productid=n.productid, prdtypecode=n.prdtypecode, similarity=n.similarity,
+                                designation=n.designation, imageid=n.imageid)
+
+
+def _classify_response(outcome: Outcome) -> classification_pb2.ClassifyResponse:
+    result: Classification | None = outcome.classification
+    assert result is not None, "a classify job always yields a classification"
+    return classification_pb2.ClassifyResponse(
+        predictions=[classification_pb2.CodeScore(prdtypecode=code, probability=p) for code, p in result.predictions],
+        neighbors=[_neighbor(n) for n in result.neighbors], abstain=result.abstain,
+        versions=_versions(outcome.versions))
