@@ -1,0 +1,99 @@
+"""`shopclip train` and `shopclip evaluate`: flags map one-to-one onto `TrainConfig` / `ModelConfig`.
+
+Only argparse here; torch and the model load inside the handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from shopclip.model.config import ModelConfig
+from shopclip.training.config import TrainConfig
+
+# (TrainConfig field, type, help) of the flags that map one-to-one onto it.
+TRAIN_FLAGS = (
+    ("epochs", int, None),
+    ("batch_size", int, None),
+    ("lr", float, "learning rate of the n-gram tower, projections and head"),
+    ("tower_lr", float, "learning rate of pretrained towers when fine-tuned"),
+    ("weight_decay", float, None),
+    ("clip_weight", float, "weight of open_clip's ClipLoss between text and image"),
+    ("fused_weight", float, "weight of the head's cross-entropy on the fused embedding"),
+    ("modality_weight", float, "weight of the head's cross-entropy on text-only and image-only embeddings"),
+    ("class_weight_power", float, "class weights = (1/frequency)**power; 0 disables them"),
+    ("label_smoothing", float, None),
+    ("seed", int, "seed of the split and of training"),
+    ("workers", int, "image-decoding DataLoader workers when towers are fine-tuned"),
+)
+
+
+def _flag(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    _register_train(subparsers)
+    _register_evaluate(subparsers)
+
+
+def _register_train(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train", help="fine-tune the two-tower model on a labelled folder and write a model bundle",
+        description="Train on a labelled catalogue folder (challenge X/Y csv + images, or the shared "
+                    "rakuten_text.csv + images/ layout). Towers are frozen and cached on CPU, fine-tuned "
+                    "with bf16 on CUDA, unless --freeze-towers/--no-freeze-towers says otherwise.")
+    parser.add_argument("--data", required=True, help="labelled catalogue folder")
+    parser.add_argument("--out", required=True, help="bundle directory to write (also holds checkpoint.pt)")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    model_defaults, defaults = ModelConfig(), TrainConfig()
+    model = parser.add_argument_group("model")
+    model.add_argument("--clip", dest="backbone", default=model_defaults.backbone,
+                       help="'shopclip' (USE + n-gram text towers, EfficientNet-Lite0) or "
+                            "'open_clip:ARCH=/path/to/checkpoint' for any open_clip model")
+    model.add_argument("--text-towers", default=",".join(model_defaults.text_towers),
+                       help="comma-separated text towers (shopclip backbone)")
+    for flag in ("embed_dim", "ngram_buckets", "ngram_dim", "image_size"):
+        model.add_argument(_flag(flag), type=int, default=getattr(model_defaults, flag))
+    model.add_argument("--no-image-pretrained", dest="image_pretrained", action="store_false",
+                       help="random image tower instead of ImageNet weights (tests)")
+    run = parser.add_argument_group("optimisation (see shopclip.training.config.TrainConfig)")
+    for flag, kind, help_text in TRAIN_FLAGS:
+        run.add_argument(_flag(flag), type=kind, default=getattr(defaults, flag), help=help_text)
+    run.add_argument("--freeze-towers", action=argparse.BooleanOptionalAction, default=defaults.freeze_towers,
+                     help="freeze pretrained towers and cache their outputs (default: on CPU only)")
+    run.add_argument("--device", default=defaults.device, help="cpu or cuda (default: cuda when available)")
+    parser.set_defaults(handler=run_train)
+
+
+def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "evaluate", help="score a bundle against the TF-IDF baseline, per modality and with k-NN",
+        description="One table on the same test products: TF-IDF+LinearSVC, text/image/fused head, k-NN, "
+                    "head + k-NN. Writes eval.json, per_class.txt and confusion_matrix.png.")
+    parser.add_argument("--bundle", required=True, help="bundle directory written by `shopclip train`")
+    parser.add_argument("--data", default=None,
+                        help="labelled folder to test on (default: the bundle's held-out test split)")
+    parser.add_argument("--out", default=None, help="output directory (default: BUNDLE/eval)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.set_defaults(handler=run_evaluate)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from shopclip.training.train import train
+
+    model_config = ModelConfig(backbone=args.backbone, text_towers=[t for t in args.text_towers.split(",") if t],
+                               ngram_buckets=args.ngram_buckets, ngram_dim=args.ngram_dim,
+                               image_pretrained=args.image_pretrained, image_size=args.image_size,
+                               embed_dim=args.embed_dim)
+    config = TrainConfig(freeze_towers=args.freeze_towers, device=args.device,
+                         **{flag: getattr(args, flag) for flag, _, _ in TRAIN_FLAGS})
+    bundle = train(args.data, args.out, model_config, config, resume=args.resume)
+    print(f"bundle written to {bundle}")
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from shopclip.training.evaluate import evaluate
+
+    evaluate(args.bundle, data_dir=args.data, out_dir=args.out, device=args.device)
+    return 0

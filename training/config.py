@@ -1,0 +1,54 @@
+"""`TrainConfig`: every training choice that is not architecture (that is `ModelConfig`).
+
+Kept free of torch imports so the CLI can take its defaults from here without loading torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass
+class TrainConfig:
+    """Everything about a training run except the architecture (that is `ModelConfig`)."""
+
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 2e-3
+    """Learning rate of the parts trained from scratch: n-gram tower, projections, head, logit scale."""
+    tower_lr: float = 2e-5
+    """Learning rate of the pretrained towers when they are not frozen."""
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.1
+    clip_weight: float = 0.5
+    fused_weight: float = 1.0
+    modality_weight: float = 0.5
+    label_smoothing: float = 0.1
+    class_weight_power: float = 0.5
+    """0: no class weights, 1: fully balanced (inverse frequency); 0.5 is a softer compromise."""
+    freeze_towers: bool | None = None
+    """None: frozen and cached on CPU, fine-tuned on CUDA."""
+    seed: int = 0
+    split_fractions: tuple[float, float] = (0.15, 0.15)
+    """(validation, test) share of each class's products."""
+    device: str | None = None
+    workers: int = 0
+    """DataLoader workers decoding images when towers are fine-tuned."""
+    text_batch: int = 64
+    image_batch: int | None = None
+    """Image batch when caching/embedding; None: 1 on CPU (EfficientNet-Lite0 is fastest there), 64 on CUDA."""
+
+    def resolved_device(self) -> "torch.device":
+        import torch
+
+        return torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    def frozen(self, device: "torch.device") -> bool:
+        return device.type == "cpu" if self.freeze_towers is None else self.freeze_towers
+
+    def image_batch_for(self, device: "torch.device") -> int:
+        return self.image_batch or (1 if device.type == "cpu" else 64)

@@ -1,0 +1,240 @@
+"""Turning labelled products into model inputs and embeddings, for training and evaluation alike.
+
+`ProductInputs` holds what the model needs of every product (text, image file, label index).
+`TowerCache` holds the outputs of frozen towers for every product, computed once, so a frozen-tower
+epoch only runs the cheap trainable parts (n-gram tower, projections, head): minutes on a CPU.
+`encode_rows` is the one place a batch of products becomes text, image and fused embeddings, from
+raw inputs or from the cache, with gradients when training.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from shopclip.errors import InvalidInput
+from shopclip.indexer.sources import SourceRow
+from shopclip.model.text import product_text
+from shopclip.training.data import has_image, has_text
+
+log = logging.getLogger(__name__)
+
+
+class ProductInputs:
+    """Texts, image paths and label indices of products, in a fixed order (row i = products[i])."""
+
+    def __init__(self, products: Sequence[SourceRow], codes: Sequence[int]) -> None:
+        index_of = {code: i for i, code in enumerate(codes)}
+        unknown = sorted({p.prdtypecode for p in products} - set(index_of))
+        if unknown:
+            raise InvalidInput("prdtypecode", f"codes unknown to the model: {unknown[:10]}")
+        self.productids = np.array([p.productid for p in products], dtype=np.int64)
+        self.texts = [product_text(p.designation, p.description) if has_text(p) else "" for p in products]
+        self.image_paths = [Path(p.image_path) if has_image(p) else None for p in products]
+        self.has_text = torch.tensor([bool(t) for t in self.texts], dtype=torch.bool)
+        self.has_image = torch.tensor([path is not None for path in self.image_paths], dtype=torch.bool)
+        self.labels = torch.tensor([index_of[p.prdtypecode] for p in products], dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def rows_of(self, productids: Sequence[int]) -> torch.Tensor:
+        """Row indices of these productids (all must be present)."""
+        position = {int(pid): i for i, pid in enumerate(self.productids)}
+        return torch.tensor([position[int(pid)] for pid in productids], dtype=torch.long)
+
+    def load_pixels(self, model, rows: torch.Tensor, train: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(pixels of the rows whose image decoded, mask over `rows` of those rows).
+
+        An image the model cannot decode is logged and the product counted as having no image.
+        """
+        tensors, ok = [], []
+        for row in rows.tolist():
+            path = self.image_paths[row]
+            pixels = None
+            if path is not None:
+                try:
+                    pixels = model.preprocess_image(path.read_bytes(), train=train)
+                except (InvalidInput, OSError) as exc:
+                    log.warning("image of product %d skipped: %s", self.productids[row], exc)
+            ok.append(pixels is not None)
+            if pixels is not None:
+                tensors.append(pixels)
+        return (torch.stack(tensors) if tensors else None), torch.tensor(ok, dtype=torch.bool)
+
+
+@dataclass
+class Batch:
+    """Rows of a `ProductInputs` plus their decoded images (only in full fine-tuning)."""
+
+    rows: torch.Tensor
+    pixels: torch.Tensor | None = None
+    image_ok: torch.Tensor | None = None
+    """Per row: has an image that decoded (the rows of `pixels`); None when images come from the cache."""
+
+
+class ImageBatches(torch.utils.data.Dataset):
+    """Dataset for a DataLoader that decodes and augments images in worker processes."""
+
+    def __init__(self, inputs: ProductInputs, model, train: bool) -> None:
+        self.inputs, self.model, self.train = inputs, model, train
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def __getitem__(self, row: int) -> int:
+        return row
+
+    def collate(self, rows: list[int]) -> Batch:
+        rows_tensor = torch.tensor(rows, dtype=torch.long)
+        pixels, ok = self.inputs.load_pixels(self.model, rows_tensor, self.train)
+        return Batch(rows=rows_tensor, pixels=pixels, image_ok=ok)
+
+
+class TowerCache:
+    """Outputs of the model's frozen towers for every product (`ShopClipModel.tower_features`)."""
+
+    def __init__(self, text: dict[str, torch.Tensor], image: dict[str, torch.Tensor],
+                 image_ok: torch.Tensor) -> None:
+        self.text, self.image, self.image_ok = text, image, image_ok
+
+    @classmethod
+    @torch.no_grad()
+    def build(cls, model, inputs: ProductInputs, device: torch.device, text_batch: int,
+              image_batch: int) -> "TowerCache":
+        model.eval()
+        text_rows = torch.nonzero(inputs.has_text).squeeze(1)
+        image_rows = torch.nonzero(inputs.has_image).squeeze(1)
+        text: dict[str, torch.Tensor] = {}
+        for chunk in tqdm(text_rows.split(text_batch), desc="caching text towers", unit="batch", leave=False):
+            tokens = _to(model.tokenize([inputs.texts[i] for i in chunk]), device)
+            _scatter(text, model.tower_features(tokens=tokens), chunk, len(inputs))
+        image: dict[str, torch.Tensor] = {}
+        image_ok = inputs.has_image.clone()
+        for chunk in tqdm(image_rows.split(image_batch), desc="caching image tower", unit="batch", leave=False):
+            pixels, ok = inputs.load_pixels(model, chunk, train=False)
+            image_ok[chunk[~ok]] = False
+            if pixels is not None:
+                _scatter(image, model.tower_features(pixels=pixels.to(device)), chunk[ok], len(inputs))
+        return cls(text, image, image_ok)
+
+    def text_rows(self, rows: torch.Tensor) -> dict[str, torch.Tensor] | None:
+        return {key: value[rows] for key, value in self.text.items()} or None
+
+    def image_rows(self, rows: torch.Tensor) -> torch.Tensor | None:
+        """The image tower's cached output for `rows` (the one tensor `encode_image(precomputed=)` takes)."""
+        if not self.image:
+            return None
+        (value,) = self.image.values()
+        return value[rows]
+
+
+def _scatter(store: dict[str, torch.Tensor], features: dict[str, torch.Tensor], rows: torch.Tensor,
+             total: int) -> None:
+    """Write features of `rows` into full-length tensors (zeros for products without that modality)."""
+    for key, value in features.items():
+        if key not in store:
+            store[key] = torch.zeros((total, *value.shape[1:]), dtype=value.dtype, device=value.device)
+        store[key][rows.to(value.device)] = value
+
+
+def _to(tokens: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {key: value.to(device) for key, value in tokens.items()}
+
+
+def encode_rows(model, inputs: ProductInputs, batch: Batch, device: torch.device,
+                cache: TowerCache | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                   torch.Tensor]:
+    """(text_emb, image_emb, fused, has_text, has_image) for a batch, all on `device`.
+
+    A modality a product lacks is a zero row in its embedding and False in its mask; `fused` is the
+    model's fusion of what each product has. Gradients flow when called outside `no_grad`.
+    """
+    rows = batch.rows
+    has_text_mask = inputs.has_text[rows]
+    has_image_mask = cache.image_ok[rows] if cache is not None else batch.image_ok
+    text_emb = _encode_text(model, inputs, rows[has_text_mask], device, cache)
+    image_emb = _encode_image(model, batch, rows[has_image_mask], device, cache)
+    n, dim = len(rows), model.config.embed_dim
+    text_full = _place(text_emb, has_text_mask, n, dim, device)
+    image_full = _place(image_emb, has_image_mask, n, dim, device)
+    has_text_dev, has_image_dev = has_text_mask.to(device), has_image_mask.to(device)
+    fused = model.fuse(text_full, image_full, has_text_dev, has_image_dev)
+    return text_full, image_full, fused, has_text_dev, has_image_dev
+
+
+def _encode_text(model, inputs: ProductInputs, rows: torch.Tensor, device: torch.device,
+                 cache: TowerCache | None) -> torch.Tensor | None:
+    if len(rows) == 0:
+        return None
+    tokens = _to(model.tokenize([inputs.texts[i] for i in rows.tolist()]), device)
+    precomputed = cache.text_rows(rows.to(_cache_device(cache.text))) if cache is not None else None
+    return model.encode_text(tokens, precomputed=precomputed)
+
+
+def _encode_image(model, batch: Batch, rows: torch.Tensor, device: torch.device,
+                  cache: TowerCache | None) -> torch.Tensor | None:
+    if len(rows) == 0:
+        return None
+    if cache is not None:
+        return model.encode_image(None, precomputed=cache.image_rows(rows.to(_cache_device(cache.image))))
+    return model.encode_image(batch.pixels.to(device))
+
+
+def _cache_device(store: dict[str, torch.Tensor]) -> torch.device:
+    return next(iter(store.values())).device if store else torch.device("cpu")
+
+
+def _place(values: torch.Tensor | None, mask: torch.Tensor, n: int, dim: int, device: torch.device) -> torch.Tensor:
+    """Rows of `values` at the True positions of `mask` in an (n, dim) tensor of zeros (autograd-safe)."""
+    if values is None:
+        return torch.zeros((n, dim), device=device)
+    full = torch.zeros((n, dim), device=device, dtype=values.dtype)
+    return full.index_copy(0, torch.nonzero(mask).squeeze(1).to(device), values)
+
+
+@dataclass
+class Embeddings:
+    """Numpy embeddings and head probabilities of a set of products (evaluation, k-NN)."""
+
+    text: np.ndarray
+    image: np.ndarray
+    fused: np.ndarray
+    has_text: np.ndarray
+    has_image: np.ndarray
+    probs_text: np.ndarray
+    probs_image: np.ndarray
+    probs_fused: np.ndarray
+
+
+@torch.no_grad()
+def embed(model, inputs: ProductInputs, rows: torch.Tensor, device: torch.device, cache: TowerCache | None,
+          batch_size: int, desc: str = "embedding") -> Embeddings:
+    """Embeddings and per-modality head probabilities of `rows`, in eval mode.
+
+    A product lacking a modality gets that modality's head probabilities from a zero embedding
+    (the head's bias alone: its prior), so every table row scores the same products.
+    """
+    model.eval()
+    parts: dict[str, list[np.ndarray]] = {}
+    loader_dataset = ImageBatches(inputs, model, train=False)
+    for chunk in tqdm(rows.split(batch_size), desc=desc, unit="batch", leave=False):
+        batch = Batch(rows=chunk) if cache is not None else loader_dataset.collate(chunk.tolist())
+        text, image, fused, has_t, has_i = encode_rows(model, inputs, batch, device, cache)
+        outputs = {"text": text, "image": image, "fused": fused, "has_text": has_t, "has_image": has_i,
+                   "probs_text": _softmax(model.classify(text)), "probs_image": _softmax(model.classify(image)),
+                   "probs_fused": _softmax(model.classify(fused))}
+        for key, value in outputs.items():
+            parts.setdefault(key, []).append(value.float().cpu().numpy() if value.dtype != torch.bool
+                                             else value.cpu().numpy())
+    return Embeddings(**{key: np.concatenate(values) for key, values in parts.items()})
+
+
+def _softmax(logits: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(logits.float(), dim=1)

@@ -1,0 +1,203 @@
+"""Honest evaluation of a bundle: one table, every row scored on the same test products.
+
+Rows: TF-IDF + LinearSVC text baseline (trained on the bundle's training products), the head on the
+text embedding, on the image embedding, on the fused embedding, the k-NN vote over the training
+vectors (exact search), and head + k-NN combined. k-NN parameters come from the bundle (tuned on
+validation by `train`); a bundle without them is tuned here on validation, never on test, and updated.
+
+Test products are the bundle's held-out split of its training folder, or, with `--data`, every product
+of another labelled folder (products seen in training are left out and counted).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from shopclip.errors import InvalidInput, NotFound
+from shopclip.indexer.sources import SourceRow
+from shopclip.model.knn import KnnParams, combine
+from shopclip.training.baseline import TfidfSvcBaseline
+from shopclip.training.data import fingerprint, has_image, has_text, load_products, select
+from shopclip.training.encoding import Embeddings, ProductInputs, embed
+from shopclip.training.metrics import knn_probabilities, nearest, scores, tune_knn
+
+log = logging.getLogger(__name__)
+
+METHODS = ("tfidf_svc", "text_head", "image_head", "fused_head", "knn", "head_knn")
+LABELS = {"tfidf_svc": "TF-IDF + LinearSVC (text)", "text_head": "head on text embedding",
+          "image_head": "head on image embedding", "fused_head": "head on fused embedding",
+          "knn": "k-NN vote (training vectors)", "head_knn": "head + k-NN combined"}
+SUBSETS = {"text+image": (True, True), "text only": (True, False), "image only": (False, True)}
+
+
+@dataclass
+class EvaluationSets:
+    """Reference (training), validation and test products of one evaluation."""
+
+    train: list[SourceRow]
+    val: list[SourceRow]
+    test: list[SourceRow]
+    source: str
+    excluded_seen: int = 0
+    excluded_unknown_code: int = 0
+
+
+def evaluation_sets(training: dict, data_dir: str | Path | None, codes: list[int]) -> EvaluationSets:
+    """The bundle's own split, or its training products as reference and `data_dir` as test set.
+
+    From another folder, products seen in training and products of codes the model does not know are
+    left out (and counted): the first would flatter the model, the second it cannot get right.
+    """
+    train_dir = Path(training["data_dir"])
+    if not train_dir.is_dir():
+        raise NotFound(f"the bundle's training folder {train_dir} is gone: k-NN and the baseline need it")
+    products = load_products(train_dir)
+    if fingerprint(products) != training["data_fingerprint"]:
+        raise InvalidInput("data", f"{train_dir} changed since training (fingerprint differs); "
+                                   "its saved split no longer describes it")
+    split = training["split"]
+    train, val = select(products, split["train"]), select(products, split["val"])
+    if data_dir is None or Path(data_dir).resolve() == train_dir.resolve():
+        return EvaluationSets(train, val, select(products, split["test"]), f"{train_dir} (held-out test split)")
+    seen, known = {p.productid for p in products}, set(codes)
+    external = load_products(data_dir)
+    unseen = [p for p in external if p.productid not in seen]
+    test = [p for p in unseen if p.prdtypecode in known]
+    if not test:
+        raise InvalidInput("data", f"{data_dir} has no product that is new to the model and of a known code")
+    return EvaluationSets(train, val, test, str(Path(data_dir).resolve()), len(external) - len(unseen),
+                          len(unseen) - len(test))
+
+
+def evaluate(bundle_dir: str | Path, data_dir: str | Path | None = None, out_dir: str | Path | None = None,
+             device: str | None = None, batch_size: int = 32) -> dict:
+    """Score every method on the same test products; write eval.json, per-class report, confusion matrix.
+
+    Returns the eval.json content. `out_dir` defaults to `<bundle>/eval`.
+    """
+    from shopclip.model.bundle import load_bundle
+
+    model, bundle_config = load_bundle(bundle_dir, device=device)
+    torch_device = next(model.parameters()).device
+    training = _training_metadata(bundle_config, bundle_dir)
+    codes = list(model.codes)
+    sets = evaluation_sets(training, data_dir, codes)
+    test_inputs = ProductInputs(sets.test, codes)
+    emb = {name: _embed_all(model, ProductInputs(products, codes), torch_device, batch_size, name)
+           for name, products in (("train", sets.train), ("val", sets.val), ("test", sets.test))}
+    reference_codes = np.array([p.prdtypecode for p in sets.train])
+    knn = _knn_params(bundle_config, bundle_dir, model, emb, sets, reference_codes, codes)
+    probs = _method_probs(emb["test"], emb["train"].fused, reference_codes, codes, knn, sets)
+    labels = test_inputs.labels.numpy()
+    report = {
+        "bundle": str(Path(bundle_dir).resolve()), "test_source": sets.source, "n_test": len(sets.test),
+        "excluded_seen_in_training": sets.excluded_seen, "excluded_unknown_code": sets.excluded_unknown_code,
+        "n_reference": len(sets.train), "knn": knn.to_dict(),
+        "methods": {m: scores(labels, probs[m]) for m in METHODS},
+        "by_modality": _by_modality(sets.test, labels, probs),
+    }
+    out = Path(out_dir) if out_dir else Path(bundle_dir) / "eval"
+    _write_outputs(out, report, labels, probs["head_knn"], codes)
+    print(format_table(report))
+    return report
+
+
+def _training_metadata(bundle_config: dict, bundle_dir: str | Path) -> dict:
+    training = bundle_config.get("training")
+    if not training or "split" not in training:
+        raise InvalidInput("bundle", f"{bundle_dir} has no training split: was it written by `shopclip train`?")
+    return training
+
+
+def _embed_all(model, inputs: ProductInputs, device: torch.device, batch_size: int, name: str) -> Embeddings:
+    return embed(model, inputs, torch.arange(len(inputs)), device, cache=None, batch_size=batch_size,
+                 desc=f"embedding {name}")
+
+
+def _knn_params(bundle_config: dict, bundle_dir: str | Path, model, emb: dict[str, Embeddings],
+                sets: EvaluationSets, reference_codes: np.ndarray, codes: list[int]) -> KnnParams:
+    """The bundle's tuned params; tuned on validation (and saved into the bundle) when it has none."""
+    if bundle_config.get("knn"):
+        return KnnParams.from_dict(bundle_config["knn"])
+    from shopclip.model.bundle import save_bundle
+
+    val_labels = ProductInputs(sets.val, codes).labels.numpy()
+    params, val_f1 = tune_knn(emb["val"].probs_fused, emb["val"].fused, val_labels, emb["train"].fused,
+                              reference_codes, codes)
+    log.info("k-NN tuned on validation: %s (val weighted F1 %.4f); saved into %s", params, val_f1, bundle_dir)
+    metadata = {key: value for key, value in bundle_config.items() if key in ("training", "metrics")}
+    save_bundle(bundle_dir, model, metadata={**metadata, "knn": params.to_dict()})
+    return params
+
+
+def _method_probs(test: Embeddings, references: np.ndarray, reference_codes: np.ndarray, codes: list[int],
+                  knn: KnnParams, sets: EvaluationSets) -> dict[str, np.ndarray]:
+    baseline = TfidfSvcBaseline(codes).fit(sets.train)
+    indices, sims = nearest(test.fused, references, knn.k)
+    knn_probs = knn_probabilities(indices, sims, reference_codes, codes, knn.k, knn.temperature)
+    return {"tfidf_svc": baseline.scores(sets.test), "text_head": test.probs_text, "image_head": test.probs_image,
+            "fused_head": test.probs_fused, "knn": knn_probs,
+            "head_knn": combine(test.probs_fused, knn_probs, knn.weight)}
+
+
+def _by_modality(test: list[SourceRow], labels: np.ndarray, probs: dict[str, np.ndarray]) -> dict:
+    """The same scores on the test products that have text+image, text only, image only."""
+    kinds = np.array([(has_text(p), has_image(p)) for p in test], dtype=bool).reshape(-1, 2)
+    out = {}
+    for subset, wanted in SUBSETS.items():
+        mask = (kinds == np.array(wanted)).all(axis=1)
+        if mask.any():
+            out[subset] = {m: scores(labels[mask], probs[m][mask]) for m in METHODS}
+    return out
+
+
+def format_table(report: dict) -> str:
+    header = f"{'method':<32}{'weighted F1':>12}{'macro F1':>10}{'accuracy':>10}{'top-3':>8}{'n':>7}"
+    lines = [f"test products: {report['n_test']} from {report['test_source']}; k-NN {report['knn']}", header,
+             "-" * len(header)]
+    for method in METHODS:
+        s = report["methods"][method]
+        lines.append(f"{LABELS[method]:<32}{s['weighted_f1']:>12.4f}{s['macro_f1']:>10.4f}{s['accuracy']:>10.4f}"
+                     f"{s['top3_accuracy']:>8.4f}{s['n']:>7d}")
+    return "\n".join(lines)
+
+
+def _write_outputs(out: Path, report: dict, labels: np.ndarray, probs: np.ndarray, codes: list[int]) -> None:
+    """eval.json, per_class.txt (head + k-NN) and confusion_matrix.png (head + k-NN, row-normalised)."""
+    from sklearn.metrics import classification_report, confusion_matrix
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(report, indent=2))
+    predicted = probs.argmax(axis=1)
+    present = sorted(set(labels.tolist()) | set(predicted.tolist()))
+    names = [str(codes[i]) for i in present]
+    (out / "per_class.txt").write_text(classification_report(labels, predicted, labels=present,
+                                                             target_names=names, zero_division=0, digits=3))
+    matrix = confusion_matrix(labels, predicted, labels=present, normalize="true")
+    _plot_confusion(matrix, names, out / "confusion_matrix.png")
+
+
+def _plot_confusion(matrix: np.ndarray, names: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    size = min(40.0, max(6.0, 0.35 * len(names)))
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(matrix, cmap="Blues", vmin=0.0, vmax=1.0)
+    if len(names) <= 60:  # beyond that tick labels are unreadable; the matrix still shows the pattern
+        ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+        ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.set_xlabel("predicted prdtypecode")
+    ax.set_ylabel("true prdtypecode")
+    ax.set_title("head + k-NN, rows normalised")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,76 @@
+"""Scores, exact k-NN voting over reference vectors, and tuning of `KnnParams` on validation.
+
+Pure numpy + scikit-learn: the same arithmetic scores every row of the evaluation table, and the
+k-NN vote is `shopclip.model.knn.knn_vote`, the function the server applies, so tuned parameters
+mean the same thing in both places.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import numpy as np
+
+from shopclip.model.knn import KnnParams, combine, knn_vote
+
+K_GRID = (5, 10, 20, 40)
+TEMPERATURE_GRID = (0.02, 0.05, 0.1, 0.2)
+WEIGHT_GRID = tuple(round(w, 2) for w in np.linspace(0.0, 1.0, 11))
+
+
+def scores(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    """Weighted F1 (the challenge metric), macro F1, accuracy and top-3 accuracy of class scores.
+
+    `labels` are class indices (n,), `probs` any per-class scores (n, classes) where higher is better.
+    Macro F1 averages over the classes present in `labels` or predicted, as scikit-learn does.
+    """
+    from sklearn.metrics import accuracy_score, f1_score
+
+    predicted = probs.argmax(axis=1)
+    top = min(3, probs.shape[1])
+    top3 = np.argpartition(-probs, top - 1, axis=1)[:, :top]
+    return {
+        "weighted_f1": float(f1_score(labels, predicted, average="weighted", zero_division=0)),
+        "macro_f1": float(f1_score(labels, predicted, average="macro", zero_division=0)),
+        "accuracy": float(accuracy_score(labels, predicted)),
+        "top3_accuracy": float((top3 == labels[:, None]).any(axis=1).mean()),
+        "n": int(len(labels)),
+    }
+
+
+def nearest(queries: np.ndarray, references: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product search: (indices, similarities), each (n, k), best first."""
+    k = min(k, len(references))
+    similarity = queries @ references.T
+    top = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
+    top_scores = np.take_along_axis(similarity, top, axis=1)
+    order = np.argsort(-top_scores, axis=1)
+    return np.take_along_axis(top, order, axis=1), np.take_along_axis(top_scores, order, axis=1)
+
+
+def knn_probabilities(neighbor_indices: np.ndarray, neighbor_scores: np.ndarray, reference_codes: np.ndarray,
+                      codes: Sequence[int], k: int, temperature: float) -> np.ndarray:
+    """(n, classes) k-NN vote of the first `k` neighbours of each query, via the server's `knn_vote`."""
+    return np.stack([
+        knn_vote(reference_codes[idx[:k]].tolist(), sims[:k].tolist(), codes, temperature)
+        for idx, sims in zip(neighbor_indices, neighbor_scores)
+    ])
+
+
+def tune_knn(head_probs: np.ndarray, queries: np.ndarray, labels: np.ndarray, references: np.ndarray,
+             reference_codes: np.ndarray, codes: Sequence[int]) -> tuple[KnnParams, float]:
+    """The (k, temperature, weight) maximising weighted F1 of head + k-NN on these (validation) queries.
+
+    Never call it with test products: the returned params are what evaluation reports on test.
+    Ties go to the first grid point (smaller k, lower temperature, less k-NN weight).
+    """
+    indices, sims = nearest(queries, references, max(K_GRID))
+    best, best_f1 = KnnParams(), -1.0
+    for k, temperature in itertools.product(K_GRID, TEMPERATURE_GRID):
+        knn = knn_probabilities(indices, sims, reference_codes, codes, k, temperature)
+        for weight in WEIGHT_GRID:
+            f1 = scores(labels, combine(head_probs, knn, weight))["weighted_f1"]
+            if f1 > best_f1:
+                best, best_f1 = KnnParams(k=k, weight=weight, temperature=temperature), f1
+    return best, best_f1
