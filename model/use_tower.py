@@ -9,8 +9,9 @@ same vectors (cosine >= 0.999, tested) while every weight is an `nn.Parameter` t
 Architecture (DAN + CNN n-grams): token embeddings -> one projection to three 256-d branches with a
 joint layer norm -> per branch two residual n-gram convolutions (orders 2, 3, 5) -> layer norm over
 [embedding | branches] -> sum over tokens, projected, divided by sqrt(length) -> small residual MLP
--> tanh. Batches are right-padded; padded positions are zeroed before every convolution and left out
-of the token sum, which reproduces the per-sentence zero padding of the original exactly.
+-> tanh -> L2 normalisation. Batches arrive right-padded (so rows can be indexed) and are packed
+inside `forward`: only real tokens are computed, and a token's n-gram window never reaches into
+padding or another sentence, which reproduces the per-sentence zero padding of the original exactly.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ EMBED_DIM = 512
 _BRANCH_DIM = 256
 # (n-gram order, tokens of left context) for the three convolution branches, as in the original.
 _BRANCH_ORDERS = ((2, 0), (3, 1), (5, 2))
+_MAX_LEFT = max(left for _, left in _BRANCH_ORDERS)
+_MAX_RIGHT = max(order - 1 - left for order, left in _BRANCH_ORDERS)
 _HIDDEN_DIM = 320
 _EOS_ID = 2
 DEFAULT_MAX_TOKENS = 256
@@ -55,16 +58,29 @@ class _NgramBranch(nn.Module):
         self.conv1 = nn.Linear(order * _BRANCH_DIM, _BRANCH_DIM)
         self.conv2 = nn.Linear(order * _BRANCH_DIM, _BRANCH_DIM)
 
-    def _windows(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """(n, L, order*256): for token t the features of tokens t-left .. t-left+order-1, zeros
-        outside the sentence (padding is zeroed first, so windows never see another sentence)."""
-        length = x.shape[1]
-        padded = F.pad(x * keep, (0, 0, self.left, self.order - 1 - self.left))
-        return torch.cat([padded[:, k:k + length] for k in range(self.order)], dim=-1)
+    def forward(self, x: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+        """x (T, 256) packed tokens; window (T, order) indexes x, with T meaning "outside the sentence"."""
+        hidden = F.relu(self.conv1(_gather_windows(x, window))) + x
+        return F.relu(self.conv2(_gather_windows(hidden, window))) + hidden
 
-    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        hidden = F.relu(self.conv1(self._windows(x, keep))) + x
-        return F.relu(self.conv2(self._windows(hidden, keep))) + hidden
+
+def _gather_windows(x: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    """(T, order*256): each token's window of features, zeros where it reaches past its sentence."""
+    with_zero_row = torch.cat([x, x.new_zeros(1, x.shape[1])])
+    return with_zero_row[window].reshape(window.shape[0], -1)
+
+
+def _window_index(lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For packed sentences of `lengths`: the sentence of each token (T,) and the positions of
+    tokens t-2 .. t+2 (T, 5), set to T (a zero row) where they fall outside t's own sentence."""
+    device = lengths.device
+    sentence = torch.arange(len(lengths), device=device).repeat_interleave(lengths)
+    total = int(sentence.shape[0])
+    starts = (lengths.cumsum(0) - lengths)[sentence][:, None]
+    ends = starts + lengths[sentence][:, None]
+    positions = torch.arange(total, device=device)[:, None] + torch.arange(-_MAX_LEFT, _MAX_RIGHT + 1, device=device)
+    inside = (positions >= starts) & (positions < ends)
+    return sentence, torch.where(inside, positions, total)
 
 
 class UseTower(nn.Module):
@@ -122,18 +138,21 @@ class UseTower(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         ids, lengths = batch["ids"], batch["lengths"]
-        keep = (torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths[:, None]).unsqueeze(-1)
-        keep = keep.to(self.embedding.weight.dtype)
-        embedded = self.embedding(ids)
+        # Packed like the numpy original: only real tokens are computed, whatever the padding.
+        keep = torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths[:, None]
+        sentence, window = _window_index(lengths)
+        embedded = self.embedding(ids[keep])
         projected = self.branch_norm(self.branch_projection(embedded))
-        branch_inputs = projected.split(_BRANCH_DIM, dim=-1)
-        branch_outputs = [branch(x, keep) for branch, x in zip(self.branches, branch_inputs)]
+        branch_outputs = [
+            branch(x, window[:, _MAX_LEFT - branch.left:_MAX_LEFT - branch.left + branch.order])
+            for branch, x in zip(self.branches, projected.split(_BRANCH_DIM, dim=-1))
+        ]
         features = self.feature_norm(torch.cat([embedded, *branch_outputs], dim=-1))
-        # Sum over real tokens, then project: the projection is linear, so this equals summing the
-        # projected tokens (bias counted once per token), at a fraction of the cost.
-        summed = (features * keep).sum(dim=1)
+        # Sum over each sentence's tokens, then project: the projection is linear, so this equals
+        # summing the projected tokens (bias counted once per token), at a fraction of the cost.
+        summed = features.new_zeros(len(lengths), features.shape[1]).index_add_(0, sentence, features)
         lengths_f = lengths.to(summed.dtype)[:, None]
-        pooled = (summed @ self.token_projection.weight.T + lengths_f * self.token_projection.bias)
+        pooled = summed @ self.token_projection.weight.T + lengths_f * self.token_projection.bias
         pooled = pooled / lengths_f.sqrt()
         y0 = F.relu(self.d0(pooled))
         y1 = F.relu(self.p1(pooled) + self.d1(y0))

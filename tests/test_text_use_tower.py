@@ -80,6 +80,15 @@ def test_batch_result_equals_one_by_one(tower: UseTower) -> None:
     np.testing.assert_allclose(batched, single, atol=2e-5)
 
 
+def test_padding_content_is_never_read(tower: UseTower) -> None:
+    batch = tower.tokenize([TITLES[5], TITLES[0]])
+    garbage = dict(batch, ids=batch["ids"].clone())
+    short = int(batch["lengths"][0])
+    garbage["ids"][0, short:] = torch.randint(3, 100_000, (garbage["ids"].shape[1] - short,))
+    with torch.no_grad():
+        torch.testing.assert_close(tower(garbage), tower(batch))
+
+
 def test_tokenize_pads_right_and_reports_lengths(tower: UseTower) -> None:
     batch = tower.tokenize(["Lampe", "Lampe de bureau LED pliable"])
     ids, lengths = batch["ids"], batch["lengths"]
