@@ -189,22 +189,28 @@ def build_and_publish(catalogue: Catalogue, index_root: str | Path, embedder: Em
 
     Raises Busy when another builder runs, PublishRefused when recall misses the floor, and NotFound when the
     catalogue has nothing embeddable."""
+    with publish.builder_lock(index_root):
+        return build_under_lock(catalogue, index_root, embedder, options)
+
+
+def build_under_lock(catalogue: Catalogue, index_root: str | Path, embedder: Embedder,
+                     options: BuildOptions | None = None) -> BuildResult:
+    """`build_and_publish` for a caller that already holds `publish.builder_lock(index_root)`."""
     options = options or BuildOptions()
     started = time.monotonic()
-    with publish.builder_lock(index_root):
-        embedded = embed_stale(catalogue, embedder, options)
-        products = catalogue.embedded_products(embedder.fingerprint).sort_by("productid")
-        if products.num_rows == 0:
-            raise NotFound(f"catalogue {catalogue.uri}: no product has a vector from {embedder.fingerprint}")
-        vectors = _vectors_of(products, embedder.dim)
-        index, kind, recall = _index_and_check(vectors, options)
-        version = publish.new_version_name(embedder.fingerprint)
-        staging = publish.start_version(index_root, version)
-        _write_index_files(staging, products, vectors, index)
-        crash_point("build-after-index-files")
-        manifest = _manifest(version, catalogue, embedder, products, kind, recall, options, embedded,
-                             time.monotonic() - started)
-        publish.commit_version(index_root, staging, manifest, options.keep_versions)
+    embedded = embed_stale(catalogue, embedder, options)
+    products = catalogue.embedded_products(embedder.fingerprint).sort_by("productid")
+    if products.num_rows == 0:
+        raise NotFound(f"catalogue {catalogue.uri}: no product has a vector from {embedder.fingerprint}")
+    vectors = _vectors_of(products, embedder.dim)
+    index, kind, recall = _index_and_check(vectors, options)
+    version = publish.new_version_name(embedder.fingerprint)
+    staging = publish.start_version(index_root, version)
+    _write_index_files(staging, products, vectors, index)
+    crash_point("build-after-index-files")
+    manifest = _manifest(version, catalogue, embedder, products, kind, recall, options, embedded,
+                         time.monotonic() - started)
+    publish.commit_version(index_root, staging, manifest, options.keep_versions)
     log.info("published %s: %d vectors, %s, recall@%d %.4f", version, products.num_rows, kind, recall.k,
              recall.recall)
     return BuildResult(version=version, embedded=embedded, manifest=manifest)

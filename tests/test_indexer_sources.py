@@ -152,3 +152,28 @@ def test_real_shared_data_reads_without_rejects() -> None:
     assert rejects == []
     assert len(rows) == 548 + 1732 + 1052
     assert sum(1 for row in rows if row.image_path and row.designation) == 548
+
+
+VOCABULARY = {10: "livre roman auteur", 40: "jeu console manette", 1280: "jouet enfant peluche",
+              2583: "piscine pompe filtre"}
+
+
+def synthetic_drop(root: Path, productids: range | list[int], image_every: int = 3, labelled: bool = True,
+                   word: str = "") -> Path:
+    """A challenge-layout drop whose products share code-specific words (so fake embeddings cluster by code);
+    every `image_every`-th product has a real JPEG. Shared by the ingest, build, publish and job tests."""
+    root.mkdir(parents=True, exist_ok=True)
+    codes = sorted(VOCABULARY)
+    x_rows, y_rows = [], []
+    for index, productid in enumerate(productids):
+        code = codes[productid % len(codes)]
+        x_rows.append([index, f"{VOCABULARY[code]} {word} modèle {productid}", f"description {productid % 7}",
+                       productid, 5000 + productid])
+        y_rows.append([index, code])
+        if index % image_every == 0:
+            write_jpeg(root / "images" / f"image_{5000 + productid}_product_{productid}.jpg",
+                       (productid % 255, 40, 90))
+    write_csv(root / "New_X_train.csv", ["", "designation", "description", "productid", "imageid"], x_rows)
+    if labelled:
+        write_csv(root / "New_y_train.csv", ["", "prdtypecode"], y_rows)
+    return root

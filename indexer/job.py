@@ -1,0 +1,160 @@
+"""The periodic reindexing job: pick up new drop folders, ingest, build, publish; one JSON line per run.
+
+A drop folder is any direct subfolder of the drops directory that holds a catalogue (either layout); it is
+ingested again only when its csv files or image count change. A build follows when the catalogue or the model
+moved past the published version. The whole run holds the builder lock, so two schedulers cannot interleave.
+
+Exit statuses (for cron and Airflow): 0 published or already up to date, 1 unexpected failure, 2 invalid
+input, 6 another builder is running, 7 publish refused (recall below the floor).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from shopclip.errors import Busy, InvalidInput, ShopclipError
+from shopclip.indexer import publish
+from shopclip.indexer.build import BuildOptions, PublishRefused, build_under_lock, needs_build
+from shopclip.indexer.catalogue import DEFAULT_TABLE, Catalogue
+from shopclip.indexer.ingest import ingest_folder
+from shopclip.indexer.sources import SourceOptions, detect_layout
+
+log = logging.getLogger(__name__)
+
+DROPS_STATE_FILE = "drops.json"
+REJECTS_DIR = "rejects"
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_BUSY, EXIT_REFUSED = 0, 1, 2, 6, 7
+DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
+SECONDS_PER_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    drops: Path
+    catalogue_uri: str
+    index_root: Path
+    bundle: str
+    table: str = DEFAULT_TABLE
+    build: BuildOptions = field(default_factory=BuildOptions)
+    sources: SourceOptions = field(default_factory=SourceOptions)
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '15m', '1h', '1d' or plain seconds."""
+    match = DURATION.match(text.strip().lower())
+    if not match or float(match.group(1)) <= 0:
+        raise InvalidInput("every", f"expected a positive duration like 30m or 1h, got {text!r}")
+    return float(match.group(1)) * SECONDS_PER_UNIT[match.group(2)]
+
+
+def drop_signature(folder: Path) -> str:
+    """Changes when a drop's csv files or its set of images change (cheap: stat only)."""
+    hasher = hashlib.blake2b(digest_size=16)
+    for csv_file in sorted(folder.glob("*.csv")):
+        stat = csv_file.stat()
+        hasher.update(f"{csv_file.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    images = sorted(p.name for p in folder.rglob("image_*_product_*"))
+    hasher.update(("\n".join(images)).encode())
+    return hasher.hexdigest()
+
+
+def _load_state(index_root: Path) -> dict[str, str]:
+    path = index_root / DROPS_STATE_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
+def pending_drops(drops: Path, state: dict[str, str]) -> list[tuple[Path, str]]:
+    """(folder, signature) of drop folders not yet ingested in their current form, oldest name first."""
+    if not drops.is_dir():
+        raise InvalidInput("drops", f"{drops} is not a directory")
+    found = []
+    for folder in sorted(p for p in drops.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if detect_layout(folder) is None:
+            continue
+        signature = drop_signature(folder)
+        if state.get(folder.name) != signature:
+            found.append((folder, signature))
+    return found
+
+
+def _ingest_pending(config: JobConfig, catalogue: Catalogue) -> list[dict]:
+    state = _load_state(config.index_root)
+    summaries = []
+    for folder, signature in pending_drops(config.drops, state):
+        rejects = config.index_root / REJECTS_DIR / f"{folder.name}.csv"
+        summary = ingest_folder(folder, catalogue, rejects_path=rejects, options=config.sources)
+        summaries.append(summary.to_dict())
+        state[folder.name] = signature
+        publish.write_json_atomic(config.index_root / DROPS_STATE_FILE, state)  # after each drop: resumable
+    return summaries
+
+
+def run_once(config: JobConfig) -> tuple[int, dict]:
+    """One pass: (exit status, JSON-able summary). Never raises for expected failures."""
+    started = time.monotonic()
+    summary: dict = {"run_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "drops": [],
+                     "build": None}
+    try:
+        with publish.builder_lock(config.index_root):
+            catalogue = Catalogue(config.catalogue_uri, config.table)
+            summary["drops"] = _ingest_pending(config, catalogue)
+            from shopclip.model import load_embedder  # heavy: only once there is work to check
+
+            embedder = load_embedder(config.bundle)
+            if needs_build(config.index_root, catalogue, embedder.fingerprint):
+                result = build_under_lock(catalogue, config.index_root, embedder, config.build)
+                summary["build"] = {"version": result.version, "embedded": result.embedded,
+                                    "vectors": result.manifest["counts"]["vectors"],
+                                    "index": result.manifest["index"]["kind"],
+                                    "recall_at_k": result.manifest["index"]["recall_at_k"]}
+        status, code = ("published" if summary["build"] else "up-to-date"), EXIT_OK
+    except Busy as exc:
+        status, code, summary["error"] = "busy", EXIT_BUSY, str(exc)
+    except PublishRefused as exc:
+        status, code, summary["error"] = "refused", EXIT_REFUSED, str(exc)
+    except InvalidInput as exc:
+        status, code, summary["error"] = "invalid-input", EXIT_INVALID, str(exc)
+    except ShopclipError as exc:
+        status, code, summary["error"] = "failed", EXIT_FAILED, str(exc)
+    except Exception as exc:  # a scheduler needs the line and the status, not a dead loop
+        log.error("index run failed:\n%s", traceback.format_exc())
+        status, code, summary["error"] = "failed", EXIT_FAILED, f"{type(exc).__name__}: {exc}"
+    summary.update(status=status, exit_code=code, seconds=round(time.monotonic() - started, 3),
+                   current_version=publish.read_current(config.index_root))
+    return code, summary
+
+
+def print_line(line: str) -> None:
+    print(line, flush=True)
+
+
+def run_every(config: JobConfig, interval_s: float, max_runs: int | None = None,
+              emit: Callable[[str], None] = print_line, stop: threading.Event | None = None) -> int:
+    """Run, emit the JSON line, sleep until the next tick; stop cleanly on SIGTERM/SIGINT.
+
+    Returns the last run's status so a supervisor sees a failing job even in loop mode."""
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+    runs, code = 0, EXIT_OK
+    while not stop.is_set():
+        tick = time.monotonic()
+        code, summary = run_once(config)
+        emit(json.dumps(summary, sort_keys=True))
+        runs += 1
+        if max_runs is not None and runs >= max_runs:
+            break
+        stop.wait(max(0.0, interval_s - (time.monotonic() - tick)))
+    return code
