@@ -1,0 +1,146 @@
+"""`shopclip quickstart`: the main job end to end on embedded defaults, no external service.
+
+1. data: `--data`, else `../shared/data` when present (real Rakuten rows), else a synthetic sample
+   written by `shopclip.sample_data`;
+2. train a model bundle (frozen pretrained towers on CPU, so it takes minutes), unless one exists;
+3. ingest the same folder into an embedded LanceDB catalogue, embed it, build and publish the index;
+4. start `shopclip serve` as a real server process on a free port and wait for grpc.health SERVING;
+5. call Classify on held-out test products and SearchSimilar through the typed client, print the answers.
+
+Everything lands under `--workdir` (default `runs/quickstart`); a second run reuses the bundle and the index.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from shopclip.products import ProductInput
+
+DEFAULT_SHARED_DATA = Path("../shared/data")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("quickstart", help="train, index, serve and query end to end on embedded defaults")
+    parser.add_argument("--data", type=Path, help="labelled folder (default ../shared/data, else a generated sample)")
+    parser.add_argument("--workdir", type=Path, default=Path("runs/quickstart"))
+    parser.add_argument("--retrain", action="store_true", help="train a new bundle even if one exists")
+    parser.add_argument("--examples", type=int, default=5, help="held-out products to classify")
+    parser.set_defaults(handler=_quickstart)
+
+
+def resolve_data(data: Path | None, workdir: Path) -> Path:
+    if data is not None:
+        return data
+    if (DEFAULT_SHARED_DATA / "rakuten_text.csv").exists():
+        return DEFAULT_SHARED_DATA
+    from shopclip.sample_data import write_sample_catalogue
+
+    sample = workdir / "sample-data"
+    if not (sample / "X_train.csv").exists():
+        _step(f"no {DEFAULT_SHARED_DATA} here: generating a synthetic sample catalogue in {sample}")
+        write_sample_catalogue(sample)
+    return sample
+
+
+def _step(message: str) -> None:
+    print(f"\n==> {message}", file=sys.stderr, flush=True)
+
+
+def train_bundle(data: Path, bundle: Path, retrain: bool) -> None:
+    if (bundle / "model.safetensors").exists() and not retrain:
+        _step(f"reusing model bundle {bundle} (--retrain to train again)")
+        return
+    from shopclip.training.train import train
+
+    _step(f"training a model bundle on {data} -> {bundle}")
+    train(data, bundle)
+
+
+def publish_index(data: Path, workdir: Path, bundle: Path) -> Path:
+    from shopclip.indexer.build import BuildOptions, build_and_publish
+    from shopclip.indexer.catalogue import Catalogue
+    from shopclip.indexer.ingest import ingest_folder, summary_line
+    from shopclip.model import load_embedder
+
+    catalogue = Catalogue(str(workdir / "catalogue"), "products")
+    _step(f"ingesting {data} into the embedded catalogue {workdir / 'catalogue'}")
+    print(summary_line(ingest_folder(data, catalogue, rejects_path=workdir / "rejects.csv")), file=sys.stderr)
+    index_root = workdir / "index"
+    _step(f"embedding changed rows, building and publishing the index under {index_root}")
+    result = build_and_publish(catalogue, index_root, load_embedder(str(bundle)), BuildOptions())
+    print(f"published {result.version}: {result.manifest['counts']}", file=sys.stderr)
+    return index_root
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(bundle: Path, index_root: Path, port: int) -> subprocess.Popen:
+    command = [sys.executable, "-m", "shopclip.cli", "serve", "--bundle", str(bundle), "--index-root",
+               str(index_root), "--host", "127.0.0.1", "--port", str(port)]
+    _step("starting the server: " + " ".join(command[2:]))
+    return subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def held_out_examples(bundle: Path, data: Path, count: int) -> list[tuple[int, "ProductInput"]]:
+    """(true code, product) for test-split products of the bundle: never trained on, so answers are honest.
+
+    Products with both text and image come first, then the others, to show every kind of row.
+    """
+    import json
+
+    from shopclip.products import ProductInput
+    from shopclip.training.data import load_products, select
+
+    split = json.loads((bundle / "config.json").read_text())["training"]["split"]
+    test = select(load_products(data), split["test"])
+    test.sort(key=lambda row: not (row.image_path and row.designation))
+    return [(row.prdtypecode, ProductInput(row.designation, row.description,
+                                           Path(row.image_path).read_bytes() if row.image_path else None))
+            for row in test[:count]]
+
+
+def query(port: int, examples: list) -> None:
+    from shopclip.client import ShopclipClient
+    from shopclip.client.cli import format_classify, format_info, format_search
+
+    with ShopclipClient(f"127.0.0.1:{port}", timeout=30) as client:
+        client.wait_ready(timeout=300)
+        _step("GetInfo")
+        print(format_info(client.info()))
+        for true_code, product in examples:
+            _step(f"Classify {product.designation[:70]!r} image={'yes' if product.image else 'no'} "
+                  f"(true prdtypecode {true_code})")
+            print(format_classify(client.classify(product, top_k=3)))
+        probe = examples[0][1]
+        _step(f"SearchSimilar to {probe.designation[:70]!r}")
+        print(format_search(client.search(probe, top_k=5)))
+
+
+def _quickstart(args: argparse.Namespace) -> int:
+    workdir = args.workdir
+    workdir.mkdir(parents=True, exist_ok=True)
+    data = resolve_data(args.data, workdir)
+    bundle = workdir / "bundle"
+    train_bundle(data, bundle, args.retrain)
+    index_root = publish_index(data, workdir, bundle)
+    port = free_port()
+    server = start_server(bundle, index_root, port)
+    try:
+        query(port, held_out_examples(bundle, data, args.examples))
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    _step(f"done: bundle {bundle}, index {index_root}; serve it yourself with "
+          f"`shopclip serve --bundle {bundle} --index-root {index_root}`")
+    return 0
