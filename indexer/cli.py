@@ -45,6 +45,8 @@ def _add_build_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nprobe", type=int, default=16, help="starting IVF nprobe (raised to meet recall)")
     parser.add_argument("--ef-search", type=int, default=32, help="starting HNSW efSearch (raised likewise)")
     parser.add_argument("--embed-batch", type=int, default=32, help="products per embedding call")
+    parser.add_argument("--commit-every", type=int, default=2048,
+                        help="rows per committed embedding chunk (what a killed build does not redo)")
     parser.add_argument("--keep", type=int, default=3, help="published versions to keep")
     parser.add_argument("--no-gpu", action="store_true", help="do not use FAISS GPU even when present")
 
@@ -104,7 +106,8 @@ def _build_options(args: argparse.Namespace):
 
     ann = AnnParams(kind=args.index, approx_threshold=args.approx_threshold, nprobe=args.nprobe,
                     ef_search=args.ef_search, use_gpu=not args.no_gpu)
-    return BuildOptions(ann=ann, min_recall=args.min_recall, embed_batch=args.embed_batch, keep_versions=args.keep)
+    return BuildOptions(ann=ann, min_recall=args.min_recall, embed_batch=args.embed_batch,
+                        commit_every=args.commit_every, keep_versions=args.keep)
 
 
 def _require_bundle(args: argparse.Namespace) -> str:
