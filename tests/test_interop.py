@@ -189,7 +189,8 @@ def test_grpcurl_health_probe(grpcurl, target, service):
 def test_grpcurl_with_bearer_token(grpcurl, protected_target):
     request = {"product": {"designation": TITLE}}
     refused = run_grpcurl(grpcurl, protected_target, "shopclip.v1.ClassificationService/Classify", data=request,
-                          flags=(f"-reflect-header=authorization: Bearer {TOKEN}", "-rpc-header=authorization: Bearer no"))
+                          flags=(f"-reflect-header=authorization: Bearer {TOKEN}",
+                                 "-rpc-header=authorization: Bearer wrong"))
     assert refused.returncode != 0 and "Unauthenticated" in refused.stderr
     accepted = run_grpcurl(grpcurl, protected_target, "shopclip.v1.ClassificationService/Classify", data=request,
                            flags=(f"-H=authorization: Bearer {TOKEN}",))
