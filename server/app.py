@@ -124,7 +124,8 @@ async def create_server(config: ServerConfig, index_source: IndexSource | None =
     interceptors: list[grpc.aio.ServerInterceptor] = [ErrorTableInterceptor(metrics)]
     if config.token:
         interceptors.append(BearerTokenInterceptor(config.token, open_services={HEALTH_SERVICE}))
-    grpc_server = grpc.aio.server(interceptors=interceptors)
+    grpc_server = grpc.aio.server(interceptors=interceptors,
+                                  options=[("grpc.max_receive_message_length", config.max_message_bytes)])
     health_servicer = health.aio.HealthServicer()
     _add_servicers(grpc_server, engine, batcher, _limits(config), health_servicer)
 

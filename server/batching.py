@@ -54,6 +54,7 @@ class MicroBatcher(Generic[Item, Result]):
         self._queue_size = queue_size
         self._on_batch = on_batch
         self._queue: collections.deque[_Entry[Item, Result]] = collections.deque()
+        self._in_flight: list[_Entry[Item, Result]] = []
         self._arrived = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -67,13 +68,15 @@ class MicroBatcher(Generic[Item, Result]):
             self._task = asyncio.get_running_loop().create_task(self._run(), name="micro-batcher")
 
     async def stop(self) -> None:
-        """Stop taking batches; callers still queued get NotReady."""
+        """Stop at once; callers queued or in the interrupted forward get NotReady."""
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
-        while self._queue:
-            _fail(self._queue.popleft(), NotReady("server is shutting down"))
+        for entry in [*self._in_flight, *self._queue]:
+            _fail(entry, NotReady("server is shutting down"))
+        self._in_flight.clear()
+        self._queue.clear()
 
     async def submit(self, item: Item, timeout_s: float | None = None) -> Result:
         return (await self.submit_many([item], timeout_s))[0]
@@ -103,7 +106,9 @@ class MicroBatcher(Generic[Item, Result]):
             if not self._queue:
                 self._arrived.clear()
             if batch:
+                self._in_flight = batch
                 await self._process(batch)
+                self._in_flight = []
 
     async def _fill(self) -> None:
         """Wait up to `max_wait_s` for the batch to fill."""

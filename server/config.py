@@ -42,6 +42,8 @@ class ServerConfig:
     max_classify_top_k: int = _opt(50, "largest Classify top_k")
     max_search_top_k: int = _opt(100, "largest SearchSimilar top_k")
     batch_limit: int = _opt(256, "most products in one ClassifyBatch or Embed call")
+    max_message_bytes: int = _opt(64 * 1024 * 1024, "largest request message gRPC accepts (must fit an image "
+                                                     "of --max-image-bytes, so a too-big one gets a clear error)")
     tls_cert: str | None = _opt(None, "PEM certificate chain; with --tls-key enables TLS")
     tls_key: str | None = _opt(None, "PEM private key of --tls-cert")
     token: str | None = _opt(None, "bearer token required in `authorization` metadata (health stays open)")
@@ -53,7 +55,8 @@ class ServerConfig:
         if not self.bundle:
             raise InvalidInput("bundle", f"required: pass --bundle or set {ENV_PREFIX}BUNDLE")
         for name in ("max_batch", "queue_size", "max_image_bytes", "max_image_pixels", "max_designation_chars",
-                     "max_description_chars", "max_classify_top_k", "max_search_top_k", "batch_limit"):
+                     "max_description_chars", "max_classify_top_k", "max_search_top_k", "batch_limit",
+                     "max_message_bytes"):
             if getattr(self, name) < 1:
                 raise InvalidInput(name, f"must be >= 1, got {getattr(self, name)}")
         for name in ("max_wait_ms", "poll_interval_s", "drain_grace_s"):

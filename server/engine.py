@@ -100,7 +100,7 @@ class Engine:
 
     def swap_index(self, index: PublishedIndex) -> None:
         """Serve `index` from the next batch on; refuses vectors from another model (they are not comparable)."""
-        built_with = index.manifest.get("model_fingerprint")
+        built_with = index.manifest.get("model", {}).get("fingerprint")
         if built_with is not None and built_with != self.embedder.fingerprint:
             raise NotReady(f"index {index.version} was built with model {built_with}, "
                            f"this server runs {self.embedder.fingerprint}: rebuild the index")
@@ -114,13 +114,14 @@ class Engine:
         index = self._index
         versions = self.versions(index)
         vectors = self.embedder.embed([job.product for job in jobs])
-        rows = [i for i, job in enumerate(jobs) if job.top_k is not None]
+        wanted = {i: job.top_k for i, job in enumerate(jobs) if job.top_k is not None}
+        rows = list(wanted)
         classifications: dict[int, Classification] = {}
         if rows:
             head = self.embedder.classify_vectors(vectors[rows])
             found = index.search(vectors[rows], self.knn.k) if index is not None else [[] for _ in rows]
             for row, probs, neighbors in zip(rows, head, found):
-                classifications[row] = self._classify(probs, neighbors, jobs[row].top_k or 1, index)
+                classifications[row] = self._classify(probs, neighbors, wanted[row], index)
         return [Outcome(vectors[i], classifications.get(i), versions) for i in range(len(jobs))]
 
     def _classify(self, head_probs: np.ndarray, neighbors: list[Neighbor], top_k: int,
@@ -166,7 +167,7 @@ class Engine:
             embed_dim=self.embedder.dim,
             prdtypecodes=[int(c) for c in self.embedder.codes],
             index_size=len(index) if index is not None else 0,
-            index_type=str(index.manifest.get("index_type", "")) if index is not None else "",
+            index_type=str(index.manifest.get("index", {}).get("kind", "")) if index is not None else "",
             metrics={k: float(v) for k, v in (self._description.get("metrics") or {}).items()
                      if isinstance(v, (int, float)) and not isinstance(v, bool)},
             abstain_threshold=self.abstain_threshold,

@@ -1,0 +1,535 @@
+"""The real server on a free port, a real channel, the fake embedder from the same factory as real bundles.
+Assertions are on status codes and on answers recomputed independently from the embedder."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+
+import grpc
+import grpc.aio
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from test_server_support import (CODES_IN_INDEX, FAKE_BUNDLE, MemoryIndex, MemorySource, SlowEmbedder,
+                                 catalogue_rows, catalogue_title, jpeg_bytes, png_header, running_server)
+
+from shopclip.model import load_embedder
+from shopclip.products import ProductInput
+from shopclip.server import app
+from shopclip.server.app import SERVICE_NAMES
+from shopclip.v1 import (classification_pb2, classification_pb2_grpc, embedding_pb2, embedding_pb2_grpc, info_pb2,
+                         info_pb2_grpc, product_pb2, search_pb2, search_pb2_grpc)
+
+
+def classify_request(designation: str = "", top_k: int | None = None, **fields: object
+                     ) -> classification_pb2.ClassifyRequest:
+    return classification_pb2.ClassifyRequest(product=product_pb2.Product(designation=designation, **fields),
+                                              top_k=top_k)
+
+
+async def status_of(call: object) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await call
+    return error.value.code(), error.value.details()
+
+
+def with_index(version: str = "v1") -> MemorySource:
+    return MemorySource(MemoryIndex(version, catalogue_rows()))
+
+
+# ------------------------------------------------------------------ Classify
+
+
+def test_classify_without_index_ranks_the_head_probabilities() -> None:
+    async def scenario() -> None:
+        async with running_server() as (_, channel):
+            stub = classification_pb2_grpc.ClassificationServiceStub(channel)
+            response = await stub.Classify(classify_request("Lot de 3 tasses en porcelaine", top_k=4))
+        embedder = load_embedder(FAKE_BUNDLE)
+        probs = embedder.classify_vectors(embedder.embed([ProductInput("Lot de 3 tasses en porcelaine")]))[0]
+        expected = [embedder.codes[i] for i in np.argsort(-probs)[:4]]
+        assert [p.prdtypecode for p in response.predictions] == expected
+        assert response.predictions[0].probability == pytest.approx(probs.max(), rel=1e-5)
+        assert not response.neighbors
+        assert response.versions.model_fingerprint == embedder.fingerprint
+        assert response.versions.index_version == ""
+
+    asyncio.run(scenario())
+
+
+def test_classify_votes_with_labelled_neighbours_of_the_index() -> None:
+    code = CODES_IN_INDEX[2]
+
+    async def scenario() -> None:
+        async with running_server(with_index("v42")) as (_, channel):
+            stub = classification_pb2_grpc.ClassificationServiceStub(channel)
+            response = await stub.Classify(classify_request(f"famille{code} sorte{code} neuf"))
+        assert response.predictions[0].prdtypecode == code
+        assert len(response.predictions) == 5  # default top_k
+        probabilities = [p.probability for p in response.predictions]
+        assert probabilities == sorted(probabilities, reverse=True)
+        assert response.versions.index_version == "v42"
+        voters = response.neighbors
+        assert 0 < len(voters) <= 10
+        assert [n.similarity for n in voters] == sorted((n.similarity for n in voters), reverse=True)
+        assert voters[0].prdtypecode == code and voters[0].designation.startswith(f"famille{code} ")
+        assert voters[0].imageid == voters[0].productid + 1
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("threshold, abstains", [(1.0, True), (0.0, False)])
+def test_abstain_follows_the_configured_threshold(threshold: float, abstains: bool) -> None:
+    async def scenario() -> bool:
+        async with running_server(abstain_threshold=threshold) as (_, channel):
+            stub = classification_pb2_grpc.ClassificationServiceStub(channel)
+            return (await stub.Classify(classify_request("chaise de jardin"))).abstain
+
+    assert asyncio.run(scenario()) is abstains
+
+
+def test_classify_batch_answers_each_product_in_order() -> None:
+    titles = [f"famille{code} sorte{code}" for code in CODES_IN_INDEX]
+
+    async def scenario() -> classification_pb2.ClassifyBatchResponse:
+        async with running_server(with_index()) as (_, channel):
+            stub = classification_pb2_grpc.ClassificationServiceStub(channel)
+            return await stub.ClassifyBatch(classification_pb2.ClassifyBatchRequest(
+                products=[product_pb2.Product(designation=t) for t in titles], top_k=2))
+
+    response = asyncio.run(scenario())
+    assert [r.predictions[0].prdtypecode for r in response.results] == list(CODES_IN_INDEX)
+    assert all(len(r.predictions) == 2 for r in response.results)
+
+
+def test_an_image_only_product_is_classified() -> None:
+    async def scenario() -> classification_pb2.ClassifyResponse:
+        async with running_server() as (_, channel):
+            stub = classification_pb2_grpc.ClassificationServiceStub(channel)
+            return await stub.Classify(classify_request(image=jpeg_bytes()))
+
+    assert len(asyncio.run(scenario()).predictions) == 5
+
+
+# ------------------------------------------------------------------ validation
+
+
+BIG = 10 * 1024 * 1024
+
+
+@pytest.mark.parametrize("request_fields, field", [
+    ({}, "product.designation"),
+    ({"designation": "x" * 1001}, "product.designation"),
+    ({"designation": "ok", "description": "y" * 20_001}, "product.description"),
+    ({"designation": "ok", "image": b"definitely not an image"}, "product.image"),
+    ({"designation": "ok", "image": b"\xff\xd8" + b"\0" * (BIG + 1)}, "product.image"),
+    ({"designation": "ok", "image": png_header(20_000, 20_000)}, "product.image"),
+    ({"designation": "ok", "image": b""}, "product.image"),
+])
+def test_invalid_products_are_refused_naming_the_field(request_fields: dict, field: str) -> None:
+    async def scenario() -> tuple[grpc.StatusCode, str]:
+        async with running_server() as (_, channel):
+            stub = classification_pb2_grpc.ClassificationServiceStub(channel)
+            return await status_of(stub.Classify(classify_request(**request_fields)))
+
+    code, details = asyncio.run(scenario())
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.startswith(field + ":")
+
+
+def test_decompression_bomb_is_named_as_such() -> None:
+    async def scenario() -> tuple[grpc.StatusCode, str]:
+        async with running_server() as (_, channel):
+            stub = classification_pb2_grpc.ClassificationServiceStub(channel)
+            return await status_of(stub.Classify(classify_request("ok", image=png_header(8000, 6000))))
+
+    code, details = asyncio.run(scenario())
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "decompression bomb" in details
+
+
+@pytest.mark.parametrize("top_k", [0, 51, -3])
+def test_top_k_out_of_range_is_refused(top_k: int) -> None:
+    async def scenario() -> tuple[grpc.StatusCode, str]:
+        async with running_server() as (_, channel):
+            stub = classification_pb2_grpc.ClassificationServiceStub(channel)
+            return await status_of(stub.Classify(classify_request("ok", top_k=top_k)))
+
+    code, details = asyncio.run(scenario())
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("top_k:")
+
+
+def test_batch_limits_name_the_offending_product() -> None:
+    async def scenario() -> list[tuple[grpc.StatusCode, str]]:
+        async with running_server() as (_, channel):
+            stub = classification_pb2_grpc.ClassificationServiceStub(channel)
+            too_many = classification_pb2.ClassifyBatchRequest(
+                products=[product_pb2.Product(designation="a")] * 257)
+            one_bad = classification_pb2.ClassifyBatchRequest(
+                products=[product_pb2.Product(designation="a"), product_pb2.Product()])
+            empty = embedding_pb2.EmbedRequest()
+            return [await status_of(stub.ClassifyBatch(too_many)), await status_of(stub.ClassifyBatch(one_bad)),
+                    await status_of(embedding_pb2_grpc.EmbeddingServiceStub(channel).Embed(empty))]
+
+    (code1, details1), (code2, details2), (code3, details3) = asyncio.run(scenario())
+    assert {code1, code2, code3} == {grpc.StatusCode.INVALID_ARGUMENT}
+    assert details1.startswith("products:") and "257" in details1
+    assert details2.startswith("products[1].designation:")
+    assert details3.startswith("products:")
+
+
+def test_an_image_the_model_cannot_decode_fails_only_its_own_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The header passes validation but the model's decoding raises InvalidInput inside a shared batch."""
+    from shopclip.errors import InvalidInput
+
+    truncated = jpeg_bytes()[:200]  # a valid header: only decoding finds the problem
+
+    class PickyEmbedder(SlowEmbedder):
+        def embed(self, products):  # type: ignore[no-untyped-def]
+            if any(p.image == truncated for p in products):
+                raise InvalidInput("products[1].image", "truncated image data")
+            return super().embed(products)
+
+    monkeypatch.setattr(app, "load_embedder", lambda spec, device=None: PickyEmbedder(0.05))
+
+    async def scenario() -> list[object]:
+        async with running_server(max_wait_ms=50) as (_, channel):
+            stub = classification_pb2_grpc.ClassificationServiceStub(channel)
+            calls = [stub.Classify(classify_request("bon produit")),
+                     stub.Classify(classify_request("mauvais", image=truncated)),
+                     stub.Classify(classify_request("autre produit"))]
+            return await asyncio.gather(*calls, return_exceptions=True)
+
+    good1, bad, good2 = asyncio.run(scenario())
+    assert isinstance(good1, classification_pb2.ClassifyResponse)
+    assert isinstance(good2, classification_pb2.ClassifyResponse)
+    assert isinstance(bad, grpc.aio.AioRpcError) and bad.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+# ------------------------------------------------------------------ Search, Embed, GetInfo
+
+
+def test_search_by_productid_excludes_itself_and_filters_by_code() -> None:
+    code = CODES_IN_INDEX[1]
+    query_id = 1000 * code + 2
+
+    async def scenario() -> tuple[search_pb2.SearchSimilarResponse, search_pb2.SearchSimilarResponse]:
+        async with running_server(with_index()) as (_, channel):
+            stub = search_pb2_grpc.SearchServiceStub(channel)
+            near = await stub.SearchSimilar(search_pb2.SearchSimilarRequest(productid=query_id, top_k=3))
+            other = await stub.SearchSimilar(search_pb2.SearchSimilarRequest(
+                productid=query_id, prdtypecode=CODES_IN_INDEX[0]))
+            return near, other
+
+    near, other = asyncio.run(scenario())
+    assert len(near.results) == 3 and query_id not in [r.productid for r in near.results]
+    assert {r.prdtypecode for r in near.results} == {code}
+    assert len(other.results) == 5 and {r.prdtypecode for r in other.results} == {CODES_IN_INDEX[0]}
+    assert near.versions.index_version == "v1"
+
+
+def test_search_by_text_finds_the_matching_products() -> None:
+    async def scenario() -> search_pb2.SearchSimilarResponse:
+        async with running_server(with_index()) as (_, channel):
+            stub = search_pb2_grpc.SearchServiceStub(channel)
+            return await stub.SearchSimilar(search_pb2.SearchSimilarRequest(
+                product=product_pb2.Product(designation=catalogue_title(7, 3)), top_k=1))
+
+    (hit,) = asyncio.run(scenario()).results
+    assert hit.productid == 7003 and hit.similarity == pytest.approx(1.0, abs=1e-5)
+
+
+def test_search_errors_not_found_and_unavailable() -> None:
+    async def scenario() -> list[tuple[grpc.StatusCode, str]]:
+        out = []
+        async with running_server(with_index()) as (_, channel):
+            stub = search_pb2_grpc.SearchServiceStub(channel)
+            out.append(await status_of(stub.SearchSimilar(search_pb2.SearchSimilarRequest(productid=123456))))
+            out.append(await status_of(stub.SearchSimilar(search_pb2.SearchSimilarRequest(productid=7001, top_k=101))))
+            out.append(await status_of(stub.SearchSimilar(search_pb2.SearchSimilarRequest())))
+        async with running_server() as (_, channel):  # no index at all
+            stub = search_pb2_grpc.SearchServiceStub(channel)
+            out.append(await status_of(stub.SearchSimilar(search_pb2.SearchSimilarRequest(productid=7001))))
+        return out
+
+    (c1, d1), (c2, d2), (c3, d3), (c4, _) = asyncio.run(scenario())
+    assert c1 == grpc.StatusCode.NOT_FOUND and "123456" in d1
+    assert c2 == grpc.StatusCode.INVALID_ARGUMENT and d2.startswith("top_k:")
+    assert c3 == grpc.StatusCode.INVALID_ARGUMENT and d3.startswith("query:")
+    assert c4 == grpc.StatusCode.UNAVAILABLE
+
+
+def test_embed_returns_the_model_vectors() -> None:
+    products = [ProductInput("tasse"), ProductInput("", "une longue description")]
+
+    async def scenario() -> embedding_pb2.EmbedResponse:
+        async with running_server() as (_, channel):
+            stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
+            return await stub.Embed(embedding_pb2.EmbedRequest(products=[
+                product_pb2.Product(designation="tasse"), product_pb2.Product(description="une longue description")]))
+
+    response = asyncio.run(scenario())
+    expected = load_embedder(FAKE_BUNDLE).embed(products)
+    got = np.array([e.values for e in response.embeddings], dtype=np.float32)
+    assert response.dim == 32 and got.shape == (2, 32)
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_get_info_describes_model_and_index() -> None:
+    async def scenario() -> info_pb2.GetInfoResponse:
+        async with running_server(with_index("v9"), abstain_threshold=0.3) as (_, channel):
+            return await info_pb2_grpc.InfoServiceStub(channel).GetInfo(info_pb2.GetInfoRequest())
+
+    info = asyncio.run(scenario())
+    assert list(info.prdtypecodes) == list(range(27)) and info.embed_dim == 32
+    assert info.architecture == "fake" and info.knn_k == 10
+    assert info.index_size == len(catalogue_rows()) and info.index_type == info_pb2.INDEX_TYPE_FLAT
+    assert info.versions.index_version == "v9" and info.abstain_threshold == pytest.approx(0.3)
+
+
+# ------------------------------------------------------------------ health, reflection
+
+
+async def health_status(channel: grpc.aio.Channel, service: str = "") -> int:
+    stub = health_pb2_grpc.HealthStub(channel)
+    return (await stub.Check(health_pb2.HealthCheckRequest(service=service))).status
+
+
+def test_health_waits_for_the_first_published_index() -> None:
+    async def scenario() -> None:
+        source = MemorySource()
+        async with running_server(source, poll_interval_s=0.05) as (server, channel):
+            assert await health_status(channel) == health_pb2.HealthCheckResponse.NOT_SERVING
+            stub = classification_pb2_grpc.ClassificationServiceStub(channel)
+            code, _ = await status_of(stub.Classify(classify_request("tasse")))
+            assert code == grpc.StatusCode.UNAVAILABLE
+            source.current = MemoryIndex("v1", catalogue_rows())
+            for _ in range(200):
+                if await health_status(channel) == health_pb2.HealthCheckResponse.SERVING:
+                    break
+                await asyncio.sleep(0.02)
+            for name in SERVICE_NAMES:
+                assert await health_status(channel, name) == health_pb2.HealthCheckResponse.SERVING
+            assert (await stub.Classify(classify_request("tasse"))).versions.index_version == "v1"
+
+    asyncio.run(scenario())
+
+
+def test_reflection_lists_every_service() -> None:
+    async def scenario() -> set[str]:
+        async with running_server() as (_, channel):
+            stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+            responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+            async for response in responses:
+                return {s.name for s in response.list_services_response.service}
+        return set()
+
+    assert asyncio.run(scenario()) == set(SERVICE_NAMES)
+
+
+def test_drain_finishes_in_flight_calls_and_reports_not_serving(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(app, "load_embedder", lambda spec, device=None: SlowEmbedder(0.3))
+
+    async def scenario() -> None:
+        async with running_server() as (server, channel):
+            stub = classification_pb2_grpc.ClassificationServiceStub(channel)
+            in_flight = asyncio.ensure_future(stub.Classify(classify_request("tasse")))
+            await asyncio.sleep(0.1)
+            stopping = asyncio.ensure_future(server.stop(grace=5))
+            await asyncio.sleep(0.05)
+            check = await server.health.Check(health_pb2.HealthCheckRequest(service=""), None)
+            assert check.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert len((await in_flight).predictions) == 5
+            await stopping
+            code, _ = await status_of(stub.Classify(classify_request("tasse"), timeout=1))
+            assert code == grpc.StatusCode.UNAVAILABLE
+
+    asyncio.run(scenario())
+
+
+# ------------------------------------------------------------------ load: queue, deadlines, internal errors
+
+
+def test_full_queue_answers_resource_exhausted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(app, "load_embedder", lambda spec, device=None: SlowEmbedder(0.2))
+
+    async def scenario() -> list[object]:
+        async with running_server(max_batch=1, queue_size=1, max_wait_ms=0) as (_, channel):
+            stub = classification_pb2_grpc.ClassificationServiceStub(channel)
+            return await asyncio.gather(*(stub.Classify(classify_request(f"p{i}")) for i in range(6)),
+                                        return_exceptions=True)
+
+    outcomes = asyncio.run(scenario())
+    refused = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+    assert refused and all(o.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for o in refused)
+    assert len(refused) < len(outcomes)
+
+
+def test_expired_request_never_reaches_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    embedder = SlowEmbedder(0.3)
+    monkeypatch.setattr(app, "load_embedder", lambda spec, device=None: embedder)
+
+    async def scenario() -> tuple[object, grpc.StatusCode]:
+        async with running_server(max_batch=1, max_wait_ms=0) as (_, channel):
+            stub = classification_pb2_grpc.ClassificationServiceStub(channel)
+            first = asyncio.ensure_future(stub.Classify(classify_request("premier")))
+            await asyncio.sleep(0.05)
+            code, _ = await status_of(stub.Classify(classify_request("en retard"), timeout=0.1))
+            result = await first
+            await asyncio.sleep(0.4)  # the late one would have been embedded by now
+            return result, code
+
+    first, code = asyncio.run(scenario())
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert isinstance(first, classification_pb2.ClassifyResponse)
+    assert "en retard" not in embedder.seen
+
+
+def test_unexpected_errors_are_internal_with_a_generic_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    embedder = SlowEmbedder(0.0, fail_with=RuntimeError("secret path /models/x.safetensors"))
+    monkeypatch.setattr(app, "load_embedder", lambda spec, device=None: embedder)
+
+    async def scenario() -> tuple[grpc.StatusCode, str]:
+        async with running_server() as (_, channel):
+            stub = classification_pb2_grpc.ClassificationServiceStub(channel)
+            return await status_of(stub.Classify(classify_request("tasse")))
+
+    code, details = asyncio.run(scenario())
+    assert code == grpc.StatusCode.INTERNAL and "secret" not in details
+
+
+def test_concurrent_classify_calls_share_forward_passes(monkeypatch: pytest.MonkeyPatch) -> None:
+    embedder = SlowEmbedder(0.05)
+    monkeypatch.setattr(app, "load_embedder", lambda spec, device=None: embedder)
+
+    async def scenario() -> list[classification_pb2.ClassifyResponse]:
+        async with running_server(max_batch=32, max_wait_ms=5) as (_, channel):
+            stub = classification_pb2_grpc.ClassificationServiceStub(channel)
+            return await asyncio.gather(*(stub.Classify(classify_request(f"produit {i}")) for i in range(24)))
+
+    responses = asyncio.run(scenario())
+    assert len(responses) == 24 and sum(embedder.batch_sizes) == 24
+    assert len(embedder.batch_sizes) < 12 and max(embedder.batch_sizes) > 1
+
+
+# ------------------------------------------------------------------ hot swap
+
+
+def test_hot_swap_under_concurrent_classify_has_zero_failures() -> None:
+    async def scenario() -> tuple[list[str], list[Exception], MemorySource]:
+        source = MemorySource(MemoryIndex("v1", catalogue_rows()), open_delay_s=0.3)
+        seen: list[str] = []
+        failures: list[Exception] = []
+        async with running_server(source, poll_interval_s=0.05) as (server, channel):
+            stub = classification_pb2_grpc.ClassificationServiceStub(channel)
+            stop = asyncio.Event()
+
+            async def client(i: int) -> None:
+                while not stop.is_set():
+                    try:
+                        response = await stub.Classify(classify_request(f"famille3 sorte3 essai{i}"))
+                        seen.append(response.versions.index_version)
+                    except grpc.aio.AioRpcError as exc:
+                        failures.append(exc)
+
+            clients = [asyncio.ensure_future(client(i)) for i in range(8)]
+            await asyncio.sleep(0.2)
+            source.current = MemoryIndex("v2", catalogue_rows()[:-2])
+            await asyncio.sleep(0.1)
+            during_load = len(seen)
+            await asyncio.sleep(0.6)
+            stop.set()
+            await asyncio.gather(*clients)
+            assert len(seen) > during_load  # served while v2 was loading (0.3 s, off the loop)
+            assert server.engine.index is not None and server.engine.index.version == "v2"
+        return seen, failures, source
+
+    seen, failures, source = asyncio.run(scenario())
+    assert failures == []
+    assert "v1" in seen and "v2" in seen
+    assert seen[-1] == "v2" and seen.index("v2") > seen.index("v1")
+    assert all(name != "MainThread" for name in source.opened_on_threads)
+
+
+def test_an_index_of_another_model_is_not_swapped_in() -> None:
+    async def scenario() -> str:
+        source = with_index("v1")
+        async with running_server(source, poll_interval_s=0.05) as (server, _):
+            foreign = MemoryIndex("v2", catalogue_rows())
+            foreign.manifest["model"]["fingerprint"] = "another-model"
+            source.current = foreign
+            await asyncio.sleep(0.3)
+            assert server.engine.index is not None
+            return server.engine.index.version
+
+    assert asyncio.run(scenario()) == "v1"
+
+
+# ------------------------------------------------------------------ auth, TLS, metrics
+
+
+def test_bearer_token_is_required_except_for_health() -> None:
+    async def scenario() -> list[object]:
+        out: list[object] = []
+        async with running_server(token="s3cret") as (_, channel):
+            stub = classification_pb2_grpc.ClassificationServiceStub(channel)
+            request = classify_request("tasse")
+            out.append(await status_of(stub.Classify(request)))
+            out.append(await status_of(stub.Classify(request, metadata=(("authorization", "Bearer nope"),))))
+            out.append(await stub.Classify(request, metadata=(("authorization", "Bearer s3cret"),)))
+            out.append(await health_status(channel))
+            reflection = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+            out.append(await status_of(reflection.read()))
+        return out
+
+    no_token, wrong, ok, health, reflection = asyncio.run(scenario())
+    assert no_token[0] == wrong[0] == reflection[0] == grpc.StatusCode.UNAUTHENTICATED
+    assert isinstance(ok, classification_pb2.ClassifyResponse)
+    assert health == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_tls_with_a_self_signed_certificate(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from test_server_support import make_config, self_signed_certificate
+
+    cert, key = self_signed_certificate(tmp_path)
+
+    async def scenario() -> tuple[classification_pb2.ClassifyResponse, grpc.StatusCode]:
+        server, port = await app.create_server(make_config(tls_cert=str(cert), tls_key=str(key)))
+        try:
+            credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+            async with grpc.aio.secure_channel(f"localhost:{port}", credentials) as channel:
+                stub = classification_pb2_grpc.ClassificationServiceStub(channel)
+                response = await stub.Classify(classify_request("tasse"), timeout=10)
+            async with grpc.aio.insecure_channel(f"localhost:{port}") as plain:
+                stub = classification_pb2_grpc.ClassificationServiceStub(plain)
+                code, _ = await status_of(stub.Classify(classify_request("tasse"), timeout=2))
+            return response, code
+        finally:
+            await server.stop(0)
+
+    response, plaintext_code = asyncio.run(scenario())
+    assert len(response.predictions) == 5
+    assert plaintext_code == grpc.StatusCode.UNAVAILABLE
+
+
+def test_metrics_endpoint_counts_requests_batches_and_versions() -> None:
+    async def scenario() -> str:
+        async with running_server(with_index("v5"), metrics_port=0) as (server, channel):
+            stub = classification_pb2_grpc.ClassificationServiceStub(channel)
+            await asyncio.gather(*(stub.Classify(classify_request(f"tasse {i}")) for i in range(3)))
+            await status_of(stub.Classify(classify_request("")))
+            url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+            return await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read().decode())
+
+    text = asyncio.run(scenario())
+    method = "/shopclip.v1.ClassificationService/Classify"
+    assert f'shopclip_requests_total{{code="OK",method="{method}"}} 3.0' in text
+    assert f'shopclip_requests_total{{code="INVALID_ARGUMENT",method="{method}"}} 1.0' in text
+    assert f'shopclip_request_latency_seconds_count{{method="{method}"}} 4.0' in text
+    assert "shopclip_batch_size_sum 3.0" in text
+    assert "shopclip_queue_depth 0.0" in text
+    assert 'shopclip_model_info{architecture="fake",fingerprint="fake-32-27"} 1.0' in text
+    assert 'shopclip_index_info{version="v5"} 1.0' in text
+    assert "shopclip_ready 1.0" in text
