@@ -1,9 +1,15 @@
-"""A tiny in-process shopclip server for client tests: the generated base classes, answers derived
-from each request (so a test can tell that its fields arrived), a record of what was received, and
-scripted failures. No model, no index: it tests the client, not the server."""
+"""Servers for client tests.
+
+`fake_server`: a tiny in-process shopclip server built on the generated base classes, with answers
+derived from each request (so a test can tell that its fields arrived), a record of what was received,
+and scripted failures. No model, no index: it tests the client, not the server.
+`running_server`: the real grpc.aio server (`create_server`) with a fake embedder, for end-to-end and
+interoperability tests.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 import threading
@@ -19,6 +25,7 @@ import grpc
 from shopclip.v1 import (classification_pb2, classification_pb2_grpc, embedding_pb2, embedding_pb2_grpc, info_pb2,
                          info_pb2_grpc, product_pb2, search_pb2, search_pb2_grpc)
 
+FAKE_BUNDLE = "fake:dim=32,classes=27"
 UNKNOWN_PRODUCTID = 404
 VERSIONS = product_pb2.Versions(model_fingerprint="fp-test", index_version="v7")
 CODES = (10, 40, 50, 60, 1140, 1160, 1180, 1280, 2280, 2705)
@@ -128,11 +135,11 @@ def fake_server(credentials: grpc.ServerCredentials | None = None) -> Iterator[t
     search_pb2_grpc.add_SearchServiceServicer_to_server(FakeSearch(recorder), server)
     embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server(FakeEmbedding(recorder), server)
     info_pb2_grpc.add_InfoServiceServicer_to_server(FakeInfo(recorder), server)
-    address = "localhost:0" if credentials else "127.0.0.1:0"
+    address = "127.0.0.1:0"  # the test certificate names this IP
     port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     server.start()
     try:
-        yield f"{address.split(':')[0]}:{port}", recorder
+        yield f"127.0.0.1:{port}", recorder
     finally:
         server.stop(grace=None)
 
@@ -149,3 +156,26 @@ def self_signed_certificate(directory: Path) -> tuple[bytes, bytes]:
                     "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
                     "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], check=True, capture_output=True)
     return key.read_bytes(), cert.read_bytes()
+
+
+@contextmanager
+def running_server(**overrides: object) -> Iterator[str]:
+    """The real server (create_server, fake embedder) on a free port of 127.0.0.1, its event loop in a
+    background thread; yields the target. `overrides` are ServerConfig fields (token, tls_cert, ...)."""
+    from shopclip.server.app import create_server  # the server's dependencies load only for these tests
+    from shopclip.server.config import ServerConfig
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="shopclip-test-server", daemon=True)
+    thread.start()
+    config = ServerConfig(bundle=FAKE_BUNDLE, host="127.0.0.1", port=0, **overrides)  # type: ignore[arg-type]
+    try:
+        server, port = asyncio.run_coroutine_threadsafe(create_server(config), loop).result(timeout=60)
+        try:
+            yield f"127.0.0.1:{port}"
+        finally:
+            asyncio.run_coroutine_threadsafe(server.stop(0), loop).result(timeout=30)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()

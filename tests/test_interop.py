@@ -8,44 +8,22 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
+from test_client_support import running_server
 
 from shopclip.client import ProductInput, ShopclipClient
-from shopclip.server.app import create_server
-from shopclip.server.config import ServerConfig
 
-FAKE_BUNDLE = "fake:dim=32,classes=27"
 TITLE = "Lot de 2 coussins déco en velours"
 APP_SERVICES = {"shopclip.v1.ClassificationService", "shopclip.v1.SearchService", "shopclip.v1.EmbeddingService",
                 "shopclip.v1.InfoService"}
 TOKEN = "interop-secret"
-
-
-@contextmanager
-def running_server(**overrides: object) -> Iterator[str]:
-    """The real grpc.aio server (create_server) on a free port, its event loop in a background thread."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="interop-server", daemon=True)
-    thread.start()
-    config = ServerConfig(bundle=FAKE_BUNDLE, host="127.0.0.1", port=0, **overrides)  # type: ignore[arg-type]
-    server, port = asyncio.run_coroutine_threadsafe(create_server(config), loop).result(timeout=60)
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        asyncio.run_coroutine_threadsafe(server.stop(0), loop).result(timeout=30)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
-        loop.close()
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,80 @@
+"""The typed client end to end against the real server (create_server with a fake embedder): every
+method, the async client under concurrency (micro-batched server side), bearer token and TLS."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import grpc
+import pytest
+from test_client_support import running_server, self_signed_certificate
+
+from shopclip.client import AsyncShopclipClient, ProductInput, ShopclipClient, ShopclipRpcError
+from shopclip.client.retry import NO_RETRY
+
+TITLES = ["Lot de 2 coussins déco", "Figurine Star Wars collector", "Piscine tubulaire 3m", "Roman policier poche"]
+
+
+@pytest.fixture(scope="module")
+def target():
+    with running_server(abstain_threshold=0.0) as address:
+        yield address
+
+
+def test_every_method_round_trips(target):
+    with ShopclipClient(target) as client:
+        info = client.info()
+        single = client.classify(ProductInput(designation=TITLES[0], description="Housse 40x40"), top_k=3)
+        batch = client.classify_batch(TITLES, top_k=2)
+        embedded = client.embed(TITLES[:2])
+    assert info.embed_dim == 32 and len(info.prdtypecodes) == 27
+    assert single.versions.model_fingerprint == info.versions.model_fingerprint
+    assert len(single.predictions) == 3 and single.code in info.prdtypecodes
+    probabilities = [p.probability for p in single.predictions]
+    assert probabilities == sorted(probabilities, reverse=True) and 0 < probabilities[0] <= 1
+    assert single.abstain is False  # threshold 0: the server never abstains
+    assert [len(r.predictions) for r in batch] == [2] * len(TITLES)
+    assert embedded.dim == 32 and len(embedded.vectors) == 2
+    assert sum(v * v for v in embedded.vectors[0]) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_concurrent_async_calls_agree_with_sequential_ones(target):
+    with ShopclipClient(target) as client:
+        expected = [client.classify(title).code for title in TITLES]
+
+    async def burst():
+        async with AsyncShopclipClient(target) as client:
+            return await asyncio.gather(*(client.classify(TITLES[i % len(TITLES)]) for i in range(64)))
+
+    results = asyncio.run(burst())
+    assert [r.code for r in results] == [expected[i % len(TITLES)] for i in range(64)]
+
+
+def test_server_validation_reaches_the_caller_with_the_field(target):
+    with ShopclipClient(target) as client:
+        with pytest.raises(ShopclipRpcError) as empty:
+            client.classify(ProductInput())
+        with pytest.raises(ShopclipRpcError) as top_k:
+            client.classify(TITLES[0], top_k=0)
+    assert empty.value.code == top_k.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "designation" in empty.value.details
+    assert "top_k" in top_k.value.details
+
+
+def test_token_and_tls(tmp_path: Path):
+    key, cert = self_signed_certificate(tmp_path)
+    (tmp_path / "key.pem").write_bytes(key)
+    (tmp_path / "cert.pem").write_bytes(cert)
+    with running_server(token="s3cret", tls_cert=str(tmp_path / "cert.pem"),
+                        tls_key=str(tmp_path / "key.pem")) as address:
+        with ShopclipClient(address, tls_ca=tmp_path / "cert.pem", token="s3cret") as client:
+            assert client.classify(TITLES[1]).predictions
+        with ShopclipClient(address, tls_ca=tmp_path / "cert.pem", token="wrong") as client, \
+                pytest.raises(ShopclipRpcError) as refused:
+            client.info()
+        with ShopclipClient(address, token="s3cret", retry=NO_RETRY, timeout=2) as plaintext, \
+                pytest.raises(ShopclipRpcError) as no_tls:
+            plaintext.info()
+    assert refused.value.code == grpc.StatusCode.UNAUTHENTICATED
+    assert no_tls.value.code == grpc.StatusCode.UNAVAILABLE
