@@ -19,7 +19,6 @@ from pathlib import Path
 
 import grpc
 
-from shopclip.client.config import ClientConfig
 from shopclip.client.errors import ShopclipRpcError
 from shopclip.client.results import ClassifyResult, EmbedResult, Info, Neighbor, SearchResult
 from shopclip.client.sync import ShopclipClient
@@ -70,6 +69,7 @@ def _add_connection_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--target", help="server host:port (env SHOPCLIP_TARGET, default localhost:50051)")
     group.add_argument("--token", help="bearer token (env SHOPCLIP_TOKEN)")
     group.add_argument("--tls-ca", type=Path, help="PEM root certificate: use TLS (env SHOPCLIP_TLS_CA)")
+    group.add_argument("--tls", action="store_true", help="use TLS with the system's root certificates")
     group.add_argument("--timeout", type=float, help="deadline in seconds, retries included (default 10)")
     group.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
@@ -137,8 +137,7 @@ def _required_product(args: argparse.Namespace) -> ProductInput:
 
 
 def _client(args: argparse.Namespace) -> ShopclipClient:
-    return ShopclipClient(config=ClientConfig.from_env(target=args.target, token=args.token, tls_ca=args.tls_ca,
-                                                       timeout_s=args.timeout))
+    return ShopclipClient(args.target, token=args.token, tls_ca=args.tls_ca, tls=args.tls, timeout=args.timeout)
 
 
 def reports_rpc_errors(handler: Handler) -> Handler:
