@@ -1,0 +1,86 @@
+"""ServerConfig from flags and SHOPCLIP_* env, and `shopclip serve` as operators run it (SIGTERM drains)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from shopclip.errors import InvalidInput
+from shopclip.server import cli
+from shopclip.server.config import ServerConfig
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers())
+    return parser.parse_args(["serve", *argv])
+
+
+def test_flags_win_over_env_which_wins_over_defaults() -> None:
+    args = parse(["--bundle", "fake", "--max-batch", "7"])
+    env = {"SHOPCLIP_MAX_BATCH": "99", "SHOPCLIP_PORT": "6000", "SHOPCLIP_MAX_WAIT_MS": "2.5",
+           "SHOPCLIP_INDEX_ROOT": "/data/index"}
+    config = ServerConfig.from_sources(vars(args), env)
+    assert (config.bundle, config.max_batch, config.port, config.max_wait_ms) == ("fake", 7, 6000, 2.5)
+    assert config.index_root == "/data/index"
+    assert config.queue_size == ServerConfig.__dataclass_fields__["queue_size"].default
+    assert args.handler is cli.run_serve
+
+
+@pytest.mark.parametrize("argv, env, field", [
+    ([], {}, "bundle"),
+    (["--bundle", "fake"], {"SHOPCLIP_MAX_BATCH": "many"}, "max_batch"),
+    (["--bundle", "fake", "--max-batch", "0"], {}, "max_batch"),
+    (["--bundle", "fake", "--abstain-threshold", "1.5"], {}, "abstain_threshold"),
+    (["--bundle", "fake", "--tls-cert", "c.pem"], {}, "tls_cert"),
+    (["--bundle", "fake"], {"SHOPCLIP_PORT": "70000"}, "port"),
+])
+def test_bad_settings_name_the_field(argv: list[str], env: dict[str, str], field: str) -> None:
+    with pytest.raises(InvalidInput) as error:
+        ServerConfig.from_sources(vars(parse(argv)), env)
+    assert error.value.field == field
+
+
+def test_every_config_field_is_a_flag() -> None:
+    args = vars(parse(["--bundle", "fake"]))
+    assert set(ServerConfig.__dataclass_fields__) <= set(args)
+
+
+def test_serve_reports_serving_then_drains_on_sigterm() -> None:
+    env = {**os.environ, "SHOPCLIP_BUNDLE": "fake:dim=16,classes=5", "SHOPCLIP_PORT": "0",
+           "SHOPCLIP_HOST": "127.0.0.1"}
+    process = subprocess.Popen([sys.executable, "-m", "shopclip.cli", "serve"], env=env, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        port = wait_for_port(process)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status
+        assert status == health_pb2.HealthCheckResponse.SERVING
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+        assert "draining" in process.stderr.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def wait_for_port(process: subprocess.Popen) -> int:
+    deadline = time.monotonic() + 60
+    assert process.stderr is not None
+    while time.monotonic() < deadline:
+        line = process.stderr.readline()
+        if not line and process.poll() is not None:
+            raise AssertionError(f"serve exited with {process.returncode}")
+        if match := re.search(r"listening on port (\d+)", line):
+            return int(match.group(1))
+    raise AssertionError("serve did not start listening in time")
