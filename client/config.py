@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 
 from shopclip.client.retry import RetryPolicy
+from shopclip.errors import InvalidInput
 
 DEFAULT_TARGET = "localhost:50051"
 DEFAULT_TIMEOUT_S = 10.0
@@ -50,8 +51,15 @@ class ClientConfig:
         return options
 
     def channel_credentials(self) -> grpc.ChannelCredentials:
-        root = self.tls_ca.read_bytes() if self.tls_ca is not None else None
-        return grpc.ssl_channel_credentials(root_certificates=root)
+        return grpc.ssl_channel_credentials(root_certificates=self._root_certificates())
+
+    def _root_certificates(self) -> bytes | None:
+        if self.tls_ca is None:
+            return None
+        try:
+            return self.tls_ca.read_bytes()
+        except OSError as error:
+            raise InvalidInput("tls_ca", f"cannot read {self.tls_ca}: {error.strerror}") from None
 
     @classmethod
     def from_env(cls, **overrides: object) -> "ClientConfig":

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Generic, TypeVar
 
 from google.protobuf.message import Message
@@ -32,33 +33,40 @@ class Call(Generic[T]):
     convert: Callable[[Message], T]
 
 
-def method_path(service: str, method: str) -> str:
-    return f"/shopclip.v1.{service}/{method}"
+def method_path(stubs: ModuleType, service: str, method: str) -> str:
+    """`/package.Service/Method`, read from the generated descriptors so the .proto stays the one source."""
+    descriptor = stubs.DESCRIPTOR.services_by_name[service]
+    return f"/{descriptor.full_name}/{descriptor.methods_by_name[method].name}"
+
+
+CLASSIFY = method_path(classification_pb2, "ClassificationService", "Classify")
+CLASSIFY_BATCH = method_path(classification_pb2, "ClassificationService", "ClassifyBatch")
+SEARCH_SIMILAR = method_path(search_pb2, "SearchService", "SearchSimilar")
+EMBED = method_path(embedding_pb2, "EmbeddingService", "Embed")
+GET_INFO = method_path(info_pb2, "InfoService", "GetInfo")
 
 
 def classify_call(product: ProductLike, top_k: int | None) -> Call[ClassifyResult]:
-    return Call(method_path("ClassificationService", "Classify"), classify_request(product, top_k),
-                classification_pb2.ClassifyResponse, classify_result)
+    return Call(CLASSIFY, classify_request(product, top_k), classification_pb2.ClassifyResponse, classify_result)
 
 
 def classify_batch_call(products: Sequence[ProductLike], top_k: int | None) -> Call[list[ClassifyResult]]:
-    return Call(method_path("ClassificationService", "ClassifyBatch"), classify_batch_request(products, top_k),
-                classification_pb2.ClassifyBatchResponse, classify_batch_results)
+    return Call(CLASSIFY_BATCH, classify_batch_request(products, top_k), classification_pb2.ClassifyBatchResponse,
+                classify_batch_results)
 
 
 def search_call(product: ProductLike | None, productid: int | None, top_k: int | None,
                 prdtypecode: int | None) -> Call[SearchResult]:
-    return Call(method_path("SearchService", "SearchSimilar"), search_request(product, productid, top_k, prdtypecode),
+    return Call(SEARCH_SIMILAR, search_request(product, productid, top_k, prdtypecode),
                 search_pb2.SearchSimilarResponse, search_result)
 
 
 def embed_call(products: Sequence[ProductLike]) -> Call[EmbedResult]:
-    return Call(method_path("EmbeddingService", "Embed"), embed_request(products), embedding_pb2.EmbedResponse,
-                embed_result)
+    return Call(EMBED, embed_request(products), embedding_pb2.EmbedResponse, embed_result)
 
 
 def info_call() -> Call[Info]:
-    return Call(method_path("InfoService", "GetInfo"), info_pb2.GetInfoRequest(), info_pb2.GetInfoResponse, info)
+    return Call(GET_INFO, info_pb2.GetInfoRequest(), info_pb2.GetInfoResponse, info)
 
 
 def as_product(product: ProductLike) -> ProductInput:
