@@ -84,6 +84,7 @@ def test_classify_image_only(server, capsys, tmp_path: Path):
     (["--csv", "missing.csv", "--row", "0"], "--csv"),
     (["--image", "missing.jpg"], "--image"),
     (["--csv", "X.csv", "--row", "0", "--images", "."], "--images"),
+    (["--title", "t", "--tls-ca", "missing.pem"], "tls_ca"),
 ])
 def test_bad_product_flags_name_the_flag(server, capsys, tmp_path: Path, monkeypatch, argv, flag):
     monkeypatch.chdir(tmp_path)
