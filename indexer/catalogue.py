@@ -67,10 +67,10 @@ class Catalogue:
             self._db = lancedb.connect(uri)
         except Exception as exc:  # lancedb raises plain ValueError/OSError for bad URIs
             raise InvalidInput("catalogue", f"cannot open LanceDB at {uri!r}: {exc}") from exc
-        self._table = self._db.create_table(table, schema=SCHEMA, exist_ok=True)
-        if self._table.schema != SCHEMA:
-            raise InvalidInput("catalogue", f"table {table!r} at {uri} has an unexpected schema: "
-                                            f"{self._table.schema}")
+        try:
+            self._table = self._db.create_table(table, schema=SCHEMA, exist_ok=True)
+        except ValueError as exc:  # lancedb's answer when an existing table has another schema
+            raise InvalidInput("catalogue", f"table {table!r} at {uri} is not a shopclip catalogue: {exc}") from exc
 
     @property
     def version(self) -> int:
