@@ -1,7 +1,8 @@
 """Dynamic micro-batching: concurrent requests share one forward pass.
 
 Each caller parks on an `asyncio.Future` per item (as in ray serve's `_BatchQueue`); one background
-task takes what is queued, waits at most `max_wait_s` for the batch to fill up to `max_batch`, drops
+task takes what is queued, waits at most `max_wait_s` for the batch to fill up to `max_batch` (only
+under concurrency, so a lone request never waits), drops
 items whose deadline passed or whose caller went away, runs the batch function once in a thread
 executor (the event loop never blocks), checks that it returned one result per item and routes results,
 or the exception, back to every caller. Forwards run one at a time: requests that arrive meanwhile form
@@ -55,6 +56,7 @@ class MicroBatcher(Generic[Item, Result]):
         self._on_batch = on_batch
         self._queue: collections.deque[_Entry[Item, Result]] = collections.deque()
         self._in_flight: list[_Entry[Item, Result]] = []
+        self._last_batch_size = 0
         self._arrived = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -106,12 +108,16 @@ class MicroBatcher(Generic[Item, Result]):
             if not self._queue:
                 self._arrived.clear()
             if batch:
+                self._last_batch_size = len(batch)
                 self._in_flight = batch
                 await self._process(batch)
                 self._in_flight = []
 
     async def _fill(self) -> None:
-        """Wait up to `max_wait_s` for the batch to fill."""
+        """Wait up to `max_wait_s` for the batch to fill, but only under concurrency (the last forward or the
+        queue holds several items): a lone caller would only wait for company that cannot come."""
+        if self._last_batch_size <= 1 and len(self._queue) <= 1:
+            return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._max_wait_s
         while len(self._queue) < self._max_batch and (remaining := deadline - loop.time()) > 0:

@@ -20,8 +20,8 @@ from shopclip.errors import InvalidInput
 ENV_PREFIX = "SHOPCLIP_"
 
 
-def _opt(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
+def _opt(default: Any, help: str, secret: bool = False) -> Any:
+    return field(default=default, repr=not secret, metadata={"help": help})
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,8 @@ class ServerConfig:
                                                      "of --max-image-bytes, so a too-big one gets a clear error)")
     tls_cert: str | None = _opt(None, "PEM certificate chain; with --tls-key enables TLS")
     tls_key: str | None = _opt(None, "PEM private key of --tls-cert")
-    token: str | None = _opt(None, "bearer token required in `authorization` metadata (health stays open)")
+    token: str | None = _opt(None, "bearer token required in `authorization` metadata (health stays open); "
+                                   "prefer the environment variable, flags show in `ps`", secret=True)
     metrics_port: int | None = _opt(None, "Prometheus metrics HTTP port (unset: no metrics endpoint)")
     poll_interval_s: float = _opt(5.0, "how often to look for a newly published index")
     drain_grace_s: float = _opt(10.0, "on SIGTERM, how long in-flight requests may take to finish")

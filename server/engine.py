@@ -100,10 +100,12 @@ class Engine:
 
     def swap_index(self, index: PublishedIndex) -> None:
         """Serve `index` from the next batch on; refuses vectors from another model (they are not comparable)."""
-        built_with = index.manifest.get("model", {}).get("fingerprint")
-        if built_with is not None and built_with != self.embedder.fingerprint:
-            raise NotReady(f"index {index.version} was built with model {built_with}, "
-                           f"this server runs {self.embedder.fingerprint}: rebuild the index")
+        model = index.manifest.get("model", {})
+        if model.get("fingerprint", self.embedder.fingerprint) != self.embedder.fingerprint \
+                or model.get("dim", self.embedder.dim) != self.embedder.dim:
+            raise NotReady(f"index {index.version} was built with model {model.get('fingerprint')} "
+                           f"(dim {model.get('dim')}), this server runs {self.embedder.fingerprint} "
+                           f"(dim {self.embedder.dim}): rebuild the index")
         self._index = index
 
     def versions(self, index: PublishedIndex | None = None) -> Versions:

@@ -183,14 +183,26 @@ def test_the_event_loop_keeps_running_during_a_forward() -> None:
     asyncio.run(scenario())
 
 
-def test_waits_at_most_max_wait_for_a_partial_batch() -> None:
+def test_waits_at_most_max_wait_for_a_partial_batch_under_concurrency() -> None:
     async def scenario() -> None:
         batcher = make_batcher(Recorder(), max_batch=64, max_wait_s=0.05)
+        started = time.perf_counter()
+        assert await batcher.submit_many([5, 6]) == [10, 12]
+        elapsed = time.perf_counter() - started
+        await batcher.stop()
+        assert 0.04 <= elapsed < 1.0
+
+    asyncio.run(scenario())
+
+
+def test_a_lone_request_does_not_wait_for_company() -> None:
+    async def scenario() -> None:
+        batcher = make_batcher(Recorder(), max_batch=64, max_wait_s=0.5)
         started = time.perf_counter()
         assert await batcher.submit(5) == 10
         elapsed = time.perf_counter() - started
         await batcher.stop()
-        assert 0.04 <= elapsed < 1.0
+        assert elapsed < 0.25
 
     asyncio.run(scenario())
 

@@ -386,7 +386,8 @@ def test_expired_request_never_reaches_the_model(monkeypatch: pytest.MonkeyPatch
     assert "en retard" not in embedder.seen
 
 
-def test_unexpected_errors_are_internal_with_a_generic_message(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unexpected_errors_are_internal_with_a_generic_message(monkeypatch: pytest.MonkeyPatch,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
     embedder = SlowEmbedder(0.0, fail_with=RuntimeError("secret path /models/x.safetensors"))
     monkeypatch.setattr(app, "load_embedder", lambda spec, device=None: embedder)
 
@@ -397,6 +398,8 @@ def test_unexpected_errors_are_internal_with_a_generic_message(monkeypatch: pyte
 
     code, details = asyncio.run(scenario())
     assert code == grpc.StatusCode.INTERNAL and "secret" not in details
+    logged = [r for r in caplog.records if r.name == "shopclip.server.errors"]
+    assert logged and logged[0].exc_info is not None and "secret" in str(logged[0].exc_info[1])
 
 
 def test_concurrent_classify_calls_share_forward_passes(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -50,6 +50,10 @@ def test_bad_settings_name_the_field(argv: list[str], env: dict[str, str], field
     assert error.value.field == field
 
 
+def test_the_token_never_shows_in_the_config_repr() -> None:
+    assert "hunter2" not in repr(ServerConfig(bundle="fake", token="hunter2"))
+
+
 def test_every_config_field_is_a_flag() -> None:
     args = vars(parse(["--bundle", "fake"]))
     assert set(ServerConfig.__dataclass_fields__) <= set(args)
