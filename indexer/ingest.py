@@ -42,9 +42,15 @@ class IngestSummary:
 
 
 def _digest(*parts: bytes | str | None) -> str:
+    """Unambiguous hash of a sequence of fields (each length-prefixed; None differs from empty)."""
     hasher = hashlib.blake2b(digest_size=16)
     for part in parts:
-        data = b"\x00" if part is None else part.encode("utf-8", "surrogatepass") if isinstance(part, str) else part
+        if part is None:
+            data = b"\x00none"
+        elif isinstance(part, str):
+            data = part.encode("utf-8", "surrogatepass")
+        else:
+            data = part
         hasher.update(len(data).to_bytes(8, "little"))
         hasher.update(data)
     return hasher.hexdigest()

@@ -5,7 +5,8 @@ ingested again only when its csv files or image count change. A build follows wh
 moved past the published version. The whole run holds the builder lock, so two schedulers cannot interleave.
 
 Exit statuses (for cron and Airflow): 0 published or already up to date, 1 unexpected failure, 2 invalid
-input, 6 another builder is running, 7 publish refused (recall below the floor).
+input (bad arguments, or a drop folder that could not be read: the other drops are still ingested and
+built), 6 another builder is running, 7 publish refused (recall below the floor).
 """
 
 from __future__ import annotations
@@ -89,11 +90,17 @@ def pending_drops(drops: Path, state: dict[str, str]) -> list[tuple[Path, str]]:
 
 
 def _ingest_pending(config: JobConfig, catalogue: Catalogue) -> list[dict]:
+    """Ingest each new or changed drop; a drop that cannot be read is reported (and retried next run)
+    without holding back the others."""
     state = _load_state(config.index_root)
     summaries = []
     for folder, signature in pending_drops(config.drops, state):
         rejects = config.index_root / REJECTS_DIR / f"{folder.name}.csv"
-        summary = ingest_folder(folder, catalogue, rejects_path=rejects, options=config.sources)
+        try:
+            summary = ingest_folder(folder, catalogue, rejects_path=rejects, options=config.sources)
+        except InvalidInput as exc:
+            summaries.append({"source": str(folder), "error": str(exc)})
+            continue
         summaries.append(summary.to_dict())
         state[folder.name] = signature
         publish.write_json_atomic(config.index_root / DROPS_STATE_FILE, state)  # after each drop: resumable
@@ -119,6 +126,8 @@ def run_once(config: JobConfig) -> tuple[int, dict]:
                                     "index": result.manifest["index"]["kind"],
                                     "recall_at_k": result.manifest["index"]["recall_at_k"]}
         status, code = ("published" if summary["build"] else "up-to-date"), EXIT_OK
+        if any("error" in drop for drop in summary["drops"]):
+            status, code = status + "-with-invalid-drops", EXIT_INVALID
     except Busy as exc:
         status, code, summary["error"] = "busy", EXIT_BUSY, str(exc)
     except PublishRefused as exc:

@@ -305,7 +305,8 @@ def _read_challenge_pair(x_file: Path, y_file: Path | None, images: dict[tuple[i
                                                   f"in {y_file.name}")
                 code = labels[index][1]
             row = _challenge_row(record, code, number, x_file.name, options)
-            rows.append(_attach_image(row, images.get((row.imageid or -1, row.productid)), options))
+            image = images.get((row.imageid, row.productid)) if row.imageid is not None else None
+            rows.append(_attach_image(row, image, options))
         except RowError as err:
             rejects.append(Reject(x_file.name, number, raw_productid, err.field, err.reason))
     for index, (number, _) in labels.items():

@@ -96,3 +96,15 @@ def test_cli_ingest_build_status_and_run(tmp_path: Path, capsys: pytest.CaptureF
 def test_cli_build_without_a_bundle_is_invalid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SHOPCLIP_BUNDLE", raising=False)
     assert main(["index", "build", "--catalogue", str(tmp_path / "db"), "--index-root", str(tmp_path / "i")]) == 2
+
+
+def test_an_unreadable_drop_is_reported_without_blocking_the_others(tmp_path: Path) -> None:
+    synthetic_drop(tmp_path / "drops" / "good", range(1, 9))
+    broken = tmp_path / "drops" / "broken"
+    broken.mkdir(parents=True)
+    (broken / "New_X_train.csv").write_text(",designation,productid\n0,a,1\n", encoding="utf-8")
+    code, summary = job.run_once(config(tmp_path))
+    assert code == job.EXIT_INVALID and summary["status"] == "published-with-invalid-drops"
+    errors = {Path(d["source"]).name: d.get("error") for d in summary["drops"]}
+    assert errors["good"] is None and "description" in errors["broken"]
+    assert summary["build"]["vectors"] == 8
