@@ -21,7 +21,7 @@ import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from shopclip.errors import InvalidInput, NotReady, Overloaded, ShopclipError
 
@@ -83,8 +83,10 @@ class MicroBatcher(Generic[Item, Result]):
     async def submit(self, item: Item, timeout_s: float | None = None) -> Result:
         return (await self.submit_many([item], timeout_s))[0]
 
-    async def submit_many(self, items: Sequence[Item], timeout_s: float | None = None) -> list[Result]:
-        """Results in the order of `items`. `timeout_s` is what is left of the caller's deadline."""
+    async def submit_many(self, items: Sequence[Item], timeout_s: float | None = None,
+                          return_exceptions: bool = False) -> list[Any]:
+        """Results in the order of `items`; `timeout_s` is what is left of the caller's deadline. As with
+        `asyncio.gather`, `return_exceptions` puts each item's exception in its place instead of raising."""
         if self._task is None:
             raise NotReady("the batcher is not running")
         if len(self._queue) + len(items) > self._queue_size:
@@ -95,7 +97,8 @@ class MicroBatcher(Generic[Item, Result]):
         self._queue.extend(entries)
         self._arrived.set()
         try:
-            return list(await asyncio.gather(*(entry.future for entry in entries)))
+            return list(await asyncio.gather(*(entry.future for entry in entries),
+                                             return_exceptions=return_exceptions))
         finally:  # a caller that gave up (cancelled, or one item failed) leaves no orphan behind
             for entry in entries:
                 entry.future.cancel()

@@ -48,9 +48,18 @@ class _Base:
         check_product(product, self._limits.product, field)
         return product
 
-    async def _run(self, jobs: Sequence[Job], context: grpc.aio.ServicerContext) -> list[Outcome]:
+    async def _run(self, jobs: Sequence[Job], fields: Sequence[str],
+                   context: grpc.aio.ServicerContext) -> list[Outcome]:
+        """Outcomes of `jobs`, whose products the request calls `fields`; a product the model rejects is
+        named as the caller spelled it (the model only knows its position in a shared batch)."""
         self._engine.require_ready()
-        return await self._batcher.submit_many(jobs, context.time_remaining())
+        outcomes = await self._batcher.submit_many(jobs, context.time_remaining(), return_exceptions=True)
+        for field, outcome in zip(fields, outcomes):
+            if isinstance(outcome, InvalidInput):
+                raise InvalidInput(f"{field}.{outcome.field.rsplit('.', 1)[-1]}", outcome.message) from outcome
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return outcomes
 
 
 class ClassificationServicer(_Base, classification_pb2_grpc.ClassificationServiceServicer):
@@ -58,15 +67,16 @@ class ClassificationServicer(_Base, classification_pb2_grpc.ClassificationServic
                        context: grpc.aio.ServicerContext) -> classification_pb2.ClassifyResponse:
         top_k = self._top_k(request)
         product = self._product(request.product, "product")
-        (outcome,) = await self._run([Job(product, top_k)], context)
+        (outcome,) = await self._run([Job(product, top_k)], ["product"], context)
         return _classify_response(outcome)
 
     async def ClassifyBatch(self, request: classification_pb2.ClassifyBatchRequest,
                             context: grpc.aio.ServicerContext) -> classification_pb2.ClassifyBatchResponse:
         top_k = self._top_k(request)
         check_count(len(request.products), self._limits.batch_limit)
-        jobs = [Job(self._product(p, f"products[{i}]"), top_k) for i, p in enumerate(request.products)]
-        outcomes = await self._run(jobs, context)
+        fields = [f"products[{i}]" for i in range(len(request.products))]
+        jobs = [Job(self._product(p, field), top_k) for p, field in zip(request.products, fields)]
+        outcomes = await self._run(jobs, fields, context)
         return classification_pb2.ClassifyBatchResponse(results=[_classify_response(o) for o in outcomes])
 
     def _top_k(self, request: classification_pb2.ClassifyRequest | classification_pb2.ClassifyBatchRequest) -> int:
@@ -86,7 +96,7 @@ class SearchServicer(_Base, search_pb2_grpc.SearchServiceServicer):
             found = await asyncio.to_thread(self._engine.search_product, request.productid, top_k, code)
         elif query == "product":
             product = self._product(request.product, "product")
-            (outcome,) = await self._run([Job(product)], context)
+            (outcome,) = await self._run([Job(product)], ["product"], context)
             found = await asyncio.to_thread(self._engine.search_vector, outcome.vector, top_k, code)
         else:
             raise InvalidInput("query", "set either productid or product")
@@ -99,8 +109,9 @@ class EmbeddingServicer(_Base, embedding_pb2_grpc.EmbeddingServiceServicer):
     async def Embed(self, request: embedding_pb2.EmbedRequest,
                     context: grpc.aio.ServicerContext) -> embedding_pb2.EmbedResponse:
         check_count(len(request.products), self._limits.batch_limit)
-        jobs = [Job(self._product(p, f"products[{i}]")) for i, p in enumerate(request.products)]
-        outcomes = await self._run(jobs, context)
+        fields = [f"products[{i}]" for i in range(len(request.products))]
+        jobs = [Job(self._product(p, field)) for p, field in zip(request.products, fields)]
+        outcomes = await self._run(jobs, fields, context)
         return embedding_pb2.EmbedResponse(
             embeddings=[embedding_pb2.Embedding(values=o.vector.tolist()) for o in outcomes],
             dim=self._engine.embedder.dim, versions=_versions(outcomes[0].versions))

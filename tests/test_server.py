@@ -183,7 +183,7 @@ def test_an_image_the_model_cannot_decode_fails_only_its_own_request(monkeypatch
     """The header passes validation but the model's decoding raises InvalidInput inside a shared batch."""
     from shopclip.errors import InvalidInput
 
-    truncated = jpeg_bytes()[:200]  # a valid header: only decoding finds the problem
+    truncated = png_header(64, 64)  # a valid header, too little pixel data: only decoding finds the problem
 
     class PickyEmbedder(SlowEmbedder):
         def embed(self, products):  # type: ignore[no-untyped-def]
@@ -205,6 +205,7 @@ def test_an_image_the_model_cannot_decode_fails_only_its_own_request(monkeypatch
     assert isinstance(good1, classification_pb2.ClassifyResponse)
     assert isinstance(good2, classification_pb2.ClassifyResponse)
     assert isinstance(bad, grpc.aio.AioRpcError) and bad.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad.details() == "product.image: truncated image data"  # the caller's name, not the batch's
 
 
 # ------------------------------------------------------------------ Search, Embed, GetInfo
