@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     products = load_products(args.data, args.products)
     print(f"bundle {args.bundle}: {len(products)} products from "
           f"{args.data if args.data.is_file() else 'generated titles'}", file=sys.stderr)
-    raw = measure_raw(args.bundle, products, args.batch_sizes, args.seconds)
+    raw = measure_raw(args.bundle, products, args.batch_sizes, args.seconds, args.torch_threads)
     with running_server(args) as server:
         served = asyncio.run(measure_served(server, products, args.concurrency, args.seconds, args.top_k))
     print(report(args, raw, served))
@@ -94,6 +94,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--max-batch", type=int, help="server micro-batch limit (server default if unset)")
     parser.add_argument("--max-wait-ms", type=float, help="server micro-batch wait (server default if unset)")
+    parser.add_argument("--torch-threads", type=int,
+                        help="intra-op threads for (a) and the server (torch default if unset); on a busy "
+                             "machine 1 avoids OpenMP spin-waits that cost 10x and more")
     parser.add_argument("--json-out", type=Path, help="also write the figures as JSON")
     return parser.parse_args(argv)
 
@@ -112,11 +115,13 @@ def load_products(data: Path, count: int) -> list[ProductInput]:
 
 
 def measure_raw(bundle: str, products: Sequence[ProductInput], batch_sizes: Sequence[int],
-                seconds: float) -> list[RawPoint]:
+                seconds: float, torch_threads: int | None) -> list[RawPoint]:
     """(a): the embedder called directly, as the server's forward thread calls it."""
     from shopclip.model import load_embedder  # heavy: torch for real bundles
 
     embedder = load_embedder(bundle)
+    if torch_threads is not None and "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(torch_threads)
     points = []
     for batch_size in tqdm(batch_sizes, desc="(a) raw forward", unit="batch size", file=sys.stderr):
         batches = [list(products[i:i + batch_size]) for i in range(0, len(products) - batch_size + 1, batch_size)]
@@ -148,7 +153,10 @@ class running_server:
                             ("--max-wait-ms", self.args.max_wait_ms)):
             if value is not None:
                 argv += [flag, str(value)]
-        self.process = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
+        env = dict(os.environ)
+        if self.args.torch_threads is not None:  # read by torch when the server imports it
+            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(self.args.torch_threads)
+        self.process = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         self.target = f"127.0.0.1:{port}"
         self._wait_until_serving(self.target)
         return self
@@ -243,8 +251,8 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 def report(args: argparse.Namespace, raw: Sequence[RawPoint], served: Sequence[ServedPoint]) -> str:
     best = max(raw, key=lambda p: p.items_per_s)
-    lines = [f"bundle {args.bundle}  index {args.index_root or '(none: head only)'}  "
-             f"cpus {os.cpu_count()}  torch threads {torch_threads()}", "",
+    lines = [f"bundle {args.bundle}  index {args.index_root or '(none: head only)'}  cpus {os.cpu_count()}  "
+             f"torch threads {torch_threads()}  load average {os.getloadavg()[0]:.1f}", "",
              "(a) raw forward (embed + classify_vectors)        (b) Classify through server + asyncio client",
              f"{'batch':>5} {'items/s':>9} {'p50 ms':>8}                       "
              f"{'conc':>4} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'cpu client':>10} {'server':>6}"]
