@@ -18,6 +18,7 @@ import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from shopclip.errors import InvalidInput
 from shopclip.indexer.api import PublishedIndex
 from shopclip.model import load_embedder
 from shopclip.server.auth import BearerTokenInterceptor, server_credentials
@@ -113,19 +114,14 @@ async def create_server(config: ServerConfig, index_source: IndexSource | None =
         index_source = PublishedIndexSource(config.index_root)
     engine = Engine(embedder, abstain_threshold=config.abstain_threshold, index_required=index_source is not None)
     metrics = ServerMetrics()
-    metrics.set_model(embedder.fingerprint, str(engine.info().architecture))
+    metrics.set_model(embedder.fingerprint, engine.info().architecture)
     forward_executor = ThreadPoolExecutor(1, thread_name_prefix="shopclip-forward")  # one forward at a time
     batcher: MicroBatcher[Job, Outcome] = MicroBatcher(
         engine.forward, executor=forward_executor,
         max_batch=config.max_batch, max_wait_s=config.max_wait_ms / 1000, queue_size=config.queue_size,
         on_batch=metrics.batch_size.observe)
     metrics.track_queue_depth(lambda: batcher.depth)
-
-    interceptors: list[grpc.aio.ServerInterceptor] = [ErrorTableInterceptor(metrics)]
-    if config.token:
-        interceptors.append(BearerTokenInterceptor(config.token, open_services={HEALTH_SERVICE}))
-    grpc_server = grpc.aio.server(interceptors=interceptors,
-                                  options=[("grpc.max_receive_message_length", config.max_message_bytes)])
+    grpc_server = _grpc_server(config, metrics)
     health_servicer = health.aio.HealthServicer()
     _add_servicers(grpc_server, engine, batcher, _limits(config), health_servicer)
 
@@ -133,14 +129,10 @@ async def create_server(config: ServerConfig, index_source: IndexSource | None =
     if index_source is not None:
         server.watcher = IndexWatcher(index_source, engine, config.poll_interval_s, on_swap=server.on_index_swapped)
         await _load_first_index(server.watcher)
-    address = f"{config.host}:{config.port}"
-    if config.tls:
-        server.port = grpc_server.add_secure_port(address, server_credentials(config.tls_cert, config.tls_key))
-    else:
-        server.port = grpc_server.add_insecure_port(address)
+    server.port = _bind(grpc_server, config)
     await server.start()
-    log.info("serving %s on %s (tls=%s, auth=%s, index=%s)", embedder.fingerprint, address, config.tls,
-             bool(config.token), engine.versions(engine.index).index_version or "none")
+    log.info("serving %s on %s:%d (tls=%s, auth=%s, index=%s)", embedder.fingerprint, config.host, server.port,
+             config.tls, bool(config.token), engine.versions(engine.index).index_version or "none")
     return server, server.port
 
 
@@ -169,6 +161,26 @@ def _add_servicers(grpc_server: grpc.aio.Server, engine: Engine, batcher: MicroB
     info_pb2_grpc.add_InfoServiceServicer_to_server(InfoServicer(engine, batcher, limits), grpc_server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
     reflection.enable_server_reflection(SERVICE_NAMES, grpc_server)
+
+
+def _grpc_server(config: ServerConfig, metrics: ServerMetrics) -> grpc.aio.Server:
+    """The error table wraps everything (refused calls are measured too); auth sits inside it."""
+    interceptors: list[grpc.aio.ServerInterceptor] = [ErrorTableInterceptor(metrics)]
+    if config.token:
+        interceptors.append(BearerTokenInterceptor(config.token, open_services={HEALTH_SERVICE}))
+    return grpc.aio.server(interceptors=interceptors,
+                           options=[("grpc.max_receive_message_length", config.max_message_bytes),
+                                    ("grpc.so_reuseport", 0)])  # a second server on a taken port must fail
+
+
+def _bind(grpc_server: grpc.aio.Server, config: ServerConfig) -> int:
+    address = f"{config.host}:{config.port}"
+    try:
+        if config.tls_cert is not None and config.tls_key is not None:
+            return grpc_server.add_secure_port(address, server_credentials(config.tls_cert, config.tls_key))
+        return grpc_server.add_insecure_port(address)
+    except RuntimeError as exc:  # grpc's only signal that the address is taken or invalid
+        raise InvalidInput("port", f"cannot listen on {address}: {exc}") from None
 
 
 def _limits(config: ServerConfig) -> RequestLimits:

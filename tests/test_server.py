@@ -537,3 +537,16 @@ def test_metrics_endpoint_counts_requests_batches_and_versions() -> None:
     assert 'shopclip_model_info{architecture="fake",fingerprint="fake-32-27"} 1.0' in text
     assert 'shopclip_index_info{version="v5"} 1.0' in text
     assert "shopclip_ready 1.0" in text
+
+
+def test_a_taken_port_is_a_clear_error() -> None:
+    from shopclip.errors import InvalidInput
+    from test_server_support import make_config
+
+    async def scenario() -> None:
+        async with running_server() as (server, _):
+            with pytest.raises(InvalidInput) as error:
+                await app.create_server(make_config(port=server.port))
+            assert error.value.field == "port"
+
+    asyncio.run(scenario())
