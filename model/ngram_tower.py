@@ -87,7 +87,10 @@ class NgramTower(nn.Module):
         weights: dict[int, float] = {}
         for kind, grams in (("w", iter_word_ngrams(words, self.word_orders)),
                             ("c", iter_char_ngrams(words, self.char_orders))):
-            counts = Counter(self.bucket(kind, gram) for gram in grams)
+            counts: dict[int, int] = {}
+            for gram, count in Counter(grams).items():  # hash each distinct n-gram once
+                bucket = self.bucket(kind, gram)
+                counts[bucket] = counts.get(bucket, 0) + count
             group = {bucket: 1.0 + math.log(count) for bucket, count in counts.items()}
             norm = math.sqrt(sum(w * w for w in group.values())) or 1.0
             for bucket, weight in group.items():
@@ -95,8 +98,8 @@ class NgramTower(nn.Module):
         return weights
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        """`ids` (n, L) bucket ids sorted, right-padded with 0, and their `weights` (0 on padding)."""
-        per_text = [sorted(self.weighted_ids(text).items()) for text in texts]
+        """`ids` (n, L) bucket ids right-padded with 0, and their `weights` (0 on padding)."""
+        per_text = [list(self.weighted_ids(text).items()) for text in texts]
         width = max((len(items) for items in per_text), default=1) or 1
         ids = torch.zeros((len(texts), width), dtype=torch.long)
         weights = torch.zeros((len(texts), width), dtype=torch.float32)
@@ -108,7 +111,12 @@ class NgramTower(nn.Module):
         return {"ids": ids, "weights": weights}
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.bag(batch["ids"], per_sample_weights=batch["weights"].to(self.bag.weight.dtype))
+        """Packs the padded batch into one flat bag list, so padding costs nothing."""
+        ids, weights = batch["ids"], batch["weights"]
+        real = ids != PADDING_ID
+        counts = real.sum(dim=1)
+        offsets = counts.cumsum(0) - counts
+        return self.bag(ids[real], offsets, per_sample_weights=weights[real].to(self.bag.weight.dtype))
 
     def extra_repr(self) -> str:
         return f"buckets={self.buckets}, dim={self.output_dim}, word={self.word_orders}, char={self.char_orders}"
