@@ -32,7 +32,7 @@ STATUS_AS_DOMAIN_ERROR: dict[grpc.StatusCode, type[ShopclipError]] = {
     grpc.StatusCode.UNAVAILABLE: NotReady,
     grpc.StatusCode.RESOURCE_EXHAUSTED: Overloaded,
 }
-DESIGNATION_WIDTH = 60
+MAX_CELL_CHARS = 60
 CODES_SHOWN = 30  # the real catalogue has over 1000 types: `info` lists the first ones, --json all
 CHALLENGE_COLUMNS = ("designation", "description", "productid", "imageid")
 
@@ -216,7 +216,7 @@ def _cell(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.4f}"
     text = " ".join(str(value).split())
-    return text if len(text) <= DESIGNATION_WIDTH else text[:DESIGNATION_WIDTH - 1] + "…"
+    return text if len(text) <= MAX_CELL_CHARS else text[:MAX_CELL_CHARS - 1] + "…"
 
 
 def _neighbors_table(neighbors: Sequence[Neighbor]) -> str:
