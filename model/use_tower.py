@@ -93,6 +93,8 @@ class UseTower(nn.Module):
     name = "use"
     output_dim = EMBED_DIM
     pretrained = True
+    """Where the weights come from (USE), also when the constructor's `pretrained=False` skips reading
+    them because a bundle's weights are loaded next: the tower keeps its lower learning rate and freezing."""
 
     def __init__(self, max_tokens: int = DEFAULT_MAX_TOKENS, pretrained: bool = True) -> None:
         """`pretrained=False` builds the same shapes without reading the npz (weights from a bundle follow)."""
