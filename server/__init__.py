@@ -1,1 +1,9 @@
-"""shopclip.server"""
+"""shopclip.server: the grpc.aio front door (Classify, SearchSimilar, Embed, GetInfo).
+
+`app.create_server(config) -> (server, port)` assembles it; `config.ServerConfig` is read from flags and
+`SHOPCLIP_*` env (`cli.py`: `shopclip serve`). Requests flow servicer.py (the only protobuf code, limits from
+validation.py) -> batching.py (micro-batches) -> engine.py (embed, head + k-NN vote, search; no grpc);
+errors.py maps domain errors to status codes, auth.py checks bearer tokens, index_watch.py hot-swaps newly
+published indexes, metrics.py exports Prometheus metrics. Nothing heavy is imported here: the root CLI
+imports `shopclip.server.cli` to declare `serve`.
+"""
