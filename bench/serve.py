@@ -39,7 +39,8 @@ from tqdm import tqdm
 
 from shopclip.client import AsyncShopclipClient, ProductInput, ShopclipClient, ShopclipRpcError
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "rakuten_text.csv"
+# ../shared/data beside the checkout (`.parent` never fails, even for a copy of this file in /).
+DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "rakuten_text.csv"
 THROUGHPUT_TARGET = 0.80
 OVERHEAD_TARGET_MS = 3.0
 SERVER_START_TIMEOUT_S = 300.0
