@@ -120,7 +120,8 @@ def _split(model: nn.Module, tokenizer: Callable, train_tf: Callable, eval_tf: C
     """Hand the vision tower to the image side and the rest (text side) to the text tower.
 
     The text tower keeps the CLIP module for its `encode_text`; its `visual` is swapped for an Identity
-    and its `logit_scale` moves to the assembly, so no tensor is owned twice (safetensors refuses shared tensors, and an optimiser would see them twice).
+    and its `logit_scale` moves to the assembly, so no tensor is owned twice (safetensors refuses
+    shared tensors, and an optimiser would step them twice).
     """
     visual = model.visual
     model.visual = nn.Identity()
