@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,6 +45,7 @@ DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 THROUGHPUT_TARGET = 0.80
 OVERHEAD_TARGET_MS = 3.0
 SERVER_START_TIMEOUT_S = 300.0
+GAP = " " * 23  # between the (a) and (b) columns of the report
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,8 @@ class ServedPoint:
     """CPU seconds per wall second of this (load-generating) process: 1.0 is one core busy."""
     server_cpu: float
     """Same for the server process (nan where /proc is unavailable)."""
+    mean_batch: float
+    """Products per forward pass on the server (from its Prometheus metrics): is micro-batching filling up?"""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -147,9 +151,9 @@ class running_server:
         self.process: subprocess.Popen | None = None
 
     def __enter__(self) -> "running_server":
-        port = free_port()
+        port, self.metrics_port = free_port(), free_port()
         argv = [sys.executable, "-m", "shopclip.cli", "serve", "--bundle", self.args.bundle,
-                "--host", "127.0.0.1", "--port", str(port)]
+                "--host", "127.0.0.1", "--port", str(port), "--metrics-port", str(self.metrics_port)]
         for flag, value in (("--index-root", self.args.index_root), ("--max-batch", self.args.max_batch),
                             ("--max-wait-ms", self.args.max_wait_ms)):
             if value is not None:
@@ -161,6 +165,14 @@ class running_server:
         self.target = f"127.0.0.1:{port}"
         self._wait_until_serving(self.target)
         return self
+
+    def forwards(self) -> tuple[float, float]:
+        """(products, forward passes) so far, from the server's shopclip_batch_size histogram."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            samples = dict(line.rsplit(" ", 1) for line in response.read().decode().splitlines()
+                           if line.startswith("shopclip_batch_size_"))
+        return float(samples.get("shopclip_batch_size_sum", 0)), float(samples.get("shopclip_batch_size_count", 0))
 
     def cpu_seconds(self) -> float:
         """User + system CPU time of the server process so far (Linux /proc; nan elsewhere)."""
@@ -234,12 +246,15 @@ async def run_load(client: AsyncShopclipClient, server: running_server, products
             i += concurrency
 
     started, client_cpu, server_cpu = time.perf_counter(), time.process_time(), server.cpu_seconds()
+    products_before, forwards_before = server.forwards()
     await asyncio.gather(*(caller(offset) for offset in range(concurrency)))
     elapsed = time.perf_counter() - started
+    products_after, forwards_after = server.forwards()
     return ServedPoint(concurrency, len(latencies) / elapsed, percentile(latencies, 50) * 1e3,
                        percentile(latencies, 99) * 1e3, len(latencies), errors,
                        client_cpu=(time.process_time() - client_cpu) / elapsed,
-                       server_cpu=(server.cpu_seconds() - server_cpu) / elapsed)
+                       server_cpu=(server.cpu_seconds() - server_cpu) / elapsed,
+                       mean_batch=(products_after - products_before) / max(1.0, forwards_after - forwards_before))
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -255,14 +270,14 @@ def report(args: argparse.Namespace, raw: Sequence[RawPoint], served: Sequence[S
     lines = [f"bundle {args.bundle}  index {args.index_root or '(none: head only)'}  cpus {os.cpu_count()}  "
              f"torch threads {torch_threads()}  load average {os.getloadavg()[0]:.1f}", "",
              "(a) raw forward (embed + classify_vectors)        (b) Classify through server + asyncio client",
-             f"{'batch':>5} {'items/s':>9} {'p50 ms':>8}                       "
-             f"{'conc':>4} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'cpu client':>10} {'server':>6}"]
+             f"{'batch':>5} {'items/s':>9} {'p50 ms':>8}{GAP}{'conc':>4} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+             f"{'errors':>6} {'cpu client':>10} {'server':>6} {'batch':>5}"]
     for i in range(max(len(raw), len(served))):
         left = f"{raw[i].batch_size:>5} {raw[i].items_per_s:>9.1f} {raw[i].p50_ms:>8.2f}" if i < len(raw) else " " * 24
         right = (f"{served[i].concurrency:>4} {served[i].requests_per_s:>9.1f} {served[i].p50_ms:>8.2f} "
                  f"{served[i].p99_ms:>8.2f} {served[i].errors:>6} {served[i].client_cpu:>10.0%} "
-                 f"{served[i].server_cpu:>6.0%}") if i < len(served) else ""
-        lines.append(f"{left}                       {right}".rstrip())
+                 f"{served[i].server_cpu:>6.0%} {served[i].mean_batch:>5.1f}") if i < len(served) else ""
+        lines.append(f"{left}{GAP}{right}".rstrip())
     lines.append("")
     lines += target_lines(raw, served, best)
     return "\n".join(lines)

@@ -43,5 +43,8 @@ def test_fake_bundle_run_reports_both_sides_and_the_targets(bench, tmp_path, cap
     assert [p["concurrency"] for p in figures["served"]] == [1, 4]
     assert all(p["requests"] > 0 and p["errors"] == 0 for p in figures["served"])
     assert all(p["p50_ms"] <= p["p99_ms"] for p in figures["served"])
+    alone, crowded = figures["served"]
+    assert alone["mean_batch"] == 1.0  # one caller: every forward carries exactly its one product
+    assert 1.0 <= crowded["mean_batch"] <= 4.0
     printed = capsys.readouterr().out
     assert "throughput: (b) at concurrency 4" in printed and "overhead:" in printed
