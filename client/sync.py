@@ -30,6 +30,10 @@ class ShopclipClient:
     def __init__(self, target: str | None = None, *, timeout: float | None = None, token: str | None = None,
                  tls_ca: str | Path | None = None, tls: bool = False, tls_server_name: str | None = None,
                  retry: RetryPolicy | None = None, config: ClientConfig | None = None) -> None:
+        """`target` host:port; `timeout` each call's deadline in seconds, retries included (default 10; a
+        call's own `timeout=` wins); `token` bearer token; `tls_ca` PEM roots to trust (TLS), `tls` TLS with
+        the system roots; `retry` backoff on UNAVAILABLE. Unset ones come from SHOPCLIP_TARGET,
+        SHOPCLIP_TOKEN, SHOPCLIP_TLS_CA. `config` replaces them all."""
         self.config = config or client_config(target, timeout, token, tls_ca, tls, tls_server_name, retry)
         options = self.config.channel_options()
         self._channel = (grpc.secure_channel(self.config.target, self.config.channel_credentials(), options)
