@@ -73,7 +73,7 @@ def build_timm_image_tower(timm_model_name: str, embed_dim: int, image_size: int
     register_open_clip_configs()
     model_cfg = open_clip.get_model_config(OPEN_CLIP_CONFIG)
     vision_cfg = {**model_cfg["vision_cfg"], "timm_model_name": timm_model_name, "image_size": image_size}
-    with _without_random_init_warning():
+    with quiet_open_clip_init():
         clip = open_clip.create_model(OPEN_CLIP_CONFIG, embed_dim=embed_dim, vision_cfg=vision_cfg,
                                       load_weights=False)
     visual = clip.visual  # open_clip.timm_model.TimmModel: trunk + head (dropout, linear projection)
@@ -84,10 +84,12 @@ def build_timm_image_tower(timm_model_name: str, embed_dim: int, image_size: int
 
 
 @contextmanager
-def _without_random_init_warning() -> Iterator[None]:
-    """open_clip warns "initialized randomly" (root logger) before we load ImageNet weights ourselves."""
+def quiet_open_clip_init() -> Iterator[None]:
+    """Drop open_clip's "initialized randomly" / "no CLIP weights found" warnings (root logger) while
+    building a model whose weights shopclip loads itself right after (ImageNet trunk, bundle)."""
     def drop(record: logging.LogRecord) -> bool:
-        return "initialized randomly" not in record.getMessage()
+        message = record.getMessage()
+        return "initialized randomly" not in message and "no CLIP weights found" not in message
 
     root = logging.getLogger()
     root.addFilter(drop)

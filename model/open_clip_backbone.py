@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from shopclip.model.config import OpenClipSpec
-from shopclip.model.image_tower import ImageTower
+from shopclip.model.image_tower import ImageTower, quiet_open_clip_init
 from shopclip.model.preprocess import ImageInput, prepare_image
 
 LOCAL_DIR_PREFIX = "local-dir:"
@@ -92,7 +92,8 @@ def build_open_clip(spec: OpenClipSpec, rebuild_cfg: dict[str, Any] | None = Non
     else:
         with tempfile.TemporaryDirectory(prefix="shopclip-open_clip-") as folder:
             (Path(folder) / "open_clip_config.json").write_text(json.dumps(rebuild_cfg))
-            model, train_tf, eval_tf = open_clip.create_model_and_transforms(LOCAL_DIR_PREFIX + folder)
+            with quiet_open_clip_init():  # the bundle's safetensors fill the weights next
+                model, train_tf, eval_tf = open_clip.create_model_and_transforms(LOCAL_DIR_PREFIX + folder)
             tokenizer = open_clip.get_tokenizer(LOCAL_DIR_PREFIX + folder)
     return _split(model, tokenizer, train_tf, eval_tf, rebuild_cfg, pretrained=_is_pretrained(spec))
 

@@ -174,3 +174,15 @@ def test_default_towers_round_trip(tmp_path: Path) -> None:
     embedder = load_bundle_embedder(save_bundle(tmp_path / "default", model, metadata={}), device="cpu")
     np.testing.assert_array_equal(embedder.embed(PRODUCTS), reference)
     assert embedder.describe()["text_towers"] == ["use", "ngram"]
+
+
+@pytest.mark.gpu
+def test_cuda_embeddings_match_cpu(bundle) -> None:
+    """Same bundle on CUDA: GPU batch sizes, vectors equal to CPU's up to TF32 convolution noise."""
+    path, reference = bundle
+    embedder = load_bundle_embedder(path, device="cuda")
+    assert embedder.device.type == "cuda" and embedder.describe()["batch_sizes"]["image"] > 1
+    vectors = embedder.embed(PRODUCTS)
+    np.testing.assert_allclose(vectors, reference, atol=2e-3)
+    on_cpu = load_bundle_embedder(path, device="cpu")
+    np.testing.assert_allclose(embedder.classify_vectors(vectors), on_cpu.classify_vectors(vectors), atol=1e-5)
