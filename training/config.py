@@ -40,7 +40,11 @@ class TrainConfig:
     """DataLoader workers decoding images when towers are fine-tuned."""
     text_batch: int = 64
     image_batch: int | None = None
-    """Image batch when caching/embedding; None: 1 on CPU (EfficientNet-Lite0 is fastest there), 64 on CUDA."""
+    """Images per forward pass when caching the frozen image trunk; None: 1 on CPU (EfficientNet-Lite0's
+    depthwise convolutions are fastest per image there), 64 on CUDA."""
+    embed_batch: int | None = None
+    """Products per forward pass when embedding with live towers (validation, evaluation); None: 8 on CPU
+    (small image batches, yet enough texts per USE call), 128 on CUDA."""
 
     def resolved_device(self) -> "torch.device":
         import torch
@@ -52,3 +56,6 @@ class TrainConfig:
 
     def image_batch_for(self, device: "torch.device") -> int:
         return self.image_batch or (1 if device.type == "cpu" else 64)
+
+    def embed_batch_for(self, device: "torch.device") -> int:
+        return self.embed_batch or (8 if device.type == "cpu" else 128)

@@ -117,6 +117,8 @@ class TowerCache:
             _scatter(text, model.tower_features(tokens=tokens), chunk, len(inputs))
         image: dict[str, torch.Tensor] = {}
         image_ok = inputs.has_image.clone()
+        if not model.image_tower.pretrained:  # a trainable image trunk runs live on every batch
+            image_rows = image_rows[:0]
         for chunk in tqdm(image_rows.split(image_batch), desc="caching image tower", unit="batch", leave=False):
             pixels, ok = inputs.load_pixels(model, chunk, train=False)
             image_ok[chunk[~ok]] = False
@@ -124,13 +126,16 @@ class TowerCache:
                 _scatter(image, model.tower_features(pixels=pixels.to(device)), chunk[ok], len(inputs))
         return cls(text, image, image_ok)
 
+    @property
+    def has_images(self) -> bool:
+        """False when the image trunk is trainable: images are then decoded for every batch."""
+        return bool(self.image)
+
     def text_rows(self, rows: torch.Tensor) -> dict[str, torch.Tensor] | None:
         return {key: value[rows] for key, value in self.text.items()} or None
 
     def image_rows(self, rows: torch.Tensor) -> torch.Tensor | None:
-        """The image tower's cached output for `rows` (the one tensor `encode_image(precomputed=)` takes)."""
-        if not self.image:
-            return None
+        """The image trunk's cached output for `rows` (the one tensor `encode_image(precomputed=)` takes)."""
         (value,) = self.image.values()
         return value[rows]
 
@@ -142,6 +147,11 @@ def _scatter(store: dict[str, torch.Tensor], features: dict[str, torch.Tensor], 
         if key not in store:
             store[key] = torch.zeros((total, *value.shape[1:]), dtype=value.dtype, device=value.device)
         store[key][rows.to(value.device)] = value
+
+
+def needs_pixels(cache: TowerCache | None) -> bool:
+    """Whether batches must carry decoded images (no cache, or a cache without the image trunk)."""
+    return cache is None or not cache.has_images
 
 
 def _to(tokens: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -158,7 +168,7 @@ def encode_rows(model, inputs: ProductInputs, batch: Batch, device: torch.device
     """
     rows = batch.rows
     has_text_mask = inputs.has_text[rows]
-    has_image_mask = cache.image_ok[rows] if cache is not None else batch.image_ok
+    has_image_mask = batch.image_ok if needs_pixels(cache) else cache.image_ok[rows]
     text_emb = _encode_text(model, inputs, rows[has_text_mask], device, cache)
     image_emb = _encode_image(model, batch, rows[has_image_mask], device, cache)
     n, dim = len(rows), model.config.embed_dim
@@ -182,7 +192,7 @@ def _encode_image(model, batch: Batch, rows: torch.Tensor, device: torch.device,
                   cache: TowerCache | None) -> torch.Tensor | None:
     if len(rows) == 0:
         return None
-    if cache is not None:
+    if not needs_pixels(cache):
         return model.encode_image(None, precomputed=cache.image_rows(rows.to(_cache_device(cache.image))))
     return model.encode_image(batch.pixels.to(device))
 
@@ -225,7 +235,7 @@ def embed(model, inputs: ProductInputs, rows: torch.Tensor, device: torch.device
     parts: dict[str, list[np.ndarray]] = {}
     loader_dataset = ImageBatches(inputs, model, train=False)
     for chunk in tqdm(rows.split(batch_size), desc=desc, unit="batch", leave=False):
-        batch = Batch(rows=chunk) if cache is not None else loader_dataset.collate(chunk.tolist())
+        batch = loader_dataset.collate(chunk.tolist()) if needs_pixels(cache) else Batch(rows=chunk)
         text, image, fused, has_t, has_i = encode_rows(model, inputs, batch, device, cache)
         outputs = {"text": text, "image": image, "fused": fused, "has_text": has_t, "has_image": has_i,
                    "probs_text": _softmax(model.classify(text)), "probs_image": _softmax(model.classify(image)),

@@ -23,6 +23,7 @@ from shopclip.errors import InvalidInput, NotFound
 from shopclip.indexer.sources import SourceRow
 from shopclip.model.knn import KnnParams, combine
 from shopclip.training.baseline import TfidfSvcBaseline
+from shopclip.training.config import TrainConfig
 from shopclip.training.data import fingerprint, has_image, has_text, load_products, select
 from shopclip.training.encoding import Embeddings, ProductInputs, embed
 from shopclip.training.metrics import knn_probabilities, nearest, scores, tune_knn
@@ -44,6 +45,7 @@ class EvaluationSets:
     val: list[SourceRow]
     test: list[SourceRow]
     source: str
+    own_split: bool
     excluded_seen: int = 0
     excluded_unknown_code: int = 0
 
@@ -64,27 +66,30 @@ def evaluation_sets(training: dict, data_dir: str | Path | None, codes: list[int
     split = training["split"]
     train, val = select(products, split["train"]), select(products, split["val"])
     if data_dir is None or Path(data_dir).resolve() == train_dir.resolve():
-        return EvaluationSets(train, val, select(products, split["test"]), f"{train_dir} (held-out test split)")
+        return EvaluationSets(train, val, select(products, split["test"]), f"{train_dir} (held-out test split)",
+                              own_split=True)
     seen, known = {p.productid for p in products}, set(codes)
     external = load_products(data_dir)
     unseen = [p for p in external if p.productid not in seen]
     test = [p for p in unseen if p.prdtypecode in known]
     if not test:
         raise InvalidInput("data", f"{data_dir} has no product that is new to the model and of a known code")
-    return EvaluationSets(train, val, test, str(Path(data_dir).resolve()), len(external) - len(unseen),
+    return EvaluationSets(train, val, test, str(Path(data_dir).resolve()), False, len(external) - len(unseen),
                           len(unseen) - len(test))
 
 
 def evaluate(bundle_dir: str | Path, data_dir: str | Path | None = None, out_dir: str | Path | None = None,
-             device: str | None = None, batch_size: int = 32) -> dict:
+             device: str | None = None, batch_size: int | None = None) -> dict:
     """Score every method on the same test products; write eval.json, per-class report, confusion matrix.
 
-    Returns the eval.json content. `out_dir` defaults to `<bundle>/eval`.
+    Returns the eval.json content. `out_dir` defaults to `<bundle>/eval`. On the bundle's own split the
+    test weighted F1 of each method is also recorded in the bundle's `metrics`.
     """
     from shopclip.model.bundle import load_bundle
 
     model, bundle_config = load_bundle(bundle_dir, device=device)
     torch_device = next(model.parameters()).device
+    batch_size = batch_size or TrainConfig().embed_batch_for(torch_device)
     training = _training_metadata(bundle_config, bundle_dir)
     codes = list(model.codes)
     sets = evaluation_sets(training, data_dir, codes)
@@ -92,7 +97,7 @@ def evaluate(bundle_dir: str | Path, data_dir: str | Path | None = None, out_dir
     emb = {name: _embed_all(model, ProductInputs(products, codes), torch_device, batch_size, name)
            for name, products in (("train", sets.train), ("val", sets.val), ("test", sets.test))}
     reference_codes = np.array([p.prdtypecode for p in sets.train])
-    knn = _knn_params(bundle_config, bundle_dir, model, emb, sets, reference_codes, codes)
+    knn = _knn_params(bundle_config, bundle_dir, emb, sets, reference_codes, codes)
     probs = _method_probs(emb["test"], emb["train"].fused, reference_codes, codes, knn, sets)
     labels = test_inputs.labels.numpy()
     report = {
@@ -102,6 +107,9 @@ def evaluate(bundle_dir: str | Path, data_dir: str | Path | None = None, out_dir
         "methods": {m: scores(labels, probs[m]) for m in METHODS},
         "by_modality": _by_modality(sets.test, labels, probs),
     }
+    if sets.own_split:
+        test_f1 = {m: report["methods"][m]["weighted_f1"] for m in METHODS}
+        _update_bundle_config(bundle_dir, metrics={**bundle_config.get("metrics", {}), "test_weighted_f1": test_f1})
     out = Path(out_dir) if out_dir else Path(bundle_dir) / "eval"
     _write_outputs(out, report, labels, probs["head_knn"], codes)
     print(format_table(report))
@@ -120,20 +128,26 @@ def _embed_all(model, inputs: ProductInputs, device: torch.device, batch_size: i
                  desc=f"embedding {name}")
 
 
-def _knn_params(bundle_config: dict, bundle_dir: str | Path, model, emb: dict[str, Embeddings],
-                sets: EvaluationSets, reference_codes: np.ndarray, codes: list[int]) -> KnnParams:
+def _knn_params(bundle_config: dict, bundle_dir: str | Path, emb: dict[str, Embeddings], sets: EvaluationSets,
+                reference_codes: np.ndarray, codes: list[int]) -> KnnParams:
     """The bundle's tuned params; tuned on validation (and saved into the bundle) when it has none."""
     if bundle_config.get("knn"):
         return KnnParams.from_dict(bundle_config["knn"])
-    from shopclip.model.bundle import save_bundle
-
     val_labels = ProductInputs(sets.val, codes).labels.numpy()
     params, val_f1 = tune_knn(emb["val"].probs_fused, emb["val"].fused, val_labels, emb["train"].fused,
                               reference_codes, codes)
     log.info("k-NN tuned on validation: %s (val weighted F1 %.4f); saved into %s", params, val_f1, bundle_dir)
-    metadata = {key: value for key, value in bundle_config.items() if key in ("training", "metrics")}
-    save_bundle(bundle_dir, model, metadata={**metadata, "knn": params.to_dict()})
+    _update_bundle_config(bundle_dir, knn=params.to_dict())
     return params
+
+
+def _update_bundle_config(bundle_dir: str | Path, **entries: object) -> None:
+    """Rewrite top-level entries of the bundle's config.json (weights and fingerprint untouched)."""
+    from shopclip.model.bundle import CONFIG_FILE, read_bundle_config, write_json_atomically
+
+    config = read_bundle_config(bundle_dir)
+    config.update(entries)
+    write_json_atomically(Path(bundle_dir) / CONFIG_FILE, config)
 
 
 def _method_probs(test: Embeddings, references: np.ndarray, reference_codes: np.ndarray, codes: list[int],

@@ -16,7 +16,7 @@ from shopclip.model.knn import KnnParams, combine, knn_vote
 
 K_GRID = (5, 10, 20, 40)
 TEMPERATURE_GRID = (0.02, 0.05, 0.1, 0.2)
-WEIGHT_GRID = tuple(round(w, 2) for w in np.linspace(0.0, 1.0, 11))
+WEIGHT_GRID = tuple(round(float(w), 2) for w in np.linspace(0.0, 1.0, 11))
 
 
 def scores(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:

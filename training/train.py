@@ -30,7 +30,8 @@ from tqdm import tqdm
 from shopclip.model.config import ModelConfig
 from shopclip.training.config import TrainConfig
 from shopclip.training.data import fingerprint, load_products, split_products
-from shopclip.training.encoding import Batch, ImageBatches, ProductInputs, TowerCache, embed, encode_rows
+from shopclip.training.encoding import (Batch, ImageBatches, ProductInputs, TowerCache, embed, encode_rows,
+                                        needs_pixels)
 from shopclip.training.metrics import scores, tune_knn
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ class Objective:
         factors = {"fused": cfg.fused_weight, "text": cfg.modality_weight, "image": cfg.modality_weight,
                    "clip": cfg.clip_weight}
         total = sum(factors[name] * value for name, value in parts.items())
-        return total, {name: float(value) for name, value in parts.items()}
+        return total, {name: float(value.detach()) for name, value in parts.items()}
 
     def _ce(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.float(), labels, weight=self.weights.to(logits.device),
@@ -143,7 +144,7 @@ class Trainer:
     def batches(self, generator: torch.Generator):
         """Shuffled training batches: row indices only when towers are cached, decoded images otherwise."""
         rows = self.rows["train"][torch.randperm(len(self.rows["train"]), generator=generator)]
-        if self.cache is not None:
+        if not needs_pixels(self.cache):
             return [Batch(rows=chunk) for chunk in rows.split(self.config.batch_size)]
         dataset = ImageBatches(self.inputs, self.model, train=True)
         return torch.utils.data.DataLoader(rows.tolist(), batch_size=self.config.batch_size,
@@ -178,7 +179,7 @@ class Trainer:
 
     def embed(self, split: str):
         return embed(self.model, self.inputs, self.rows[split], self.device, self.cache,
-                     self.config.batch_size if self.cache is not None else self.config.image_batch_for(self.device),
+                     self.config.embed_batch_for(self.device) if needs_pixels(self.cache) else self.config.batch_size,
                      desc=f"embedding {split}")
 
     def run(self) -> Path:

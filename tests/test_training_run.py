@@ -1,0 +1,142 @@
+"""End-to-end: `shopclip train` on 1200+ synthetic classes with a tiny config, resume, then `evaluate`.
+
+The catalogue is generated (shared layout): each class has two words of its own, so text is learnable
+and neighbours share words; a quarter of the products have an image (class-coloured square). The tiny
+model (hashed n-gram tower only, frozen ImageNet EfficientNet-Lite0 on 64-pixel images, 64-d space) keeps
+this to about a minute. With one training product per class nothing much is learnt in two epochs: the
+1210-class run checks the plumbing at that scale, a 40-class run checks that training learns.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from shopclip.cli import main
+from shopclip.model.bundle import load_bundle
+from shopclip.model.knn import KnnParams
+
+NUM_CLASSES = 1210
+PER_CLASS = 3
+TINY_MODEL = ["--text-towers", "ngram", "--ngram-buckets", str(2**16), "--ngram-dim", "64", "--embed-dim", "64",
+              "--image-size", "64"]
+
+
+def class_words(rng: np.random.Generator) -> str:
+    return " ".join("".join(rng.choice(list("bcdfghjklmnpqrstvwxz"), 7)) for _ in range(2))
+
+
+def write_catalogue(folder: Path, num_classes: int = NUM_CLASSES, per_class: int = PER_CLASS) -> Path:
+    """rakuten_text.csv + images/ + images_index.csv: text+image, text-only and image-only products."""
+    images = folder / "images"
+    images.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    texts, index = [], []
+    for c in range(num_classes):
+        code, words = 10_000 + c, class_words(rng)
+        colour = tuple(int(v) for v in rng.integers(0, 256, 3))
+        for i in range(per_class):
+            productid, imageid = c * 10 + i + 1, 900_000 + c * 10 + i
+            image_only, with_image = c % 20 == 0 and i == 0, (c + i) % 5 == 0
+            if not image_only:
+                texts.append([len(texts), f"{words} {i}", "<b>lot</b> &amp; neuf" if i == 1 else "", productid,
+                              imageid, code])
+            if image_only or with_image:
+                name = f"image_{imageid}_product_{productid}.jpg"
+                Image.new("RGB", (40, 40), colour).save(images / name)
+                index.append([name, len(index), productid, imageid, code, "synthetic", name, "0" * 40])
+    with open(folder / "rakuten_text.csv", "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([["row", "designation", "description", "productid", "imageid", "prdtypecode"],
+                                 *texts])
+    with open(folder / "images_index.csv", "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([["file", "row", "productid", "imageid", "prdtypecode", "source_repo",
+                                  "source_path", "source_commit"], *index])
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Train 1 epoch, then resume to 2 epochs: (data folder, bundle)."""
+    root = tmp_path_factory.mktemp("training")
+    data, bundle = write_catalogue(root / "data"), root / "bundle"
+    common = ["train", "--data", str(data), "--out", str(bundle), *TINY_MODEL, "--batch-size", "64",
+              "--lr", "0.05", "--device", "cpu"]
+    assert main([*common, "--epochs", "1"]) == 0
+    assert main([*common, "--epochs", "2", "--resume"]) == 0
+    return data, bundle
+
+
+def test_bundle_records_split_classes_history_and_tuned_knn(trained: tuple[Path, Path]) -> None:
+    data, bundle = trained
+    model, config = load_bundle(bundle, device="cpu")
+    assert len(model.codes) == NUM_CLASSES
+    training = config["training"]
+    split = training["split"]
+    assert sum(len(ids) for ids in split.values()) == NUM_CLASSES * PER_CLASS
+    assert not set(split["train"]) & set(split["test"])
+    assert [h["epoch"] for h in training["history"]] == [1, 2]  # epoch 1, then resumed for epoch 2
+    assert training["frozen_towers"] is True  # the CPU default
+    assert KnnParams.from_dict(config["knn"]) == KnnParams(**config["knn"])
+
+
+def test_evaluate_scores_every_method_on_the_same_products(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    data, bundle = trained
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--bundle", str(bundle), "--out", str(out), "--device", "cpu"]) == 0
+    report = json.loads((out / "eval.json").read_text())
+    methods = report["methods"]
+    assert set(methods) == {"tfidf_svc", "text_head", "image_head", "fused_head", "knn", "head_knn"}
+    assert {s["n"] for s in methods.values()} == {report["n_test"]}
+    chance = 1 / NUM_CLASSES
+    assert methods["tfidf_svc"]["accuracy"] > 0.5  # the class words identify the class
+    assert methods["knn"]["accuracy"] > 10 * chance  # neighbours share those words
+    assert set(report["by_modality"]) == {"text+image", "text only", "image only"}
+    assert (out / "per_class.txt").read_text().count("\n") > 100
+    assert (out / "confusion_matrix.png").stat().st_size > 1000
+    config = json.loads((bundle / "config.json").read_text())
+    assert config["metrics"]["test_weighted_f1"]["head_knn"] == pytest.approx(methods["head_knn"]["weighted_f1"])
+
+
+def test_evaluate_on_another_folder_leaves_out_products_seen_in_training(trained: tuple[Path, Path],
+                                                                        tmp_path: Path) -> None:
+    data, bundle = trained
+    folder = tmp_path / "new"
+    folder.mkdir()
+    with open(data / "rakuten_text.csv", encoding="utf-8") as f:
+        words_of = {int(r["prdtypecode"]): r["designation"].rsplit(" ", 1)[0] for r in csv.DictReader(f)}
+    new = [[i, f"{words_of[code]} nouveau", "", 5_000_000 + i, 7_000_000 + i, code]
+           for i, code in enumerate(sorted(words_of)[:20])]
+    seen = [[20 + i, "déjà vu", "", c * 10 + 1, 1, 10_000 + c] for i, c in enumerate(range(0, 40, 8))]
+    with open(folder / "rakuten_text.csv", "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([["row", "designation", "description", "productid", "imageid", "prdtypecode"],
+                                 *new, *seen])
+    assert main(["evaluate", "--bundle", str(bundle), "--data", str(folder), "--out", str(tmp_path / "o")]) == 0
+    report = json.loads((tmp_path / "o" / "eval.json").read_text())
+    assert report["n_test"] == 20 and report["excluded_seen_in_training"] == 5
+    assert report["methods"]["tfidf_svc"]["accuracy"] > 0.5  # the class words are enough
+
+
+def test_training_learns_the_classes(tmp_path: Path) -> None:
+    data, bundle = write_catalogue(tmp_path / "data", num_classes=40, per_class=10), tmp_path / "bundle"
+    assert main(["train", "--data", str(data), "--out", str(bundle), *TINY_MODEL, "--epochs", "6",
+                 "--batch-size", "32", "--lr", "0.01", "--device", "cpu"]) == 0
+    config = json.loads((bundle / "config.json").read_text())
+    history = [h["val_weighted_f1"] for h in config["training"]["history"]]
+    assert max(history) > 0.8 and max(history) > history[0]
+    assert main(["evaluate", "--bundle", str(bundle), "--device", "cpu"]) == 0
+    methods = json.loads((bundle / "eval" / "eval.json").read_text())["methods"]
+    assert methods["fused_head"]["accuracy"] > 0.8 and methods["head_knn"]["accuracy"] > 0.8
+
+
+def test_unfrozen_training_decodes_images_every_batch(tmp_path: Path) -> None:
+    data, bundle = write_catalogue(tmp_path / "data", num_classes=12, per_class=6), tmp_path / "bundle"
+    assert main(["train", "--data", str(data), "--out", str(bundle), *TINY_MODEL, "--no-image-pretrained",
+                 "--no-freeze-towers", "--epochs", "1", "--batch-size", "16", "--device", "cpu"]) == 0
+    config = json.loads((bundle / "config.json").read_text())
+    assert config["training"]["frozen_towers"] is False
+    assert (bundle / "checkpoint.pt").exists()

@@ -1,0 +1,129 @@
+"""Fast unit tests of training's pure parts: split, class weights, schedule, metrics, k-NN, baseline."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from shopclip.indexer.sources import SourceRow
+from shopclip.model.knn import KnnParams
+from shopclip.training.baseline import TfidfSvcBaseline
+from shopclip.training.data import SPLITS, fingerprint, split_products
+from shopclip.training.metrics import K_GRID, TEMPERATURE_GRID, WEIGHT_GRID, nearest, scores, tune_knn
+from shopclip.training.train import class_weights, warmup_cosine
+
+
+def row(productid: int, code: int, designation: str = "", image_path: str | None = None) -> SourceRow:
+    return SourceRow(productid=productid, imageid=None, designation=designation, description="",
+                     prdtypecode=code, image_path=image_path, row_number=productid, source_file="t.csv")
+
+
+def catalogue(class_sizes: dict[int, int]) -> list[SourceRow]:
+    products, pid = [], 0
+    for code, size in class_sizes.items():
+        for _ in range(size):
+            pid += 1
+            products.append(row(pid, code, f"produit {code}"))
+    return products
+
+
+def test_split_is_disjoint_complete_reproducible_and_stratified() -> None:
+    products = catalogue({code: 20 + code % 7 for code in range(1300)})  # 1300 classes: nothing assumes 27
+    split = split_products(products, seed=3)
+    ids = [pid for name in SPLITS for pid in split[name]]
+    assert sorted(ids) == sorted(p.productid for p in products)
+    assert len(set(ids)) == len(ids)
+    assert split == split_products(products, seed=3)
+    assert split != split_products(products, seed=4)
+    code_of = {p.productid: p.prdtypecode for p in products}
+    for name, share in (("val", 0.15), ("test", 0.15)):
+        per_class = Counter(code_of[pid] for pid in split[name])
+        assert set(per_class) == set(range(1300))  # every class is scored
+        assert all(abs(per_class[c] - share * (20 + c % 7)) <= 1 for c in range(1300))
+
+
+def test_split_keeps_rare_classes_in_training() -> None:
+    split = split_products(catalogue({1: 1, 2: 2, 3: 3}), seed=0)
+    code_of = {p.productid: p.prdtypecode for p in catalogue({1: 1, 2: 2, 3: 3})}
+    assert Counter(code_of[p] for p in split["train"]) == {1: 1, 2: 2, 3: 1}
+    assert Counter(code_of[p] for p in split["val"]) == {3: 1}
+
+
+def test_fingerprint_changes_with_labels() -> None:
+    products = catalogue({1: 3, 2: 3})
+    relabelled = [row(p.productid, 9 if p.productid == 1 else p.prdtypecode, p.designation) for p in products]
+    assert fingerprint(products) == fingerprint(list(reversed(products)))
+    assert fingerprint(products) != fingerprint(relabelled)
+
+
+def test_class_weights_favour_rare_classes_and_average_one() -> None:
+    labels = torch.tensor([0] * 90 + [1] * 10)
+    weights = class_weights(labels, num_classes=3, power=1.0)
+    assert weights[1] / weights[0] == pytest.approx(9.0)
+    assert weights[:2].mean() == pytest.approx(1.0)
+    assert torch.equal(class_weights(labels, 3, power=0.0), torch.ones(3))
+
+
+def test_warmup_then_cosine_to_zero() -> None:
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    schedule = warmup_cosine(optimizer, total_steps=100, warmup_fraction=0.1)
+    lrs = []
+    for _ in range(100):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert lrs[0] == pytest.approx(0.1) and max(lrs) == pytest.approx(1.0)
+    assert lrs.index(max(lrs)) == 9
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] < 0.01
+
+
+def test_scores_match_hand_computation() -> None:
+    labels = np.array([0, 0, 1, 2])
+    probs = np.array([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.1, 0.8, 0.1], [0.5, 0.3, 0.2]])
+    result = scores(labels, probs)
+    assert result["accuracy"] == pytest.approx(0.5)
+    assert result["top3_accuracy"] == pytest.approx(1.0)
+    # class 0: P=1/2 R=1/2 F1=.5 ; class 1: P=1/2 R=1 F1=2/3 ; class 2: F1=0
+    assert result["macro_f1"] == pytest.approx((0.5 + 2 / 3 + 0) / 3)
+    assert result["weighted_f1"] == pytest.approx((2 * 0.5 + 2 / 3) / 4)
+    assert result["n"] == 4
+
+
+def test_nearest_is_exact_search() -> None:
+    rng = np.random.default_rng(0)
+    queries, references = rng.standard_normal((7, 5)), rng.standard_normal((50, 5))
+    indices, sims = nearest(queries, references, k=4)
+    brute = np.argsort(-(queries @ references.T), axis=1)[:, :4]
+    assert np.array_equal(indices, brute)
+    assert np.allclose(sims, np.take_along_axis(queries @ references.T, brute, axis=1))
+
+
+def test_tune_knn_trusts_neighbours_over_a_wrong_head() -> None:
+    rng = np.random.default_rng(1)
+    codes = [10, 20, 30]
+    centres = np.eye(3)
+    ref_labels = np.repeat(np.arange(3), 30)
+    references = centres[ref_labels] + 0.05 * rng.standard_normal((90, 3))
+    val_labels = np.tile(np.arange(3), 10)
+    queries = centres[val_labels] + 0.05 * rng.standard_normal((30, 3))
+    wrong_head = np.full((30, 3), 0.2)
+    wrong_head[np.arange(30), (val_labels + 1) % 3] = 0.6  # confidently the next class
+    params, f1 = tune_knn(wrong_head, queries, val_labels, references, np.array(codes)[ref_labels], codes)
+    assert f1 == pytest.approx(1.0)
+    assert params.weight > 0.2  # below that the wrong head still wins every query
+    assert params.k in K_GRID and params.temperature in TEMPERATURE_GRID and params.weight in WEIGHT_GRID
+    assert isinstance(params, KnnParams)
+
+
+def test_baseline_learns_words_and_scores_every_code_column() -> None:
+    train = [row(i, code, f"{word} article {i}") for i in range(60)
+             for code, word in [((10, 20, 30)[i % 3], ("livre", "chaise", "piscine")[i % 3])]]
+    test = [row(100, 20, "chaise en bois"), row(101, 30, "piscine gonflable"), row(102, 10, "")]
+    baseline = TfidfSvcBaseline(codes=[10, 20, 30, 40]).fit(train)
+    result = baseline.scores(test)
+    assert result.shape == (3, 4)
+    assert list(result[:2].argmax(axis=1)) == [1, 2]
+    assert np.isneginf(result[:, 3]).all()  # code 40 never seen in training: never predicted
