@@ -38,7 +38,7 @@ def _add_build_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bundle", default=_env("SHOPCLIP_BUNDLE"),
                         help="model bundle directory, or fake:dim=..,classes=.. (default $SHOPCLIP_BUNDLE)")
     parser.add_argument("--index", choices=("auto", "flat", "ivf", "hnsw"), default="auto",
-                        help="auto: exact below --approx-threshold vectors, HNSW + exact re-rank above")
+                        help="auto: exact below --approx-threshold vectors, IVF + exact re-rank above")
     parser.add_argument("--approx-threshold", type=int, default=200_000)
     parser.add_argument("--min-recall", type=float, default=0.95,
                         help="refuse to publish an approximate index whose recall@10 vs exact is lower")

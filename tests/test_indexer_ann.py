@@ -54,7 +54,7 @@ def test_tuner_raises_effort_until_the_floor(dataset, kind: str) -> None:
 def test_auto_kind_switches_at_the_threshold() -> None:
     params = ann.AnnParams(approx_threshold=1000)
     assert ann.resolve_kind(999, params) == "flat"
-    assert ann.resolve_kind(1000, params) == "hnsw"
+    assert ann.resolve_kind(1000, params) == "ivf"
     with pytest.raises(ValueError):
         ann.resolve_kind(10, ann.AnnParams(kind="lsh"))
 
