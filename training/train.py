@@ -168,8 +168,8 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), 5.0)
             self.optimizer.step()
             self.scheduler.step()
-            total, count = total + float(loss), count + 1
-            progress.set_postfix(loss=f"{float(loss):.3f}", **{k: f"{v:.2f}" for k, v in parts.items()})
+            total, count = total + loss.item(), count + 1
+            progress.set_postfix(loss=f"{loss.item():.3f}", **{k: f"{v:.2f}" for k, v in parts.items()})
         return total / max(1, count)
 
     def validate(self) -> float:
@@ -192,20 +192,33 @@ class Trainer:
             self.history.append(EpochResult(epoch + 1, loss, val_f1))
             if val_f1 > self.best_f1:
                 self.best_f1 = val_f1
-                self.best_state = copy.deepcopy(self.model.state_dict())
+                self.best_state = copy.deepcopy(self.trainable_state())
             epochs.set_postfix(loss=f"{loss:.3f}", val_f1=f"{val_f1:.4f}", best=f"{self.best_f1:.4f}")
             log.info("epoch %d: loss %.4f, val weighted F1 %.4f", epoch + 1, loss, val_f1)
             self.save_checkpoint(epoch + 1)
         if self.best_state is not None:
-            self.model.load_state_dict(self.best_state)
+            self.load_trainable_state(self.best_state)
         return self.save_bundle()
 
     # ------------------------------------------------------------------ artifacts
 
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """What training changes: trainable parameters and all buffers. Frozen pretrained weights are left
+        out (they are rebuilt from their packages), so checkpoints and the best-epoch copy stay small."""
+        frozen = {name for name, p in self.model.named_parameters() if not p.requires_grad}
+        return {name: value for name, value in self.model.state_dict().items() if name not in frozen}
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        frozen = {name for name, p in self.model.named_parameters() if not p.requires_grad}
+        if unexpected or set(missing) - frozen:
+            raise ValueError(f"checkpoint does not fit the model: missing {sorted(set(missing) - frozen)[:5]}, "
+                             f"unexpected {sorted(unexpected)[:5]}")
+
     def save_checkpoint(self, epochs_done: int) -> None:
         """Latest state for `resume`, written atomically (a crash mid-write keeps the previous one)."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        state = {"epochs_done": epochs_done, "model": self.model.state_dict(),
+        state = {"epochs_done": epochs_done, "model": self.trainable_state(),
                  "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "best_f1": self.best_f1, "best_state": self.best_state,
                  "history": [asdict(h) for h in self.history], "data_fingerprint": self.data_fingerprint}
@@ -223,7 +236,7 @@ class Trainer:
         state = torch.load(path, map_location=self.device, weights_only=True)
         if state["data_fingerprint"] != self.data_fingerprint:
             raise InvalidInput("resume", f"{path} was trained on other data (fingerprint differs)")
-        self.model.load_state_dict(state["model"])
+        self.load_trainable_state(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.start_epoch, self.best_f1, self.best_state = state["epochs_done"], state["best_f1"], state["best_state"]
