@@ -20,6 +20,7 @@ from PIL import Image
 from shopclip.cli import main
 from shopclip.model.bundle import load_bundle
 from shopclip.model.knn import KnnParams
+from shopclip.training.metrics import K_GRID
 
 NUM_CLASSES = 1210
 PER_CLASS = 3
@@ -128,7 +129,10 @@ def test_training_learns_the_classes(tmp_path: Path) -> None:
     config = json.loads((bundle / "config.json").read_text())
     history = [h["val_weighted_f1"] for h in config["training"]["history"]]
     assert max(history) > 0.8 and max(history) > history[0]
+    del config["knn"]  # a bundle without tuned k-NN params gets them tuned on validation by evaluate
+    (bundle / "config.json").write_text(json.dumps(config))
     assert main(["evaluate", "--bundle", str(bundle), "--device", "cpu"]) == 0
+    assert KnnParams.from_dict(json.loads((bundle / "config.json").read_text())["knn"]).k in K_GRID
     methods = json.loads((bundle / "eval" / "eval.json").read_text())["methods"]
     assert methods["fused_head"]["accuracy"] > 0.8 and methods["head_knn"]["accuracy"] > 0.8
 

@@ -95,9 +95,11 @@ def evaluate(bundle_dir: str | Path, data_dir: str | Path | None = None, out_dir
     sets = evaluation_sets(training, data_dir, codes)
     test_inputs = ProductInputs(sets.test, codes)
     emb = {name: _embed_all(model, ProductInputs(products, codes), torch_device, batch_size, name)
-           for name, products in (("train", sets.train), ("val", sets.val), ("test", sets.test))}
+           for name, products in (("train", sets.train), ("test", sets.test))}
     reference_codes = np.array([p.prdtypecode for p in sets.train])
-    knn = _knn_params(bundle_config, bundle_dir, emb, sets, reference_codes, codes)
+    knn = KnnParams.from_dict(bundle_config["knn"]) if bundle_config.get("knn") else _tune_knn_on_validation(
+        bundle_dir, _embed_all(model, ProductInputs(sets.val, codes), torch_device, batch_size, "val"),
+        emb["train"], sets, reference_codes, codes)
     probs = _method_probs(emb["test"], emb["train"].fused, reference_codes, codes, knn, sets)
     labels = test_inputs.labels.numpy()
     report = {
@@ -128,14 +130,11 @@ def _embed_all(model, inputs: ProductInputs, device: torch.device, batch_size: i
                  desc=f"embedding {name}")
 
 
-def _knn_params(bundle_config: dict, bundle_dir: str | Path, emb: dict[str, Embeddings], sets: EvaluationSets,
-                reference_codes: np.ndarray, codes: list[int]) -> KnnParams:
-    """The bundle's tuned params; tuned on validation (and saved into the bundle) when it has none."""
-    if bundle_config.get("knn"):
-        return KnnParams.from_dict(bundle_config["knn"])
+def _tune_knn_on_validation(bundle_dir: str | Path, val: Embeddings, train: Embeddings, sets: EvaluationSets,
+                            reference_codes: np.ndarray, codes: list[int]) -> KnnParams:
+    """For a bundle without tuned k-NN params: tune them on validation and save them into the bundle."""
     val_labels = ProductInputs(sets.val, codes).labels.numpy()
-    params, val_f1 = tune_knn(emb["val"].probs_fused, emb["val"].fused, val_labels, emb["train"].fused,
-                              reference_codes, codes)
+    params, val_f1 = tune_knn(val.probs_fused, val.fused, val_labels, train.fused, reference_codes, codes)
     log.info("k-NN tuned on validation: %s (val weighted F1 %.4f); saved into %s", params, val_f1, bundle_dir)
     _update_bundle_config(bundle_dir, knn=params.to_dict())
     return params
