@@ -16,13 +16,16 @@ if TYPE_CHECKING:
 class TrainConfig:
     """Everything about a training run except the architecture (that is `ModelConfig`)."""
 
-    epochs: int = 30
+    epochs: int = 12
+    """On /work/shared/data the best validation epoch is around 5 with the cosine schedule over 12."""
     batch_size: int = 64
-    lr: float = 2e-3
-    """Learning rate of the parts trained from scratch: n-gram tower, projections, head, logit scale."""
+    lr: float = 5e-3
+    """Learning rate of the parts trained from scratch: n-gram tower, projections, head, logit scale.
+    Chosen on validation weighted F1 (head + k-NN) of /work/shared/data: 1e-3 < 2e-3 < 5e-3 > 1e-2."""
     tower_lr: float = 2e-5
     """Learning rate of the pretrained towers when they are not frozen."""
-    weight_decay: float = 0.01
+    weight_decay: float = 0.1
+    """Strong enough to curb the hashed n-gram table's memorising (0.01: -0.015 val F1; 0.3: no better)."""
     warmup_fraction: float = 0.1
     clip_weight: float = 0.5
     fused_weight: float = 1.0
