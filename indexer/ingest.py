@@ -11,6 +11,7 @@ import csv
 import hashlib
 import json
 import os
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -108,11 +109,19 @@ def _changed_rows(rows: list[SourceRow], catalogue: Catalogue, source_batch: str
 
 
 def ingest_folder(folder: str | Path, catalogue: Catalogue, rejects_path: str | Path | None = None,
-                  source_batch: str | None = None, options: SourceOptions | None = None) -> IngestSummary:
-    """Validate a catalogue folder and upsert its good rows; rejects go to `rejects_path` (csv) if given."""
+                  source_batch: str | None = None, options: SourceOptions | None = None,
+                  exclude_productids: Collection[int] = ()) -> IngestSummary:
+    """Validate a catalogue folder and upsert its good rows; rejects go to `rejects_path` (csv) if given.
+
+    `exclude_productids` are left out of the catalogue altogether (and of the counts): an evaluation keeps
+    its held-out products out of the index so that k-NN cannot find the very product it is asked about.
+    """
     folder = Path(folder)
     source_batch = source_batch or folder.resolve().name
     rows, rejects = read_labelled_folder(folder, options)
+    if exclude_productids:
+        excluded = set(exclude_productids)
+        rows = [row for row in rows if row.productid not in excluded]
     changes, added, updated = _changed_rows(rows, catalogue, source_batch)
     if rejects_path is not None:
         write_rejects(rejects, Path(rejects_path))

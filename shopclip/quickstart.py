@@ -63,6 +63,13 @@ def train_bundle(data: Path, bundle: Path, retrain: bool) -> None:
     train(data, bundle)
 
 
+def test_split(bundle: Path) -> list[int]:
+    """The productids the bundle held out for its test split (see training.data.split_products)."""
+    import json
+
+    return json.loads((bundle / "config.json").read_text())["training"]["split"]["test"]
+
+
 def publish_index(data: Path, workdir: Path, bundle: Path) -> Path:
     from shopclip.indexer.build import BuildOptions, build_and_publish
     from shopclip.indexer.catalogue import Catalogue
@@ -70,8 +77,11 @@ def publish_index(data: Path, workdir: Path, bundle: Path) -> Path:
     from shopclip.model import load_embedder
 
     catalogue = Catalogue(str(workdir / "catalogue"), "products")
-    _step(f"ingesting {data} into the embedded catalogue {workdir / 'catalogue'}")
-    print(summary_line(ingest_folder(data, catalogue, rejects_path=workdir / "rejects.csv")), file=sys.stderr)
+    held_out = test_split(bundle)
+    _step(f"ingesting {data} into the embedded catalogue {workdir / 'catalogue'}, leaving out the "
+          f"{len(held_out)} products of the bundle's test split (they are the queries below)")
+    summary = ingest_folder(data, catalogue, rejects_path=workdir / "rejects.csv", exclude_productids=held_out)
+    print(summary_line(summary), file=sys.stderr)
     index_root = workdir / "index"
     _step(f"embedding changed rows, building and publishing the index under {index_root}")
     result = build_and_publish(catalogue, index_root, load_embedder(str(bundle)), BuildOptions())
@@ -97,13 +107,10 @@ def held_out_examples(bundle: Path, data: Path, count: int) -> list[tuple[int, "
 
     Products with both text and image come first, then the others, to show every kind of row.
     """
-    import json
-
     from shopclip.products import ProductInput
     from shopclip.training.data import load_products, select
 
-    split = json.loads((bundle / "config.json").read_text())["training"]["split"]
-    test = select(load_products(data), split["test"])
+    test = select(load_products(data), test_split(bundle))
     test.sort(key=lambda row: not (row.image_path and row.designation))
     return [(row.prdtypecode, ProductInput(row.designation, row.description,
                                            Path(row.image_path).read_bytes() if row.image_path else None))

@@ -25,6 +25,14 @@ def test_first_ingest_adds_everything_and_a_second_changes_nothing(tmp_path: Pat
     assert again.catalogue_version == first.catalogue_version  # nothing was written at all
 
 
+def test_excluded_products_stay_out_of_the_catalogue(tmp_path: Path) -> None:
+    drop = synthetic_drop(tmp_path / "drop", range(1, 11))
+    catalogue = Catalogue(str(tmp_path / "db"))
+    summary = ingest_folder(drop, catalogue, exclude_productids=[2, 5, 99])
+    assert (summary.added, summary.unchanged) == (8, 0)
+    assert sorted(catalogue.products(range(1, 11)).column("productid").to_pylist()) == [1, 3, 4, 6, 7, 8, 9, 10]
+
+
 def test_changed_rows_are_updated_and_keep_their_creation_time(tmp_path: Path) -> None:
     drop = synthetic_drop(tmp_path / "drop", range(1, 11))
     catalogue = Catalogue(str(tmp_path / "db"))
