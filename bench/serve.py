@@ -100,8 +100,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-batch", type=int, help="server micro-batch limit (server default if unset)")
     parser.add_argument("--max-wait-ms", type=float, help="server micro-batch wait (server default if unset)")
     parser.add_argument("--torch-threads", type=int,
-                        help="intra-op threads for (a) and the server (torch default if unset); on a busy "
-                             "machine 1 avoids OpenMP spin-waits that cost 10x and more")
+                        help="intra-op threads for (a) and the server (unset: torch's default for (a), the "
+                             "server's own default, all cores but one, for (b))")
     parser.add_argument("--json-out", type=Path, help="also write the figures as JSON")
     return parser.parse_args(argv)
 
@@ -155,13 +155,10 @@ class running_server:
         argv = [sys.executable, "-m", "shopclip.cli", "serve", "--bundle", self.args.bundle,
                 "--host", "127.0.0.1", "--port", str(port), "--metrics-port", str(self.metrics_port)]
         for flag, value in (("--index-root", self.args.index_root), ("--max-batch", self.args.max_batch),
-                            ("--max-wait-ms", self.args.max_wait_ms)):
+                            ("--max-wait-ms", self.args.max_wait_ms), ("--torch-threads", self.args.torch_threads)):
             if value is not None:
                 argv += [flag, str(value)]
-        env = dict(os.environ)
-        if self.args.torch_threads is not None:  # read by torch when the server imports it
-            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(self.args.torch_threads)
-        self.process = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        self.process = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
         self.target = f"127.0.0.1:{port}"
         self._wait_until_serving(self.target)
         return self

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from concurrent.futures import ThreadPoolExecutor
 
@@ -104,6 +105,16 @@ class ShopclipServer:
         await self.grpc_server.wait_for_termination()
 
 
+def set_forward_threads(threads: int) -> None:
+    """Process-wide: torch's intra-op pool (the forward) and FAISS's OpenMP pool (searches) share the cores we give them."""
+    import faiss
+    import torch
+
+    torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(threads)
+    log.info("forward threads: %d of %s cores", threads, os.cpu_count())
+
+
 async def create_server(config: ServerConfig, index_source: IndexSource | None = None) -> tuple[ShopclipServer, int]:
     """Build, bind and start a server; returns it and the bound port (config.port 0 picks a free one).
 
@@ -137,7 +148,8 @@ async def create_server(config: ServerConfig, index_source: IndexSource | None =
 
 
 async def serve(config: ServerConfig) -> None:
-    """Run until SIGTERM or SIGINT, then drain gracefully."""
+    """Run until SIGTERM or SIGINT, then drain gracefully. Owns the process, so it sizes the thread pools."""
+    set_forward_threads(config.forward_threads)
     server, port = await create_server(config)
     stop_requested = asyncio.Event()
     loop = asyncio.get_running_loop()

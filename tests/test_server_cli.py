@@ -43,11 +43,20 @@ def test_flags_win_over_env_which_wins_over_defaults() -> None:
     (["--bundle", "fake", "--abstain-threshold", "1.5"], {}, "abstain_threshold"),
     (["--bundle", "fake", "--tls-cert", "c.pem"], {}, "tls_cert"),
     (["--bundle", "fake"], {"SHOPCLIP_PORT": "70000"}, "port"),
+    (["--bundle", "fake", "--torch-threads", "0"], {}, "torch_threads"),
 ])
 def test_bad_settings_name_the_field(argv: list[str], env: dict[str, str], field: str) -> None:
     with pytest.raises(InvalidInput) as error:
         ServerConfig.from_sources(vars(parse(argv)), env)
     assert error.value.field == field
+
+
+def test_forward_threads_leave_a_core_to_the_event_loop_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert ServerConfig(bundle="fake").forward_threads == 7
+    assert ServerConfig(bundle="fake", torch_threads=8).forward_threads == 8
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert ServerConfig(bundle="fake").forward_threads == 1
 
 
 def test_the_token_never_shows_in_the_config_repr() -> None:
