@@ -47,9 +47,14 @@ class AsyncShopclipClient:
         return await self._run(wire.classify_call(product, top_k), timeout)
 
     async def classify_batch(self, products: Sequence[ProductLike], *, top_k: int | None = None,
-                             timeout: float | None = None) -> list[ClassifyResult]:
-        """One result per product, in order (at most 256 products per call)."""
-        return await self._run(wire.classify_batch_call(products, top_k), timeout)
+                             timeout: float | None = None, chunk_size: int = wire.BATCH_LIMIT
+                             ) -> list[ClassifyResult]:
+        """One result per product, in order. Any number of products: sent `chunk_size` per call (the server's
+        ClassifyBatch limit, 256 by default), one after the other; `timeout` applies to each call."""
+        results: list[ClassifyResult] = []
+        for chunk in wire.chunks(products, chunk_size):
+            results += await self._run(wire.classify_batch_call(chunk, top_k), timeout)
+        return results
 
     async def search(self, product: ProductLike | None = None, *, productid: int | None = None,
                      top_k: int | None = None, prdtypecode: int | None = None,

@@ -221,7 +221,8 @@ def _cell(value: object) -> str:
 
 def _neighbors_table(neighbors: Sequence[Neighbor]) -> str:
     return format_table(["productid", "prdtypecode", "similarity", "designation"],
-                        [[n.productid, n.prdtypecode, n.similarity, n.designation] for n in neighbors])
+                        [[n.productid, n.prdtypecode, n.similarity, n.designation or "(no title: image only)"]
+                         for n in neighbors])
 
 
 def format_classify(result: ClassifyResult) -> str:

@@ -50,6 +50,16 @@ def classify_call(product: ProductLike, top_k: int | None) -> Call[ClassifyResul
     return Call(CLASSIFY, classify_request(product, top_k), classification_pb2.ClassifyResponse, classify_result)
 
 
+BATCH_LIMIT = 256
+"""The server's default ClassifyBatch limit (`serve --batch-limit`)."""
+
+
+def chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
+    if size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {size}")
+    return [items[start:start + size] for start in range(0, len(items), size)]
+
+
 def classify_batch_call(products: Sequence[ProductLike], top_k: int | None) -> Call[list[ClassifyResult]]:
     return Call(CLASSIFY_BATCH, classify_batch_request(products, top_k), classification_pb2.ClassifyBatchResponse,
                 classify_batch_results)

@@ -17,7 +17,7 @@ import numpy as np
 from shopclip.errors import NotFound, NotReady
 from shopclip.indexer.api import Neighbor, PublishedIndex
 from shopclip.model.embedder import Embedder
-from shopclip.model.knn import KnnParams, combine, knn_vote
+from shopclip.model.knn import KnnParams, final_probabilities, knn_vote
 from shopclip.products import ProductInput
 
 log = logging.getLogger(__name__)
@@ -131,10 +131,10 @@ class Engine:
         codes = self.embedder.codes
         known = set(codes)
         voters = [n for n in neighbors if n.prdtypecode in known]
-        probs = head_probs
+        votes = None
         if index is not None:
             votes = knn_vote([n.prdtypecode for n in voters], [n.score for n in voters], codes, self.knn.temperature)
-            probs = combine(head_probs, votes, self.knn.weight)
+        probs = final_probabilities(head_probs, votes, self.knn)
         best = np.argsort(-probs, kind="stable")[:top_k]
         predictions = [(int(codes[i]), float(probs[i])) for i in best]
         return Classification(predictions, describe_neighbors(index, voters) if index is not None else [],

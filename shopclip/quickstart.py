@@ -50,7 +50,8 @@ def resolve_data(data: Path | None, workdir: Path) -> Path:
 
 
 def _step(message: str) -> None:
-    print(f"\n==> {message}", file=sys.stderr, flush=True)
+    """A heading on stdout, in line with the answers printed under it (progress bars go to stderr)."""
+    print(f"\n==> {message}", flush=True)
 
 
 def train_bundle(data: Path, bundle: Path, retrain: bool) -> None:
@@ -102,36 +103,70 @@ def start_server(bundle: Path, index_root: Path, port: int) -> subprocess.Popen:
     return subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
-def held_out_examples(bundle: Path, data: Path, count: int) -> list[tuple[int, "ProductInput"]]:
-    """(true code, product) for test-split products of the bundle: never trained on, so answers are honest.
-
-    Products with both text and image come first, then the others, to show every kind of row.
-    """
+def held_out_products(bundle: Path, data: Path) -> list[tuple[int, "ProductInput"]]:
+    """(true code, product) for every test-split product of the bundle: never trained on and kept out of the
+    index, so the answers are honest. Ordered text + image, text only, image only."""
     from shopclip.products import ProductInput
     from shopclip.training.data import load_products, select
 
     test = select(load_products(data), test_split(bundle))
-    test.sort(key=lambda row: not (row.image_path and row.designation))
+    kind_order = {(True, True): 0, (True, False): 1, (False, True): 2}
+    test.sort(key=lambda row: kind_order.get((bool(row.designation), bool(row.image_path)), 3))
     return [(row.prdtypecode, ProductInput(row.designation, row.description,
                                            Path(row.image_path).read_bytes() if row.image_path else None))
-            for row in test[:count]]
+            for row in test]
 
 
-def query(port: int, examples: list) -> None:
+def _examples(products: list[tuple[int, "ProductInput"]], count: int) -> list[tuple[int, "ProductInput"]]:
+    """Up to `count` products, spread over the kinds of row (text + image, text only, image only)."""
+    kinds: dict[tuple[bool, bool], list] = {}
+    for true_code, product in products:
+        kinds.setdefault((bool(product.designation), product.image is not None), []).append((true_code, product))
+    picked = [row for rows in kinds.values() for row in rows[:-(-count // len(kinds))]]
+    return picked[:count]
+
+
+def _describe(product: "ProductInput") -> str:
+    title = repr(product.designation[:70]) if product.designation else "(no title)"
+    return f"{title} image={'yes' if product.image else 'no'}"
+
+
+def query(port: int, products: list[tuple[int, "ProductInput"]], count: int) -> None:
     from shopclip.client import ShopclipClient
     from shopclip.client.cli import format_classify, format_info, format_search
 
-    with ShopclipClient(f"127.0.0.1:{port}", timeout=30) as client:
+    with ShopclipClient(f"127.0.0.1:{port}", timeout=120) as client:
         client.wait_ready(timeout=300)
         _step("GetInfo")
         print(format_info(client.info()))
+        examples = _examples(products, count)
         for true_code, product in examples:
-            _step(f"Classify {product.designation[:70]!r} image={'yes' if product.image else 'no'} "
-                  f"(true prdtypecode {true_code})")
+            _step(f"Classify {_describe(product)} (true prdtypecode {true_code})")
             print(format_classify(client.classify(product, top_k=3)))
         probe = examples[0][1]
-        _step(f"SearchSimilar to {probe.designation[:70]!r}")
+        _step(f"SearchSimilar to {_describe(probe)}")
         print(format_search(client.search(probe, top_k=5)))
+        _step(f"ClassifyBatch over all {len(products)} held-out test products")
+        results = client.classify_batch([product for _, product in products])
+        print(held_out_report([code for code, _ in products], [r.code for r in results],
+                              [r.abstain for r in results]))
+
+
+def held_out_report(true_codes: list[int], predicted: list[int | None], abstained: list[bool]) -> str:
+    """Accuracy and weighted F1 (the challenge metric) of the served answers, and how abstaining helps."""
+    from sklearn.metrics import f1_score
+
+    pred = [code if code is not None else -1 for code in predicted]
+    answered = [i for i, abstain in enumerate(abstained) if not abstain]
+    accuracy = sum(t == p for t, p in zip(true_codes, pred)) / len(true_codes)
+    lines = [f"products          {len(true_codes)}",
+             f"accuracy          {accuracy:.4f}",
+             f"weighted F1       {f1_score(true_codes, pred, average='weighted', zero_division=0):.4f}",
+             f"abstained         {len(true_codes) - len(answered)} ({1 - len(answered) / len(true_codes):.1%})"]
+    if answered:
+        kept = sum(true_codes[i] == pred[i] for i in answered) / len(answered)
+        lines.append(f"accuracy when answering  {kept:.4f}")
+    return "\n".join(lines)
 
 
 def _quickstart(args: argparse.Namespace) -> int:
@@ -144,7 +179,7 @@ def _quickstart(args: argparse.Namespace) -> int:
     port = free_port()
     server = start_server(bundle, index_root, port)
     try:
-        query(port, held_out_examples(bundle, data, args.examples))
+        query(port, held_out_products(bundle, data), args.examples)
     finally:
         server.terminate()
         server.wait(timeout=60)

@@ -51,6 +51,23 @@ def test_concurrent_async_calls_agree_with_sequential_ones(target):
     assert [r.code for r in results] == [expected[i % len(TITLES)] for i in range(64)]
 
 
+def test_batches_over_the_server_limit_are_split_and_keep_their_order(target):
+    titles = [f"{TITLES[i % len(TITLES)]} {i}" for i in range(300)]  # the server takes 256 per call
+    with ShopclipClient(target) as client:
+        one_by_one = [client.classify(title).code for title in titles[:: 50]]
+        batched = client.classify_batch(titles)
+        small_chunks = client.classify_batch(titles[:10], chunk_size=3)
+
+    async def async_batch():
+        async with AsyncShopclipClient(target) as client:
+            return await client.classify_batch(titles)
+
+    assert len(batched) == len(titles)
+    assert [r.code for r in batched[:: 50]] == one_by_one
+    assert [r.code for r in small_chunks] == [r.code for r in batched[:10]]
+    assert [r.code for r in asyncio.run(async_batch())] == [r.code for r in batched]
+
+
 def test_server_validation_reaches_the_caller_with_the_field(target):
     with ShopclipClient(target) as client:
         with pytest.raises(ShopclipRpcError) as empty:

@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from shopclip.indexer.sources import SourceRow
-from shopclip.model.knn import KnnParams
+from shopclip.model.knn import KnnParams, calibrate, final_probabilities, fit_sharpness
 from shopclip.training.baseline import TfidfSvcBaseline
 from shopclip.training.data import SPLITS, fingerprint, split_products
-from shopclip.training.metrics import K_GRID, TEMPERATURE_GRID, WEIGHT_GRID, nearest, scores, tune_knn
+from shopclip.training.metrics import (K_GRID, TEMPERATURE_GRID, WEIGHT_GRID, calibration, nearest, scores,
+                                       tune_knn)
 from shopclip.training.train import class_weights, warmup_cosine
 
 
@@ -116,6 +117,41 @@ def test_tune_knn_trusts_neighbours_over_a_wrong_head() -> None:
     assert params.weight > 0.2  # below that the wrong head still wins every query
     assert params.k in K_GRID and params.temperature in TEMPERATURE_GRID and params.weight in WEIGHT_GRID
     assert isinstance(params, KnnParams)
+    assert params.sharpness > 1  # the 0.2/0.6 head mixed with votes is less sure than its perfect answers
+
+
+def _underconfident(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Always right, but the top class gets only 0.3 of 5: a head + k-NN mix before calibration looks so."""
+    labels = rng.integers(0, 5, n)
+    probs = np.full((n, 5), 0.7 / 4)
+    probs[np.arange(n), labels] = 0.3
+    return probs, labels
+
+
+def test_calibration_sharpens_an_underconfident_model_without_changing_its_ranking() -> None:
+    probs, labels = _underconfident(200, np.random.default_rng(0))
+    sharpness = fit_sharpness(probs, labels)
+    calibrated = calibrate(probs, sharpness)
+    assert sharpness > 4
+    assert np.array_equal(calibrated.argmax(axis=1), probs.argmax(axis=1))
+    assert np.allclose(calibrated.sum(axis=1), 1.0, atol=1e-5)
+    assert calibrated.max(axis=1).min() > 0.9
+    assert calibration(labels, calibrated)["ece"] < calibration(labels, probs)["ece"]
+    assert calibration(labels, probs)["abstain"]["0.5"]["answered"] == 0.0
+
+
+def test_calibration_leaves_a_calibrated_model_nearly_alone() -> None:
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(5), 4000)
+    labels = np.array([rng.choice(5, p=p) for p in probs])  # labels drawn from the probabilities themselves
+    assert 0.8 <= fit_sharpness(probs, labels) <= 1.25
+
+
+def test_final_probabilities_use_the_head_exponent_without_an_index() -> None:
+    probs, _ = _underconfident(3, np.random.default_rng(0))
+    params = KnnParams(weight=0.5, sharpness=3.0, head_sharpness=2.0)
+    assert np.allclose(final_probabilities(probs, None, params), calibrate(probs, 2.0))
+    assert np.allclose(final_probabilities(probs, probs, params), calibrate(probs, 3.0))
 
 
 def test_baseline_learns_words_and_scores_every_code_column() -> None:

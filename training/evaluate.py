@@ -21,12 +21,12 @@ import torch
 
 from shopclip.errors import InvalidInput, NotFound
 from shopclip.indexer.sources import SourceRow
-from shopclip.model.knn import KnnParams, combine
+from shopclip.model.knn import KnnParams, final_probabilities
 from shopclip.training.baseline import TfidfSvcBaseline
 from shopclip.training.config import TrainConfig
 from shopclip.training.data import fingerprint, has_image, has_text, load_products, select
 from shopclip.training.encoding import Embeddings, ProductInputs, embed
-from shopclip.training.metrics import knn_probabilities, nearest, scores, tune_knn
+from shopclip.training.metrics import calibration, knn_probabilities, nearest, scores, tune_knn
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,7 @@ def evaluate(bundle_dir: str | Path, data_dir: str | Path | None = None, out_dir
         "n_reference": len(sets.train), "knn": knn.to_dict(),
         "methods": {m: scores(labels, probs[m]) for m in METHODS},
         "by_modality": _by_modality(sets.test, labels, probs),
+        "calibration_head_knn": calibration(labels, probs["head_knn"]),
     }
     if sets.own_split:
         test_f1 = {m: report["methods"][m]["weighted_f1"] for m in METHODS}
@@ -156,7 +157,7 @@ def _method_probs(test: Embeddings, references: np.ndarray, reference_codes: np.
     knn_probs = knn_probabilities(indices, sims, reference_codes, codes, knn.k, knn.temperature)
     return {"tfidf_svc": baseline.scores(sets.test), "text_head": test.probs_text, "image_head": test.probs_image,
             "fused_head": test.probs_fused, "knn": knn_probs,
-            "head_knn": combine(test.probs_fused, knn_probs, knn.weight)}
+            "head_knn": final_probabilities(test.probs_fused, knn_probs, knn)}
 
 
 def _by_modality(test: list[SourceRow], labels: np.ndarray, probs: dict[str, np.ndarray]) -> dict:
@@ -178,6 +179,13 @@ def format_table(report: dict) -> str:
         s = report["methods"][method]
         lines.append(f"{LABELS[method]:<32}{s['weighted_f1']:>12.4f}{s['macro_f1']:>10.4f}{s['accuracy']:>10.4f}"
                      f"{s['top3_accuracy']:>8.4f}{s['n']:>7d}")
+    if "calibration_head_knn" in report:
+        cal = report["calibration_head_knn"]
+        abstain = "  ".join(f"<{t}: answers {a['answered']:.0%}"
+                            + (f" at {a['accuracy_answered']:.1%} accuracy" if a["accuracy_answered"] is not None else "")
+                            for t, a in cal["abstain"].items())
+        lines += ["", f"head + k-NN calibration: mean confidence {cal['mean_confidence']:.3f} vs accuracy "
+                      f"{cal['accuracy']:.3f}, ECE {cal['ece']:.3f}", f"abstain threshold {abstain}"]
     return "\n".join(lines)
 
 

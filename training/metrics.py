@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 
-from shopclip.model.knn import KnnParams, combine, knn_vote
+from shopclip.model.knn import KnnParams, combine, fit_sharpness, knn_vote
 
 K_GRID = (5, 10, 20, 40)
 TEMPERATURE_GRID = (0.02, 0.05, 0.1, 0.2)
@@ -39,6 +40,28 @@ def scores(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
     }
 
 
+ABSTAIN_THRESHOLDS = (0.3, 0.5, 0.7, 0.9)
+
+
+def calibration(labels: np.ndarray, probs: np.ndarray, bins: int = 15) -> dict:
+    """How far the top probability is from accuracy (expected calibration error over `bins` equal-width bins),
+    and what abstaining below each threshold of ABSTAIN_THRESHOLDS does: the share of products answered and
+    the accuracy on those. This is what `serve --abstain-threshold` trades."""
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == labels
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    ece = sum(abs(confidence[which == b].mean() - correct[which == b].mean()) * (which == b).mean()
+              for b in range(bins) if (which == b).any())
+    abstain = {}
+    for threshold in ABSTAIN_THRESHOLDS:
+        answered = confidence >= threshold
+        abstain[f"{threshold:.1f}"] = {"answered": float(answered.mean()),
+                                       "accuracy_answered": float(correct[answered].mean()) if answered.any() else None}
+    return {"ece": float(ece), "mean_confidence": float(confidence.mean()), "accuracy": float(correct.mean()),
+            "abstain": abstain}
+
+
 def nearest(queries: np.ndarray, references: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact inner-product search: (indices, similarities), each (n, k), best first."""
     k = min(k, len(references))
@@ -60,17 +83,20 @@ def knn_probabilities(neighbor_indices: np.ndarray, neighbor_scores: np.ndarray,
 
 def tune_knn(head_probs: np.ndarray, queries: np.ndarray, labels: np.ndarray, references: np.ndarray,
              reference_codes: np.ndarray, codes: Sequence[int]) -> tuple[KnnParams, float]:
-    """The (k, temperature, weight) maximising weighted F1 of head + k-NN on these (validation) queries.
+    """The (k, temperature, weight) maximising weighted F1 of head + k-NN on these (validation) queries, then
+    the calibration exponents (`sharpness`, `head_sharpness`) minimising their log-loss.
 
     Never call it with test products: the returned params are what evaluation reports on test.
     Ties go to the first grid point (smaller k, lower temperature, less k-NN weight).
     """
     indices, sims = nearest(queries, references, max(K_GRID))
-    best, best_f1 = KnnParams(), -1.0
+    best, best_f1, best_probs = KnnParams(), -1.0, head_probs
     for k, temperature in itertools.product(K_GRID, TEMPERATURE_GRID):
         knn = knn_probabilities(indices, sims, reference_codes, codes, k, temperature)
         for weight in WEIGHT_GRID:
-            f1 = scores(labels, combine(head_probs, knn, weight))["weighted_f1"]
+            combined = combine(head_probs, knn, weight)
+            f1 = scores(labels, combined)["weighted_f1"]
             if f1 > best_f1:
-                best, best_f1 = KnnParams(k=k, weight=weight, temperature=temperature), f1
-    return best, best_f1
+                best, best_f1, best_probs = KnnParams(k=k, weight=weight, temperature=temperature), f1, combined
+    return replace(best, sharpness=fit_sharpness(best_probs, labels),
+                   head_sharpness=fit_sharpness(head_probs, labels)), best_f1
