@@ -127,6 +127,12 @@ class ShopClipModel(nn.Module):
         return self.head(fused)
 
     # -- training helpers ----------------------------------------------------------------------------
+    def fit_text_statistics(self, texts: Sequence[str]) -> None:
+        """Corpus statistics of the text towers that have them (the n-gram tower's IDF), from training texts."""
+        for tower in self.text_towers.values():
+            if hasattr(tower, "fit_idf"):
+                tower.fit_idf([text for text in texts if text])
+
     def freeze_towers(self, text: bool = True, image: bool = True) -> None:
         """Freeze (True) or unfreeze (False) the pretrained towers; n-gram tower, projections, head and
         logit_scale always stay trainable."""

@@ -10,8 +10,11 @@ over its hashed n-grams.
   `char_wb`: each word padded with one space on both sides), on lower-cased `\\w+` words.
 - hashing: `zlib.crc32` of the kind-tagged n-gram, so ids are the same in every process, machine and
   Python version (Python's `hash()` is salted per process). Bucket 0 is reserved for padding.
-- weights: sublinear term frequency `1 + log(count)`, L2-normalised within the word group and within
-  the char group, so a long description does not drown the title's words in character n-grams.
+- weights: sublinear term frequency `1 + log(count)` times the bucket's inverse document frequency, then
+  L2-normalised within the word group and within the char group, so a long description does not drown
+  the title's words in character n-grams: scikit-learn's `TfidfVectorizer(sublinear_tf=True)` per group.
+  The IDF is a buffer fitted on the training texts (`fit_idf`) and saved with the weights; it starts at
+  ones (plain tf), which is also what a bundle written before IDF existed loads with.
 
 With the default initialisation (N(0, 1/dim)) the untrained tower is a random projection of that
 weighted n-gram vector: texts sharing n-grams are already close, and training only has to sharpen it.
@@ -76,22 +79,48 @@ class NgramTower(nn.Module):
         nn.init.normal_(self.bag.weight, std=dim ** -0.5)
         with torch.no_grad():
             self.bag.weight[PADDING_ID].zero_()
+        self.register_buffer("idf", torch.ones(buckets))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        state_dict.setdefault(prefix + "idf", torch.ones(self.buckets))  # bundles from before IDF: plain tf
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @torch.no_grad()
+    def fit_idf(self, texts: Sequence[str]) -> None:
+        """Smoothed IDF over `texts` (scikit-learn's: ln((1 + n) / (1 + df)) + 1); unseen buckets get the
+        largest value, as an n-gram never seen in training would."""
+        document_frequency = torch.zeros(self.buckets, dtype=torch.float64)
+        for text in texts:
+            document_frequency[list(self._counts(text))] += 1
+        idf = torch.log((1.0 + len(texts)) / (1.0 + document_frequency)) + 1.0
+        self.idf.copy_(idf.to(self.idf.dtype))
 
     def bucket(self, kind: str, gram: str) -> int:
         """Stable bucket of one n-gram; `kind` keeps the word "ab" and the char n-gram "ab" apart."""
         return 1 + zlib.crc32(f"{kind}:{gram}".encode()) % (self.buckets - 1)
 
-    def weighted_ids(self, text: str) -> dict[int, float]:
-        """Bucket -> weight for one text (sublinear tf, each n-gram group L2-normalised)."""
+    def _group_counts(self, text: str) -> list[dict[int, int]]:
+        """Bucket -> count, for the word n-grams and for the char n-grams of one text."""
         words = _WORD_RE.findall(text[:self.max_chars].lower())
-        weights: dict[int, float] = {}
+        groups = []
         for kind, grams in (("w", iter_word_ngrams(words, self.word_orders)),
                             ("c", iter_char_ngrams(words, self.char_orders))):
             counts: dict[int, int] = {}
             for gram, count in Counter(grams).items():  # hash each distinct n-gram once
                 bucket = self.bucket(kind, gram)
                 counts[bucket] = counts.get(bucket, 0) + count
-            group = {bucket: 1.0 + math.log(count) for bucket, count in counts.items()}
+            groups.append(counts)
+        return groups
+
+    def _counts(self, text: str) -> set[int]:
+        return {bucket for counts in self._group_counts(text) for bucket in counts}
+
+    def weighted_ids(self, text: str, idf: Sequence[float] | None = None) -> dict[int, float]:
+        """Bucket -> weight for one text (sublinear tf x idf, each n-gram group L2-normalised)."""
+        idf = self.idf.detach().cpu().numpy() if idf is None else idf
+        weights: dict[int, float] = {}
+        for counts in self._group_counts(text):
+            group = {bucket: (1.0 + math.log(count)) * float(idf[bucket]) for bucket, count in counts.items()}
             norm = math.sqrt(sum(w * w for w in group.values())) or 1.0
             for bucket, weight in group.items():
                 weights[bucket] = weights.get(bucket, 0.0) + weight / norm
@@ -99,7 +128,8 @@ class NgramTower(nn.Module):
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """`ids` (n, L) bucket ids right-padded with 0, and their `weights` (0 on padding)."""
-        per_text = [list(self.weighted_ids(text).items()) for text in texts]
+        idf = self.idf.detach().cpu().numpy()
+        per_text = [list(self.weighted_ids(text, idf).items()) for text in texts]
         width = max((len(items) for items in per_text), default=1) or 1
         ids = torch.zeros((len(texts), width), dtype=torch.long)
         weights = torch.zeros((len(texts), width), dtype=torch.float32)

@@ -136,3 +136,30 @@ def test_gradients_reach_used_buckets_only() -> None:
     mask = torch.ones(grad.shape[0], dtype=torch.bool)
     mask[used] = False
     assert grad[mask].abs().sum() == 0  # unused buckets and the padding bucket stay untouched
+
+
+def test_idf_weighs_rare_ngrams_above_common_ones() -> None:
+    tower = NgramTower(buckets=2**14, dim=8)
+    corpus = ["coussin bleu", "coussin rouge", "coussin vert", "lampe bleu"]
+    before = tower.weighted_ids("coussin lampe")
+    tower.fit_idf(corpus)
+    after = tower.weighted_ids("coussin lampe")
+    common, rare = tower.bucket("w", "coussin"), tower.bucket("w", "lampe")
+    assert before[common] == pytest.approx(before[rare])  # plain tf: both words once
+    assert after[rare] > after[common]
+    assert tower.idf[common] == pytest.approx(math.log(5 / 4) + 1)  # scikit-learn's smoothed idf, df 3 of 4
+    assert tower.idf[tower.bucket("w", "jamais")] == pytest.approx(math.log(5) + 1)  # unseen: the largest
+    word_norm = math.sqrt(sum(w * w for b, w in after.items() if b in (common, rare, tower.bucket("w", "coussin lampe"))))
+    assert word_norm == pytest.approx(1.0, abs=1e-6)  # still L2-normalised per group
+
+
+def test_idf_is_saved_with_the_weights_and_old_state_dicts_load_as_plain_tf() -> None:
+    tower = NgramTower(buckets=2**10, dim=4)
+    tower.fit_idf(["a b", "a c"])
+    reloaded = NgramTower(buckets=2**10, dim=4)
+    reloaded.load_state_dict(tower.state_dict())
+    assert torch.equal(reloaded.idf, tower.idf)
+    old = {k: v for k, v in tower.state_dict().items() if k != "idf"}
+    legacy = NgramTower(buckets=2**10, dim=4)
+    legacy.load_state_dict(old)  # strict: the missing idf is filled, not an error
+    assert torch.equal(legacy.idf, torch.ones(2**10))

@@ -66,7 +66,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("training")
     data, bundle = write_catalogue(root / "data"), root / "bundle"
     common = ["train", "--data", str(data), "--out", str(bundle), *TINY_MODEL, "--batch-size", "64",
-              "--lr", "0.05", "--device", "cpu"]
+              "--lr", "0.05", "--device", "cpu", "--ngram-idf"]
     assert main([*common, "--epochs", "1"]) == 0
     assert main([*common, "--epochs", "2", "--resume"]) == 0
     return data, bundle
@@ -83,6 +83,8 @@ def test_bundle_records_split_classes_history_and_tuned_knn(trained: tuple[Path,
     assert [h["epoch"] for h in training["history"]] == [1, 2]  # epoch 1, then resumed for epoch 2
     assert training["frozen_towers"] is True  # the CPU default
     assert KnnParams.from_dict(config["knn"]) == KnnParams(**config["knn"])
+    idf = model.text_towers["ngram"].idf
+    assert idf.min() >= 1.0 and idf.max() > idf.min()  # fitted on the training texts and saved in the bundle
 
 
 def test_evaluate_scores_every_method_on_the_same_products(trained: tuple[Path, Path], tmp_path: Path) -> None:

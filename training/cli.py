@@ -61,6 +61,8 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
         run.add_argument(_flag(flag), type=kind, default=getattr(defaults, flag), help=help_text)
     run.add_argument("--freeze-towers", action=argparse.BooleanOptionalAction, default=defaults.freeze_towers,
                      help="freeze pretrained towers and cache their outputs (default: on CPU only)")
+    run.add_argument("--ngram-idf", action=argparse.BooleanOptionalAction, default=defaults.ngram_idf,
+                     help="weight the n-gram tower's n-grams by IDF fitted on the training texts")
     run.add_argument("--device", default=defaults.device, help="cpu or cuda (default: cuda when available)")
     parser.set_defaults(handler=run_train)
 
@@ -85,7 +87,7 @@ def run_train(args: argparse.Namespace) -> int:
                                ngram_buckets=args.ngram_buckets, ngram_dim=args.ngram_dim,
                                image_pretrained=args.image_pretrained, image_size=args.image_size,
                                embed_dim=args.embed_dim)
-    config = TrainConfig(freeze_towers=args.freeze_towers, device=args.device,
+    config = TrainConfig(freeze_towers=args.freeze_towers, device=args.device, ngram_idf=args.ngram_idf,
                          **{flag: getattr(args, flag) for flag, _, _ in TRAIN_FLAGS})
     bundle = train(args.data, args.out, model_config, config, resume=args.resume)
     print(f"bundle written to {bundle}")

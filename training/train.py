@@ -126,6 +126,8 @@ class Trainer:
             self.model.freeze_towers()
         self.inputs = ProductInputs(products, codes)
         self.rows = {name: self.inputs.rows_of(ids) for name, ids in self.split.items()}
+        if config.ngram_idf:
+            self.model.fit_text_statistics([self.inputs.texts[i] for i in self.rows["train"].tolist()])
         self.cache = TowerCache.build(self.model, self.inputs, self.device, config.text_batch,
                                       config.image_batch_for(self.device)) if self.frozen else None
         self.objective = Objective(config, class_weights(self.inputs.labels[self.rows["train"]], len(codes),
