@@ -54,7 +54,15 @@ class ShopClipModel(nn.Module):
         self.architecture = architecture
         """JSON facts beyond `config` that a bundle needs to rebuild this model (open_clip's model config)."""
         self.logit_scale = nn.Parameter(torch.tensor(float(logit_scale)))
+        self.log_image_weight = nn.Parameter(torch.zeros(()))
+        """Fusion weight of the image (exp of it; starts at 1): learned, because a weak image next to a strong
+        title must count less than the title, and the head alone cannot lower it (that would also shrink the
+        logits of image-only products)."""
         self.head = nn.Linear(config.embed_dim, len(self.codes))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        state_dict.setdefault(prefix + "log_image_weight", torch.zeros(()))  # bundles from before: equal weights
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # -- inputs --------------------------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -116,11 +124,11 @@ class ShopClipModel(nn.Module):
     # -- fusion and head -----------------------------------------------------------------------------
     def fuse(self, text_emb: torch.Tensor, image_emb: torch.Tensor, has_text: torch.Tensor,
              has_image: torch.Tensor) -> torch.Tensor:
-        """L2-normalised sum of the modalities each row has (rows without one may hold anything there).
-        A row with neither modality comes out as the zero vector."""
+        """L2-normalised weighted sum of the modalities each row has (rows without one may hold anything
+        there): text + exp(log_image_weight) * image. A row with neither modality comes out as zero."""
         text = torch.where(has_text[:, None], F.normalize(text_emb, dim=-1), torch.zeros_like(text_emb))
         image = torch.where(has_image[:, None], F.normalize(image_emb, dim=-1), torch.zeros_like(image_emb))
-        return F.normalize(text + image, dim=-1)
+        return F.normalize(text + self.log_image_weight.exp().to(image.dtype) * image, dim=-1)
 
     def classify(self, fused: torch.Tensor) -> torch.Tensor:
         """Logits (n, len(codes))."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 
 import pytest
 import torch
@@ -85,6 +86,30 @@ def test_fusion_puts_single_modality_products_in_the_same_space(model: ShopClipM
     assert torch.allclose(fused[1], normalise(image[1], dim=0), atol=1e-6)
     assert torch.allclose(fused[2], normalise(normalise(text[2], dim=0) + normalise(image[2], dim=0), dim=0))
     assert torch.equal(fused[3], torch.zeros(32))
+
+
+def test_learned_image_weight_moves_only_products_with_both_modalities(model: ShopClipModel) -> None:
+    text, image = torch.randn(3, 32), torch.randn(3, 32)
+    has_text, has_image = torch.tensor([True, False, True]), torch.tensor([False, True, True])
+    before = model.fuse(text, image, has_text, has_image)
+    with torch.no_grad():
+        model.log_image_weight.fill_(math.log(0.25))
+    try:
+        after = model.fuse(text, image, has_text, has_image)
+    finally:
+        with torch.no_grad():
+            model.log_image_weight.zero_()
+    normalise = torch.nn.functional.normalize
+    assert torch.allclose(after[:2], before[:2])  # a single modality is normalised: its weight cannot matter
+    expected = normalise(normalise(text[2], dim=0) + 0.25 * normalise(image[2], dim=0), dim=0)
+    assert torch.allclose(after[2], expected, atol=1e-6)
+    assert model.log_image_weight.requires_grad
+
+
+def test_state_dicts_from_before_the_image_weight_load_with_equal_weights(model: ShopClipModel) -> None:
+    state = {k: v for k, v in model.state_dict().items() if k != "log_image_weight"}
+    model.load_state_dict(state)  # strict
+    assert float(model.log_image_weight) == 0.0
 
 
 def test_preprocess_image_names_the_field(model: ShopClipModel) -> None:
