@@ -78,7 +78,7 @@ def test_pretrained_open_clip_towers_freeze_and_cache(tiny_checkpoint) -> None:
         assert torch.allclose(model.encode_text(None, precomputed=features), model.encode_text(tokens), atol=1e-6)
     model.freeze_towers()
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-    assert trainable == {"logit_scale", "head.weight", "head.bias"}
+    assert trainable == {"logit_scale", "log_image_weight", "head.weight", "head.bias"}
 
 
 def test_unknown_architecture_is_refused() -> None:
