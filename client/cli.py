@@ -225,13 +225,20 @@ def _neighbors_table(neighbors: Sequence[Neighbor]) -> str:
                          for n in neighbors])
 
 
+SHOWN_VOTERS = 10
+"""Classify may return dozens of voters (the bundle's tuned k); a table shows the closest ones."""
+
+
 def format_classify(result: ClassifyResult) -> str:
     codes = format_table(["rank", "prdtypecode", "probability"],
                          [[rank, p.code, p.probability] for rank, p in enumerate(result.predictions, 1)])
     verdict = "ABSTAIN: route to human review" if result.abstain else f"prdtypecode {result.code}"
     parts = [codes, "", verdict, _versions_line(result.versions.model_fingerprint, result.versions.index_version)]
     if result.neighbors:
-        parts += ["", "neighbours that voted:", _neighbors_table(result.neighbors)]
+        shown = result.neighbors[:SHOWN_VOTERS]
+        title = (f"the {len(shown)} closest of {len(result.neighbors)} neighbours that voted:"
+                 if len(result.neighbors) > len(shown) else "neighbours that voted:")
+        parts += ["", title, _neighbors_table(shown)]
     return "\n".join(parts)
 
 

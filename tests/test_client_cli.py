@@ -133,3 +133,15 @@ def test_embed_and_info(server, capsys):
 def test_format_table_aligns_numbers_right_and_text_left():
     text = format_table(["id", "name"], [[5, "a"], [1234, "long name"]])
     assert text.splitlines() == ["  id  name", "----  ---------", "   5  a", "1234  long name"]
+
+
+def test_classify_table_shows_the_closest_voters_and_marks_image_only_products():
+    from shopclip.client.cli import SHOWN_VOTERS, format_classify
+    from shopclip.client.results import ClassifyResult, Neighbor, Prediction, Versions
+
+    voters = tuple(Neighbor(productid=100 + i, prdtypecode=10, similarity=0.9 - i / 100,
+                            designation="" if i == 0 else f"titre {i}") for i in range(40))
+    text = format_classify(ClassifyResult((Prediction(10, 0.8),), voters, False, Versions("m", "v")))
+    assert f"the {SHOWN_VOTERS} closest of 40 neighbours that voted:" in text
+    assert "(no title: image only)" in text
+    assert f"titre {SHOWN_VOTERS - 1}" in text and f"titre {SHOWN_VOTERS}" not in text
