@@ -38,6 +38,9 @@ class LoadedIndex:
         self._productids = np.load(directory / PRODUCTIDS_FILE)
         self._codes = np.load(directory / CODES_FILE)
         self._products = pa.ipc.open_file(pa.memory_map(str(directory / PRODUCTS_FILE))).read_all()
+        # One contiguous array per column: Classify describes every voter, and a scalar read from an array
+        # costs a fraction of slicing the table into a python row (measured 20 us -> a few us per product).
+        self._columns = {name: self._products.column(name).combine_chunks() for name in self._products.column_names}
         order = np.argsort(self._codes, kind="stable")
         bounds = np.flatnonzero(np.diff(self._codes[order])) + 1
         self._rows_by_code = {int(self._codes[group[0]]): group
@@ -97,10 +100,11 @@ class LoadedIndex:
         return [hit for hit in hits if hit.productid not in excluded][:k]
 
     def product(self, productid: int) -> CatalogueProduct:
-        record = self._products.slice(self._row_of(productid), 1).to_pylist()[0]
-        return CatalogueProduct(productid=record["productid"], designation=record["designation"] or "",
-                                description=record["description"] or "", imageid=record["imageid"],
-                                prdtypecode=record["prdtypecode"], image_uri=record["image_uri"])
+        row = self._row_of(productid)
+        value = {name: column[row].as_py() for name, column in self._columns.items()}
+        return CatalogueProduct(productid=value["productid"], designation=value["designation"] or "",
+                                description=value["description"] or "", imageid=value["imageid"],
+                                prdtypecode=value["prdtypecode"], image_uri=value["image_uri"])
 
     def vector(self, productid: int) -> np.ndarray:
         return np.array(self._vectors[self._row_of(productid)], dtype=np.float32)

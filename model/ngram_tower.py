@@ -22,6 +22,7 @@ weighted n-gram vector: texts sharing n-grams are already close, and training on
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import zlib
@@ -80,6 +81,9 @@ class NgramTower(nn.Module):
         with torch.no_grad():
             self.bag.weight[PADDING_ID].zero_()
         self.register_buffer("idf", torch.ones(buckets))
+        # A word's char n-grams depend on the word alone, and catalogue words repeat: hashing each word once
+        # halves tokenising, which runs under the GIL in the server's forward thread.
+        self._word_char_counts = functools.lru_cache(maxsize=1 << 16)(self._char_counts_of_word)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         state_dict.setdefault(prefix + "idf", torch.ones(self.buckets))  # bundles from before IDF: plain tf
@@ -99,18 +103,25 @@ class NgramTower(nn.Module):
         """Stable bucket of one n-gram; `kind` keeps the word "ab" and the char n-gram "ab" apart."""
         return 1 + zlib.crc32(f"{kind}:{gram}".encode()) % (self.buckets - 1)
 
+    def _char_counts_of_word(self, word: str) -> tuple[tuple[int, int], ...]:
+        counts: dict[int, int] = {}
+        for gram, count in Counter(iter_char_ngrams([word], self.char_orders)).items():
+            bucket = self.bucket("c", gram)
+            counts[bucket] = counts.get(bucket, 0) + count
+        return tuple(counts.items())
+
     def _group_counts(self, text: str) -> list[dict[int, int]]:
         """Bucket -> count, for the word n-grams and for the char n-grams of one text."""
         words = _WORD_RE.findall(text[:self.max_chars].lower())
-        groups = []
-        for kind, grams in (("w", iter_word_ngrams(words, self.word_orders)),
-                            ("c", iter_char_ngrams(words, self.char_orders))):
-            counts: dict[int, int] = {}
-            for gram, count in Counter(grams).items():  # hash each distinct n-gram once
-                bucket = self.bucket(kind, gram)
-                counts[bucket] = counts.get(bucket, 0) + count
-            groups.append(counts)
-        return groups
+        word_counts: dict[int, int] = {}
+        for gram, count in Counter(iter_word_ngrams(words, self.word_orders)).items():  # hash each once
+            bucket = self.bucket("w", gram)
+            word_counts[bucket] = word_counts.get(bucket, 0) + count
+        char_counts: dict[int, int] = {}
+        for word in words:
+            for bucket, count in self._word_char_counts(word):
+                char_counts[bucket] = char_counts.get(bucket, 0) + count
+        return [word_counts, char_counts]
 
     def _counts(self, text: str) -> set[int]:
         return {bucket for counts in self._group_counts(text) for bucket in counts}

