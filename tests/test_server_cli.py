@@ -51,11 +51,11 @@ def test_bad_settings_name_the_field(argv: list[str], env: dict[str, str], field
     assert error.value.field == field
 
 
-def test_forward_threads_leave_a_core_to_the_event_loop_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_forward_threads_default_to_every_core_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
-    assert ServerConfig(bundle="fake").forward_threads == 7
-    assert ServerConfig(bundle="fake", torch_threads=8).forward_threads == 8
-    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert ServerConfig(bundle="fake").forward_threads == 8
+    assert ServerConfig(bundle="fake", torch_threads=1).forward_threads == 1
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
     assert ServerConfig(bundle="fake").forward_threads == 1
 
 
