@@ -23,12 +23,11 @@ weighted n-gram vector: texts sharing n-grams are already close, and training on
 from __future__ import annotations
 
 import functools
-import math
 import re
 import zlib
-from collections import Counter
 from collections.abc import Iterable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -83,7 +82,7 @@ class NgramTower(nn.Module):
         self.register_buffer("idf", torch.ones(buckets))
         # A word's char n-grams depend on the word alone, and catalogue words repeat: hashing each word once
         # halves tokenising, which runs under the GIL in the server's forward thread.
-        self._word_char_counts = functools.lru_cache(maxsize=1 << 16)(self._char_counts_of_word)
+        self._word_char_ids = functools.lru_cache(maxsize=1 << 16)(self._char_ids_of_word)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         state_dict.setdefault(prefix + "idf", torch.ones(self.buckets))  # bundles from before IDF: plain tf
@@ -93,63 +92,65 @@ class NgramTower(nn.Module):
     def fit_idf(self, texts: Sequence[str]) -> None:
         """Smoothed IDF over `texts` (scikit-learn's: ln((1 + n) / (1 + df)) + 1); unseen buckets get the
         largest value, as an n-gram never seen in training would."""
-        document_frequency = torch.zeros(self.buckets, dtype=torch.float64)
+        document_frequency = np.zeros(self.buckets, dtype=np.float64)
         for text in texts:
-            document_frequency[list(self._counts(text))] += 1
-        idf = torch.log((1.0 + len(texts)) / (1.0 + document_frequency)) + 1.0
+            document_frequency[self._counts(text)] += 1
+        idf = torch.from_numpy(np.log((1.0 + len(texts)) / (1.0 + document_frequency)) + 1.0)
         self.idf.copy_(idf.to(self.idf.dtype))
 
     def bucket(self, kind: str, gram: str) -> int:
         """Stable bucket of one n-gram; `kind` keeps the word "ab" and the char n-gram "ab" apart."""
         return 1 + zlib.crc32(f"{kind}:{gram}".encode()) % (self.buckets - 1)
 
-    def _char_counts_of_word(self, word: str) -> tuple[tuple[int, int], ...]:
-        counts: dict[int, int] = {}
-        for gram, count in Counter(iter_char_ngrams([word], self.char_orders)).items():
-            bucket = self.bucket("c", gram)
-            counts[bucket] = counts.get(bucket, 0) + count
-        return tuple(counts.items())
+    def _char_ids_of_word(self, word: str) -> np.ndarray:
+        """Bucket of every char n-gram of one word, repeats kept (counted later with the rest of the text)."""
+        return np.fromiter((self.bucket("c", gram) for gram in iter_char_ngrams([word], self.char_orders)),
+                           dtype=np.int64)
 
-    def _group_counts(self, text: str) -> list[dict[int, int]]:
-        """Bucket -> count, for the word n-grams and for the char n-grams of one text."""
+    def _group_ids(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """Bucket of every word n-gram and of every char n-gram of one text, repeats kept."""
         words = _WORD_RE.findall(text[:self.max_chars].lower())
-        word_counts: dict[int, int] = {}
-        for gram, count in Counter(iter_word_ngrams(words, self.word_orders)).items():  # hash each once
-            bucket = self.bucket("w", gram)
-            word_counts[bucket] = word_counts.get(bucket, 0) + count
-        char_counts: dict[int, int] = {}
-        for word in words:
-            for bucket, count in self._word_char_counts(word):
-                char_counts[bucket] = char_counts.get(bucket, 0) + count
-        return [word_counts, char_counts]
+        word_ids = np.fromiter((self.bucket("w", gram) for gram in iter_word_ngrams(words, self.word_orders)),
+                               dtype=np.int64)
+        char_ids = np.concatenate([self._word_char_ids(word) for word in words]) if words else word_ids[:0]
+        return word_ids, char_ids
 
-    def _counts(self, text: str) -> set[int]:
-        return {bucket for counts in self._group_counts(text) for bucket in counts}
+    def _counts(self, text: str) -> np.ndarray:
+        """The distinct buckets of one text."""
+        return np.unique(np.concatenate(self._group_ids(text)))
 
-    def weighted_ids(self, text: str, idf: Sequence[float] | None = None) -> dict[int, float]:
-        """Bucket -> weight for one text (sublinear tf x idf, each n-gram group L2-normalised)."""
+    def weighted_arrays(self, text: str, idf: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(distinct buckets, their weights) for one text: sublinear tf x idf, each group L2-normalised, a bucket
+        shared by the two groups (a hash collision) summed. Vectorised: it runs under the GIL when serving."""
         idf = self.idf.detach().cpu().numpy() if idf is None else idf
-        weights: dict[int, float] = {}
-        for counts in self._group_counts(text):
-            group = {bucket: (1.0 + math.log(count)) * float(idf[bucket]) for bucket, count in counts.items()}
-            norm = math.sqrt(sum(w * w for w in group.values())) or 1.0
-            for bucket, weight in group.items():
-                weights[bucket] = weights.get(bucket, 0.0) + weight / norm
-        return weights
+        buckets, weights = [], []
+        for ids in self._group_ids(text):
+            if len(ids):
+                distinct, counts = np.unique(ids, return_counts=True)
+                group = (1.0 + np.log(counts)) * idf[distinct].astype(np.float64)
+                buckets.append(distinct)
+                weights.append(group / (np.sqrt((group * group).sum()) or 1.0))
+        if not buckets:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
+        distinct, where = np.unique(np.concatenate(buckets), return_inverse=True)
+        return distinct, np.bincount(where, weights=np.concatenate(weights), minlength=len(distinct))
+
+    def weighted_ids(self, text: str, idf: np.ndarray | None = None) -> dict[int, float]:
+        """Bucket -> weight for one text (see `weighted_arrays`)."""
+        buckets, weights = self.weighted_arrays(text, idf)
+        return dict(zip(buckets.tolist(), weights.tolist()))
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """`ids` (n, L) bucket ids right-padded with 0, and their `weights` (0 on padding)."""
         idf = self.idf.detach().cpu().numpy()
-        per_text = [list(self.weighted_ids(text, idf).items()) for text in texts]
-        width = max((len(items) for items in per_text), default=1) or 1
-        ids = torch.zeros((len(texts), width), dtype=torch.long)
-        weights = torch.zeros((len(texts), width), dtype=torch.float32)
-        for row, items in enumerate(per_text):
-            if items:
-                buckets, values = zip(*items)
-                ids[row, :len(items)] = torch.tensor(buckets, dtype=torch.long)
-                weights[row, :len(items)] = torch.tensor(values, dtype=torch.float32)
-        return {"ids": ids, "weights": weights}
+        per_text = [self.weighted_arrays(text, idf) for text in texts]
+        width = max((len(buckets) for buckets, _ in per_text), default=1) or 1
+        ids = np.zeros((len(texts), width), dtype=np.int64)
+        weights = np.zeros((len(texts), width), dtype=np.float32)
+        for row, (buckets, values) in enumerate(per_text):
+            ids[row, :len(buckets)] = buckets
+            weights[row, :len(buckets)] = values
+        return {"ids": torch.from_numpy(ids), "weights": torch.from_numpy(weights)}
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Packs the padded batch into one flat bag list, so padding costs nothing."""
