@@ -48,6 +48,11 @@ class PublishedIndex(Protocol):
         """Metadata of one catalogue product; raises shopclip.errors.NotFound."""
         ...
 
+    def titles(self, productids: Sequence[int]) -> list[tuple[str, int | None]]:
+        """(designation, imageid) of each product, in order, ("", None) for one without metadata: what a
+        search hit shows, for a whole result list at once (Classify describes every voter)."""
+        ...
+
     def vector(self, productid: int) -> np.ndarray:
         """The stored embedding of one product; raises shopclip.errors.NotFound."""
         ...

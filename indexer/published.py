@@ -106,6 +106,15 @@ class LoadedIndex:
                                 description=value["description"] or "", imageid=value["imageid"],
                                 prdtypecode=value["prdtypecode"], image_uri=value["image_uri"])
 
+    def titles(self, productids: Sequence[int]) -> list[tuple[str, int | None]]:
+        wanted = np.asarray(productids, dtype=self._productids.dtype)
+        rows = np.clip(np.searchsorted(self._productids, wanted), 0, max(0, len(self._productids) - 1))
+        known = (self._productids[rows] == wanted) if len(self._productids) else np.zeros(len(wanted), bool)
+        designations = self._columns["designation"].take(rows).to_pylist()  # one take per column, not per row
+        imageids = self._columns["imageid"].take(rows).to_pylist()
+        return [(designation or "", imageid) if ok else ("", None)
+                for designation, imageid, ok in zip(designations, imageids, known.tolist())]
+
     def vector(self, productid: int) -> np.ndarray:
         return np.array(self._vectors[self._row_of(productid)], dtype=np.float32)
 

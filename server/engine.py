@@ -178,14 +178,7 @@ class Engine:
 
 
 def describe_neighbors(index: PublishedIndex, neighbors: Sequence[Neighbor]) -> list[NeighborInfo]:
-    """Attach catalogue metadata (designation, imageid) to search hits."""
-    out = []
-    for n in neighbors:
-        try:
-            product = index.product(n.productid)
-            designation, imageid = product.designation, product.imageid
-        except NotFound:  # indexed but missing from the metadata: still a valid hit
-            log.warning("productid %s is in index %s but has no metadata", n.productid, index.version)
-            designation, imageid = "", None
-        out.append(NeighborInfo(n.productid, n.prdtypecode, float(n.score), designation, imageid))
-    return out
+    """Attach catalogue metadata (designation, imageid) to search hits, all in one lookup."""
+    titles = index.titles([n.productid for n in neighbors])
+    return [NeighborInfo(n.productid, n.prdtypecode, float(n.score), designation, imageid)
+            for n, (designation, imageid) in zip(neighbors, titles)]

@@ -102,6 +102,9 @@ def test_read_side_search_matches_exact_search(tmp_path: Path) -> None:
     assert index.product(7).designation.endswith("modèle 7")
     with pytest.raises(NotFound):
         index.product(999)
+    titles = index.titles([60, 999, 7, 0])
+    assert titles[0] == (index.product(60).designation, index.product(60).imageid)
+    assert titles[2][0].endswith("modèle 7") and titles[1] == titles[3] == ("", None)
     with pytest.raises(InvalidInput):
         index.search(np.zeros((1, 5), np.float32), 3)
 

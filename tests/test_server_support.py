@@ -78,6 +78,10 @@ class MemoryIndex:
         row = self._rows[self._row(productid)]
         return CatalogueProduct(row.productid, row.designation, "", row.productid + 1, row.prdtypecode, None)
 
+    def titles(self, productids: Sequence[int]) -> list[tuple[str, int | None]]:
+        return [(self._rows[self._by_id[p]].designation, p + 1) if p in self._by_id else ("", None)
+                for p in productids]
+
     def vector(self, productid: int) -> np.ndarray:
         return self._vectors[self._row(productid)]
 
