@@ -72,7 +72,8 @@ def clean_text(value: object) -> str:
     text = _BLOCK_TAG_RE.sub(" ", text)
     text = _ANY_TAG_RE.sub("", text)
     text = _WHITESPACE_RE.sub(" ", text)  # before dropping controls: "\n" and "\t" are separators
-    text = "".join(char for char in text if not _is_dropped_char(char))
+    if not text.isprintable():  # printable text has none of those characters: skip the per-character scan
+        text = "".join(char for char in text if not _is_dropped_char(char))
     text = unicodedata.normalize("NFC", text)
     return _WHITESPACE_RE.sub(" ", text).strip()
 
