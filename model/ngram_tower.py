@@ -94,7 +94,7 @@ class NgramTower(nn.Module):
         largest value, as an n-gram never seen in training would."""
         document_frequency = np.zeros(self.buckets, dtype=np.float64)
         for text in texts:
-            document_frequency[self._counts(text)] += 1
+            document_frequency[self._distinct_buckets(text)] += 1
         idf = torch.from_numpy(np.log((1.0 + len(texts)) / (1.0 + document_frequency)) + 1.0)
         self.idf.copy_(idf.to(self.idf.dtype))
 
@@ -115,7 +115,7 @@ class NgramTower(nn.Module):
         char_ids = np.concatenate([self._word_char_ids(word) for word in words]) if words else word_ids[:0]
         return word_ids, char_ids
 
-    def _counts(self, text: str) -> np.ndarray:
+    def _distinct_buckets(self, text: str) -> np.ndarray:
         """The distinct buckets of one text."""
         return np.unique(np.concatenate(self._group_ids(text)))
 

@@ -106,7 +106,7 @@ class ShopclipServer:
 
 
 def set_forward_threads(threads: int) -> None:
-    """Process-wide: torch's intra-op pool (the forward) and FAISS's OpenMP pool (searches) share the cores we give them."""
+    """Process-wide: torch's intra-op pool (the forward) and FAISS's OpenMP pool (searches) get `threads`."""
     import faiss
     import torch
 

@@ -180,13 +180,20 @@ def format_table(report: dict) -> str:
         lines.append(f"{LABELS[method]:<32}{s['weighted_f1']:>12.4f}{s['macro_f1']:>10.4f}{s['accuracy']:>10.4f}"
                      f"{s['top3_accuracy']:>8.4f}{s['n']:>7d}")
     if "calibration_head_knn" in report:
-        cal = report["calibration_head_knn"]
-        abstain = "  ".join(f"<{t}: answers {a['answered']:.0%}"
-                            + (f" at {a['accuracy_answered']:.1%} accuracy" if a["accuracy_answered"] is not None else "")
-                            for t, a in cal["abstain"].items())
-        lines += ["", f"head + k-NN calibration: mean confidence {cal['mean_confidence']:.3f} vs accuracy "
-                      f"{cal['accuracy']:.3f}, ECE {cal['ece']:.3f}", f"abstain threshold {abstain}"]
+        lines += ["", *_calibration_lines(report["calibration_head_knn"])]
     return "\n".join(lines)
+
+
+def _calibration_lines(cal: dict) -> list[str]:
+    """What the abstain threshold of `serve` would do with these probabilities."""
+    def answered(threshold: str, figures: dict) -> str:
+        accuracy = figures["accuracy_answered"]
+        return f"<{threshold}: answers {figures['answered']:.0%}" + (
+            f" at {accuracy:.1%} accuracy" if accuracy is not None else "")
+
+    return [f"head + k-NN calibration: mean confidence {cal['mean_confidence']:.3f} vs accuracy "
+            f"{cal['accuracy']:.3f}, ECE {cal['ece']:.3f}",
+            "abstain threshold " + "  ".join(answered(t, a) for t, a in cal["abstain"].items())]
 
 
 def _write_outputs(out: Path, report: dict, labels: np.ndarray, probs: np.ndarray, codes: list[int]) -> None:
