@@ -102,6 +102,15 @@ class Catalogue:
             self._table.merge_insert("productid").when_matched_update_all() \
                 .when_not_matched_insert_all().execute(rows)
 
+    def remove(self, productids: Sequence[int]) -> list[int]:
+        """Delete these products in one commit (the next build publishes an index without them); returns the
+        ones that were there. Unknown productids are not an error: removing twice changes nothing."""
+        wanted = sorted({int(pid) for pid in productids})
+        present = self.products(wanted).column("productid").to_pylist() if wanted else []
+        if present:
+            self._table.delete(f"productid IN ({','.join(str(pid) for pid in present)})")
+        return sorted(present)
+
     def stale_rows(self, fingerprint: str) -> pa.Table:
         """Products whose vector is missing, made by another model, or older than their content."""
         where = (f"embed_fingerprint IS NULL OR embed_fingerprint != {_quote(fingerprint)} "

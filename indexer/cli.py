@@ -63,6 +63,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ingest.add_argument("--batch", help="source batch name recorded on rows (default: folder name)")
     ingest.set_defaults(handler=_ingest)
 
+    remove = commands.add_parser("remove", help="delete products from the catalogue (published by the next build)",
+                                 description="Delete products from the catalogue in one commit; the next `index "
+                                             "build` or `index run` publishes an index without them. Ingesting a "
+                                             "folder that still lists a product adds it back.")
+    remove.add_argument("productids", nargs="*", help="productids to delete")
+    remove.add_argument("--from-file", type=Path, help="file of productids, one per line or comma-separated")
+    _add_catalogue(remove)
+    remove.set_defaults(handler=_remove)
+
     build = commands.add_parser("build", help="embed changed rows, build the index, check recall, publish")
     _add_catalogue(build)
     _add_build_options(build)
@@ -130,6 +139,29 @@ def _ingest(args: argparse.Namespace) -> int:
     summary = ingest_folder(args.folder, Catalogue(args.catalogue, args.table), rejects_path=rejects,
                             source_batch=args.batch, options=_source_options(args))
     _print(summary.to_dict())
+    return 0
+
+
+def _remove(args: argparse.Namespace) -> int:
+    from shopclip.errors import InvalidInput
+    from shopclip.indexer.catalogue import Catalogue
+
+    tokens = list(args.productids)
+    if args.from_file is not None:
+        try:
+            tokens += args.from_file.read_text(encoding="utf-8").replace(",", " ").split()
+        except OSError as exc:
+            raise InvalidInput("from-file", f"cannot read {args.from_file}: {exc}") from exc
+    try:
+        productids = [int(token) for token in tokens]
+    except ValueError as exc:
+        raise InvalidInput("productids", f"productids are integers: {exc}") from None
+    if not productids:
+        raise InvalidInput("productids", "give productids or --from-file")
+    catalogue = Catalogue(args.catalogue, args.table)
+    removed = catalogue.remove(productids)
+    _print({"removed": len(removed), "not_found": sorted(set(productids) - set(removed)),
+            "catalogue_version": catalogue.version})
     return 0
 
 

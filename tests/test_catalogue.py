@@ -52,6 +52,16 @@ def test_product_without_vector_is_not_stale_again_but_not_indexed(tmp_path: Pat
     assert catalogue.embedded_products("m1").num_rows == 0
 
 
+def test_remove_deletes_in_one_commit_and_reports_what_was_there(tmp_path: Path) -> None:
+    catalogue = Catalogue(str(tmp_path / "db"))
+    catalogue.upsert_metadata(metadata([1, 2, 3, 4]))
+    before = catalogue.version
+    assert catalogue.remove([4, 2, 99, 2]) == [2, 4]
+    assert catalogue.version == before + 1
+    assert sorted(catalogue.products([1, 2, 3, 4]).column("productid").to_pylist()) == [1, 3]
+    assert catalogue.remove([2, 4]) == [] and catalogue.version == before + 1  # nothing left to delete
+
+
 def test_foreign_table_schema_is_refused(tmp_path: Path) -> None:
     import lancedb
 

@@ -11,6 +11,7 @@ from test_indexer_sources import synthetic_drop
 
 from shopclip.cli import main
 from shopclip.errors import InvalidInput
+from shopclip.indexer.published import open_current
 from shopclip.indexer import job, publish
 
 
@@ -91,6 +92,26 @@ def test_cli_ingest_build_status_and_run(tmp_path: Path, capsys: pytest.CaptureF
     assert status["current"] == built["version"] and status["catalogue"]["stale_rows"] == 0
     assert main(["index", "run", "--once", "--drops", str(tmp_path / "drops"), *where, *index]) == 0
     assert json.loads(capsys.readouterr().out)["status"] == "up-to-date"  # the drop was ingested by hand
+
+
+def test_cli_remove_then_build_publishes_an_index_without_the_products(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    drop = synthetic_drop(tmp_path / "drops" / "a", range(1, 13))
+    where = ["--catalogue", str(tmp_path / "db")]
+    index = ["--index-root", str(tmp_path / "index"), "--bundle", "fake:dim=16,classes=4"]
+    assert drop.is_dir()
+    assert main(["index", "run", "--once", "--drops", str(tmp_path / "drops"), *where, *index]) == 0
+    assert json.loads(capsys.readouterr().out)["build"]["vectors"] == 12
+    (tmp_path / "gone.txt").write_text("3,4\n500\n", encoding="utf-8")
+    assert main(["index", "remove", "7", "--from-file", str(tmp_path / "gone.txt"), *where]) == 0
+    removed = json.loads(capsys.readouterr().out)
+    assert removed["removed"] == 3 and removed["not_found"] == [500]
+    assert main(["index", "run", "--once", "--drops", str(tmp_path / "drops"), *where, *index]) == 0
+    assert json.loads(capsys.readouterr().out)["build"]["vectors"] == 9  # the job noticed the catalogue change
+    published = open_current(tmp_path / "index")
+    assert len(published) == 9 and published.titles([3, 4, 7]) == [("", None)] * 3
+    assert main(["index", "remove", "x1", *where]) == 2  # not an integer: invalid input
+    assert "productids" in capsys.readouterr().err
 
 
 def test_cli_build_without_a_bundle_is_invalid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
