@@ -102,6 +102,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--torch-threads", type=int,
                         help="intra-op threads for (a) and the server (unset: torch's default for (a), the "
                              "server's own default, all cores but one, for (b))")
+    parser.add_argument("--forward-workers", type=int, help="server forward passes at once (server default if unset)")
     parser.add_argument("--json-out", type=Path, help="also write the figures as JSON")
     return parser.parse_args(argv)
 
@@ -155,7 +156,8 @@ class running_server:
         argv = [sys.executable, "-m", "shopclip.cli", "serve", "--bundle", self.args.bundle,
                 "--host", "127.0.0.1", "--port", str(port), "--metrics-port", str(self.metrics_port)]
         for flag, value in (("--index-root", self.args.index_root), ("--max-batch", self.args.max_batch),
-                            ("--max-wait-ms", self.args.max_wait_ms), ("--torch-threads", self.args.torch_threads)):
+                            ("--max-wait-ms", self.args.max_wait_ms), ("--torch-threads", self.args.torch_threads),
+                            ("--forward-workers", self.args.forward_workers)):
             if value is not None:
                 argv += [flag, str(value)]
         self.process = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)

@@ -126,11 +126,11 @@ async def create_server(config: ServerConfig, index_source: IndexSource | None =
     engine = Engine(embedder, abstain_threshold=config.abstain_threshold, index_required=index_source is not None)
     metrics = ServerMetrics()
     metrics.set_model(embedder.fingerprint, engine.info().architecture)
-    forward_executor = ThreadPoolExecutor(1, thread_name_prefix="shopclip-forward")  # one forward at a time
+    forward_executor = ThreadPoolExecutor(config.forward_workers, thread_name_prefix="shopclip-forward")
     batcher: MicroBatcher[Job, Outcome] = MicroBatcher(
         engine.forward, executor=forward_executor,
         max_batch=config.max_batch, max_wait_s=config.max_wait_ms / 1000, queue_size=config.queue_size,
-        on_batch=metrics.batch_size.observe)
+        on_batch=metrics.batch_size.observe, concurrency=config.forward_workers)
     metrics.track_queue_depth(lambda: batcher.depth)
     grpc_server = _grpc_server(config, metrics)
     health_servicer = health.aio.HealthServicer()

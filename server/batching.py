@@ -5,8 +5,8 @@ task takes what is queued, waits at most `max_wait_s` for the batch to fill up t
 under concurrency, so a lone request never waits), drops
 items whose deadline passed or whose caller went away, runs the batch function once in a thread
 executor (the event loop never blocks), checks that it returned one result per item and routes results,
-or the exception, back to every caller. Forwards run one at a time: requests that arrive meanwhile form
-the next batch, so batches grow with load by themselves.
+or the exception, back to every caller. At most `concurrency` forwards run at once (one by default): requests
+that arrive meanwhile form the next batch, so batches grow with load by themselves.
 
 The queue is bounded: a submission that does not fit raises `Overloaded` at once (RESOURCE_EXHAUSTED)
 rather than queueing work that would miss its deadline anyway. An `InvalidInput` raised by a batch of
@@ -45,9 +45,10 @@ class _Entry(Generic[Item, Result]):
 
 class MicroBatcher(Generic[Item, Result]):
     def __init__(self, fn: Callable[[list[Item]], Sequence[Result]], *, executor: Executor, max_batch: int,
-                 max_wait_s: float, queue_size: int, on_batch: Callable[[int], None] | None = None) -> None:
-        """`fn` maps a list of items to one result per item and runs in `executor`; `on_batch(size)` observes
-        every forward (metrics)."""
+                 max_wait_s: float, queue_size: int, on_batch: Callable[[int], None] | None = None,
+                 concurrency: int = 1) -> None:
+        """`fn` maps a list of items to one result per item and runs in `executor` (which needs `concurrency`
+        workers); `on_batch(size)` observes every forward (metrics)."""
         self._fn = fn
         self._executor = executor
         self._max_batch = max_batch
@@ -55,10 +56,12 @@ class MicroBatcher(Generic[Item, Result]):
         self._queue_size = queue_size
         self._on_batch = on_batch
         self._queue: collections.deque[_Entry[Item, Result]] = collections.deque()
-        self._in_flight: list[_Entry[Item, Result]] = []
+        self._in_flight: list[list[_Entry[Item, Result]]] = []
         self._last_batch_size = 0
         self._arrived = asyncio.Event()
+        self._slots = asyncio.Semaphore(concurrency)
         self._task: asyncio.Task[None] | None = None
+        self._forwards: set[asyncio.Task[None]] = set()
 
     @property
     def depth(self) -> int:
@@ -71,11 +74,13 @@ class MicroBatcher(Generic[Item, Result]):
 
     async def stop(self) -> None:
         """Stop at once; callers queued or in the interrupted forward get NotReady."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-        for entry in [*self._in_flight, *self._queue]:
+        waiting = [*(entry for batch in self._in_flight for entry in batch), *self._queue]  # before cancelling:
+        tasks = [task for task in (self._task, *self._forwards) if task is not None]  # forwards forget theirs
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._task = None
+        for entry in waiting:
             _fail(entry, NotReady("server is shutting down"))
         self._in_flight.clear()
         self._queue.clear()
@@ -106,15 +111,30 @@ class MicroBatcher(Generic[Item, Result]):
     async def _run(self) -> None:
         while True:
             await self._arrived.wait()
-            await self._fill()
-            batch = self._take()
+            await self._slots.acquire()  # a free forward: the batch forms only once it can start
+            try:
+                await self._fill()
+                batch = self._take()
+            except BaseException:
+                self._slots.release()
+                raise
             if not self._queue:
                 self._arrived.clear()
-            if batch:
-                self._last_batch_size = len(batch)
-                self._in_flight = batch
-                await self._process(batch)
-                self._in_flight = []
+            if not batch:
+                self._slots.release()
+                continue
+            self._last_batch_size = len(batch)
+            self._in_flight.append(batch)
+            task = asyncio.get_running_loop().create_task(self._forward_batch(batch))
+            self._forwards.add(task)
+            task.add_done_callback(self._forwards.discard)
+
+    async def _forward_batch(self, batch: list[_Entry[Item, Result]]) -> None:
+        try:
+            await self._process(batch)
+        finally:
+            self._in_flight.remove(batch)
+            self._slots.release()
 
     async def _fill(self) -> None:
         """Wait up to `max_wait_s` for the batch to fill, but only under concurrency (the last forward or the

@@ -35,7 +35,7 @@ class Recorder:
 
 def make_batcher(fn: Any, **overrides: Any) -> MicroBatcher:
     options = {"max_batch": 8, "max_wait_s": 0.05, "queue_size": 64, **overrides}
-    batcher = MicroBatcher(fn, executor=ThreadPoolExecutor(1), **options)
+    batcher = MicroBatcher(fn, executor=ThreadPoolExecutor(options.get("concurrency", 1)), **options)
     batcher.start()
     return batcher
 
@@ -222,5 +222,38 @@ def test_stop_fails_queued_callers_with_not_ready() -> None:
                 await caller
         with pytest.raises(NotReady):
             await batcher.submit(3)
+
+    asyncio.run(scenario())
+
+
+def test_forwards_run_one_at_a_time_unless_concurrency_allows_more() -> None:
+    async def running_together(concurrency: int) -> int:
+        recorder = Recorder(hold=True)
+        batcher = make_batcher(recorder, max_batch=1, max_wait_s=0, concurrency=concurrency)
+        callers = [asyncio.ensure_future(batcher.submit(i)) for i in range(3)]
+        await entered(recorder)
+        await asyncio.sleep(0.1)  # time for any other free forward to start
+        started = len(recorder.batches)
+        recorder.release.set()
+        assert sorted(await asyncio.gather(*callers)) == [0, 2, 4]
+        await batcher.stop()
+        return started
+
+    assert asyncio.run(running_together(1)) == 1
+    assert asyncio.run(running_together(2)) == 2
+
+
+def test_stop_fails_the_callers_of_every_running_forward() -> None:
+    async def scenario() -> None:
+        recorder = Recorder(hold=True)
+        batcher = make_batcher(recorder, max_batch=1, max_wait_s=0, concurrency=2)
+        callers = [asyncio.ensure_future(batcher.submit(i)) for i in range(3)]
+        await entered(recorder)
+        await asyncio.sleep(0.1)
+        await batcher.stop()
+        recorder.release.set()
+        for caller in callers:  # two interrupted forwards and one queued caller: nobody hangs
+            with pytest.raises(NotReady):
+                await caller
 
     asyncio.run(scenario())
