@@ -60,9 +60,9 @@ class ServerConfig:
     def __post_init__(self) -> None:
         if not self.bundle:
             raise InvalidInput("bundle", f"required: pass --bundle or set {ENV_PREFIX}BUNDLE")
-        for name in ("forward_workers", "max_batch", "queue_size", "max_image_bytes", "max_image_pixels", "max_designation_chars",
-                     "max_description_chars", "max_classify_top_k", "max_search_top_k", "batch_limit",
-                     "max_message_bytes"):
+        for name in ("forward_workers", "max_batch", "queue_size", "max_image_bytes", "max_image_pixels",
+                     "max_designation_chars", "max_description_chars", "max_classify_top_k", "max_search_top_k",
+                     "batch_limit", "max_message_bytes"):
             if getattr(self, name) < 1:
                 raise InvalidInput(name, f"must be >= 1, got {getattr(self, name)}")
         if self.torch_threads is not None and self.torch_threads < 1:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shopclip.errors import NotFound, NotReady
+from shopclip.errors import NotReady
 from shopclip.indexer.api import Neighbor, PublishedIndex
 from shopclip.model.embedder import Embedder
 from shopclip.model.knn import KnnParams, final_probabilities, knn_vote

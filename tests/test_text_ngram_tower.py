@@ -149,7 +149,8 @@ def test_idf_weighs_rare_ngrams_above_common_ones() -> None:
     assert after[rare] > after[common]
     assert tower.idf[common] == pytest.approx(math.log(5 / 4) + 1)  # scikit-learn's smoothed idf, df 3 of 4
     assert tower.idf[tower.bucket("w", "jamais")] == pytest.approx(math.log(5) + 1)  # unseen: the largest
-    word_norm = math.sqrt(sum(w * w for b, w in after.items() if b in (common, rare, tower.bucket("w", "coussin lampe"))))
+    words = (common, rare, tower.bucket("w", "coussin lampe"))
+    word_norm = math.sqrt(sum(w * w for b, w in after.items() if b in words))
     assert word_norm == pytest.approx(1.0, abs=1e-6)  # still L2-normalised per group
 
 

