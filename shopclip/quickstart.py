@@ -64,7 +64,7 @@ def train_bundle(data: Path, bundle: Path, retrain: bool) -> None:
     train(data, bundle)
 
 
-def test_split(bundle: Path) -> list[int]:
+def held_out_ids(bundle: Path) -> list[int]:
     """The productids the bundle held out for its test split (see training.data.split_products)."""
     import json
 
@@ -78,7 +78,7 @@ def publish_index(data: Path, workdir: Path, bundle: Path) -> Path:
     from shopclip.model import load_embedder
 
     catalogue = Catalogue(str(workdir / "catalogue"), "products")
-    held_out = test_split(bundle)
+    held_out = held_out_ids(bundle)
     _step(f"ingesting {data} into the embedded catalogue {workdir / 'catalogue'}, leaving out the "
           f"{len(held_out)} products of the bundle's test split (they are the queries below)")
     summary = ingest_folder(data, catalogue, rejects_path=workdir / "rejects.csv", exclude_productids=held_out)
@@ -105,24 +105,23 @@ def start_server(bundle: Path, index_root: Path, port: int) -> subprocess.Popen:
 
 def held_out_products(bundle: Path, data: Path) -> list[tuple[int, "ProductInput"]]:
     """(true code, product) for every test-split product of the bundle: never trained on and kept out of the
-    index, so the answers are honest. Ordered text + image, text only, image only."""
+    index, so the answers are honest."""
     from shopclip.products import ProductInput
     from shopclip.training.data import load_products, select
 
-    test = select(load_products(data), test_split(bundle))
-    kind_order = {(True, True): 0, (True, False): 1, (False, True): 2}
-    test.sort(key=lambda row: kind_order.get((bool(row.designation), bool(row.image_path)), 3))
+    test = select(load_products(data), held_out_ids(bundle))
     return [(row.prdtypecode, ProductInput(row.designation, row.description,
                                            Path(row.image_path).read_bytes() if row.image_path else None))
             for row in test]
 
 
 def _examples(products: list[tuple[int, "ProductInput"]], count: int) -> list[tuple[int, "ProductInput"]]:
-    """Up to `count` products, spread over the kinds of row (text + image, text only, image only)."""
-    kinds: dict[tuple[bool, bool], list] = {}
+    """Up to `count` products, spread over the kinds of row: text + image, then text only, then image only."""
+    kinds: dict[tuple[bool, bool], list] = {(True, True): [], (True, False): [], (False, True): []}
     for true_code, product in products:
         kinds.setdefault((bool(product.designation), product.image is not None), []).append((true_code, product))
-    picked = [row for rows in kinds.values() for row in rows[:-(-count // len(kinds))]]
+    present = [rows for rows in kinds.values() if rows]
+    picked = [row for rows in present for row in rows[:-(-count // max(1, len(present)))]]
     return picked[:count]
 
 
