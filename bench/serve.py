@@ -101,7 +101,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-wait-ms", type=float, help="server micro-batch wait (server default if unset)")
     parser.add_argument("--torch-threads", type=int,
                         help="intra-op threads for (a) and the server (unset: torch's default for (a), the "
-                             "server's own default, all cores but one, for (b))")
+                             "server's own default, every core, for (b))")
     parser.add_argument("--forward-workers", type=int, help="server forward passes at once (server default if unset)")
     parser.add_argument("--json-out", type=Path, help="also write the figures as JSON")
     return parser.parse_args(argv)
