@@ -257,3 +257,24 @@ def test_stop_fails_the_callers_of_every_running_forward() -> None:
                 await caller
 
     asyncio.run(scenario())
+
+
+def test_the_next_forward_starts_while_the_event_loop_is_busy() -> None:
+    """Forwards are started by the worker threads, not by the event loop: a loop busy answering the last
+    batch (here: blocked outright) does not leave the model idle."""
+    async def scenario() -> None:
+        recorder = Recorder(hold=True)
+        batcher = make_batcher(recorder, max_batch=1, max_wait_s=0)
+        first = asyncio.ensure_future(batcher.submit(1))
+        await entered(recorder)
+        second = asyncio.ensure_future(batcher.submit(2))
+        await asyncio.sleep(0)  # queued behind the running forward
+        recorder.release.set()
+        deadline = time.monotonic() + 5
+        while len(recorder.batches) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)  # blocks the event loop: only a worker thread can start the next forward
+        assert recorder.batches == [[1], [2]]
+        assert (await first, await second) == (2, 4)
+        await batcher.stop()
+
+    asyncio.run(scenario())

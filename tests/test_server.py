@@ -4,7 +4,9 @@ Assertions are on status codes and on answers recomputed independently from the 
 from __future__ import annotations
 
 import asyncio
+import threading
 import urllib.request
+from collections.abc import Sequence
 
 import grpc
 import grpc.aio
@@ -415,6 +417,33 @@ def test_concurrent_classify_calls_share_forward_passes(monkeypatch: pytest.Monk
     responses = asyncio.run(scenario())
     assert len(responses) == 24 and sum(embedder.batch_sizes) == 24
     assert len(embedder.batch_sizes) < 12 and max(embedder.batch_sizes) > 1
+
+
+def test_the_model_is_loaded_and_run_on_the_forward_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch keeps one OpenMP thread team per calling thread; a second team made every forward ~50% slower
+    (measured), so the model is loaded on the thread that runs it, and nothing else runs it."""
+    embedder = SlowEmbedder(0.0)
+    threads: dict[str, set[str]] = {"load": set(), "forward": set()}
+
+    def load(spec: str, device: str | None = None) -> SlowEmbedder:
+        threads["load"].add(threading.current_thread().name)
+        return embedder
+
+    def embed(products: Sequence[ProductInput]) -> np.ndarray:
+        threads["forward"].add(threading.current_thread().name)
+        return SlowEmbedder.embed(embedder, products)
+
+    monkeypatch.setattr(app, "load_embedder", load)
+    monkeypatch.setattr(embedder, "embed", embed)
+
+    async def scenario() -> None:
+        async with running_server() as (_, channel):
+            stub = classification_pb2_grpc.ClassificationServiceStub(channel)
+            await asyncio.gather(*(stub.Classify(classify_request(f"produit {i}")) for i in range(8)))
+
+    asyncio.run(scenario())
+    assert len(threads["load"]) == 1 and threads["forward"] == threads["load"]
+    assert threads["load"].pop().startswith("shopclip-forward")
 
 
 # ------------------------------------------------------------------ hot swap
