@@ -81,10 +81,16 @@ class LoadedIndex:
             return [self._search_code(query, k, code, excluded) for query in queries]
         fetch = min(len(self), k + len(excluded))
         scores, rows = self._index.search(queries, fetch)
+        found = rows >= 0  # FAISS pads with -1 when it finds fewer than `fetch`
+        productids = self._productids[np.where(found, rows, 0)].tolist()  # whole-array lookups: the server
+        codes = self._codes[np.where(found, rows, 0)].tolist()  # asks for k=40 neighbours of 16 queries at once
         results = []
-        for query_scores, query_rows in zip(scores, rows):
-            hits = [self._neighbor(int(row), score) for row, score in zip(query_rows, query_scores) if row >= 0]
-            results.append([hit for hit in hits if hit.productid not in excluded][:k])
+        for query_ids, query_codes, query_scores, query_found in zip(productids, codes, scores.tolist(),
+                                                                     found.tolist()):
+            hits = [Neighbor(productid, None if code == NO_CODE else code, score)
+                    for productid, code, score, ok in zip(query_ids, query_codes, query_scores, query_found)
+                    if ok and productid not in excluded]
+            results.append(hits[:k])
         return results
 
     def _search_code(self, query: np.ndarray, k: int, code: int, excluded: set[int]) -> list[Neighbor]:

@@ -41,17 +41,36 @@ def knn_vote(neighbor_codes: Sequence[int | None], neighbor_scores: Sequence[flo
 
     Each neighbour votes with weight softmax(score / temperature); with no voter the result is uniform.
     """
-    index_of = {code: i for i, code in enumerate(codes)}
-    probs = np.zeros(len(codes), dtype=np.float64)
-    voters = [(index_of[c], s) for c, s in zip(neighbor_codes, neighbor_scores) if c is not None and c in index_of]
-    if not voters:
-        probs[:] = 1.0 / len(codes)
-        return probs.astype(np.float32)
-    idx = np.array([i for i, _ in voters])
-    scores = np.array([s for _, s in voters], dtype=np.float64) / temperature
-    weights = np.exp(scores - scores.max())
-    np.add.at(probs, idx, weights)
-    return (probs / probs.sum()).astype(np.float32)
+    labelled = [code is not None for code in neighbor_codes]
+    return knn_votes(np.array([[code if code is not None else 0 for code in neighbor_codes]], dtype=np.int64),
+                     np.array([neighbor_scores], dtype=np.float64), codes, temperature, np.array([labelled]))[0]
+
+
+def knn_votes(neighbor_codes: np.ndarray, neighbor_scores: np.ndarray, codes: Sequence[int], temperature: float,
+              labelled: np.ndarray | None = None) -> np.ndarray:
+    """`knn_vote` of many queries at once: (n, len(codes)) from (n, k) neighbour codes and scores.
+
+    A neighbour votes when `labelled` (default: all) and its code is one of `codes`, so rows of fewer than k
+    neighbours are padded with `labelled` False. One numpy pass: the server votes for a whole batch in less
+    time than a python loop spends on one query.
+    """
+    neighbor_codes = np.asarray(neighbor_codes, dtype=np.int64)
+    scores = np.asarray(neighbor_scores, dtype=np.float64).reshape(neighbor_codes.shape)
+    order = np.argsort(np.asarray(codes, dtype=np.int64), kind="stable")
+    sorted_codes = np.asarray(codes, dtype=np.int64)[order]
+    position = np.clip(np.searchsorted(sorted_codes, neighbor_codes), 0, len(sorted_codes) - 1)
+    votes = sorted_codes[position] == neighbor_codes
+    if labelled is not None:
+        votes &= np.asarray(labelled, dtype=bool).reshape(votes.shape)
+    logits = np.where(votes, scores / temperature, -np.inf)
+    top = logits.max(axis=1, keepdims=True, initial=-np.inf)
+    weights = np.where(votes, np.exp(logits - np.where(np.isfinite(top), top, 0.0)), 0.0)
+    probs = np.zeros((len(neighbor_codes), len(sorted_codes)), dtype=np.float64)
+    rows = np.broadcast_to(np.arange(len(neighbor_codes))[:, None], votes.shape)
+    np.add.at(probs, (rows[votes], order[position][votes]), weights[votes])
+    total = probs.sum(axis=1, keepdims=True)
+    probs = np.where(total > 0, probs / np.where(total > 0, total, 1.0), 1.0 / len(sorted_codes))
+    return probs.astype(np.float32)
 
 
 def combine(head_probs: np.ndarray, knn_probs: np.ndarray, weight: float) -> np.ndarray:

@@ -17,7 +17,7 @@ import numpy as np
 from shopclip.errors import NotReady
 from shopclip.indexer.api import Neighbor, PublishedIndex
 from shopclip.model.embedder import Embedder
-from shopclip.model.knn import KnnParams, final_probabilities, knn_vote
+from shopclip.model.knn import KnnParams, final_probabilities, knn_votes
 from shopclip.products import ProductInput
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,7 @@ class Engine:
         self._index_required = index_required
         self._index: PublishedIndex | None = None
         self._description = embedder.describe()
+        self._known_codes = frozenset(int(code) for code in embedder.codes)
 
     @property
     def index(self) -> PublishedIndex | None:
@@ -116,29 +117,45 @@ class Engine:
         index = self._index
         versions = self.versions(index)
         vectors = self.embedder.embed([job.product for job in jobs])
-        wanted = {i: job.top_k for i, job in enumerate(jobs) if job.top_k is not None}
-        rows = list(wanted)
-        classifications: dict[int, Classification] = {}
-        if rows:
-            head = self.embedder.classify_vectors(vectors[rows])
-            found = index.search(vectors[rows], self.knn.k) if index is not None else [[] for _ in rows]
-            for row, probs, neighbors in zip(rows, head, found):
-                classifications[row] = self._classify(probs, neighbors, wanted[row], index)
+        rows = [i for i, job in enumerate(jobs) if job.top_k is not None]
+        classifications = dict(zip(rows, self._classify(vectors[rows], [jobs[i].top_k for i in rows], index))) \
+            if rows else {}
         return [Outcome(vectors[i], classifications.get(i), versions) for i in range(len(jobs))]
 
-    def _classify(self, head_probs: np.ndarray, neighbors: list[Neighbor], top_k: int,
-                  index: PublishedIndex | None) -> Classification:
-        codes = self.embedder.codes
-        known = set(codes)
-        voters = [n for n in neighbors if n.prdtypecode in known]
+    def _classify(self, vectors: np.ndarray, top_ks: Sequence[int], index: PublishedIndex | None
+                  ) -> list[Classification]:
+        """Head + k-NN vote for a batch of vectors, as arrays over the whole batch (one search, one vote, one
+        metadata lookup): per-product python here cost ~0.2 ms a product, 7% of a batched forward."""
+        head = self.embedder.classify_vectors(vectors)
+        voters: list[list[Neighbor]] = [[] for _ in top_ks]
         votes = None
         if index is not None:
-            votes = knn_vote([n.prdtypecode for n in voters], [n.score for n in voters], codes, self.knn.temperature)
-        probs = final_probabilities(head_probs, votes, self.knn)
-        best = np.argsort(-probs, kind="stable")[:top_k]
-        predictions = [(int(codes[i]), float(probs[i])) for i in best]
-        return Classification(predictions, describe_neighbors(index, voters) if index is not None else [],
-                              abstain=predictions[0][1] < self.abstain_threshold)
+            voters = [[n for n in hits if n.prdtypecode in self._known_codes]
+                      for hits in index.search(vectors, self.knn.k)]
+            votes = self._votes(voters)
+        probs = final_probabilities(head, votes, self.knn)
+        ranked = np.argsort(-probs, axis=1, kind="stable")
+        described = describe_neighbor_lists(index, voters) if index is not None else voters
+        codes = np.asarray(self.embedder.codes)
+        results = []
+        for row, top_k in enumerate(top_ks):
+            best = ranked[row, :top_k]
+            predictions = list(zip(codes[best].tolist(), probs[row, best].tolist()))
+            results.append(Classification(predictions, described[row],
+                                          abstain=predictions[0][1] < self.abstain_threshold))
+        return results
+
+    def _votes(self, voters: Sequence[Sequence[Neighbor]]) -> np.ndarray:
+        """k-NN vote of each row's voters, padded into (n, k) arrays for `knn_votes`."""
+        width = max(1, max(len(row) for row in voters))
+        codes = np.zeros((len(voters), width), dtype=np.int64)
+        scores = np.zeros((len(voters), width), dtype=np.float64)
+        present = np.zeros((len(voters), width), dtype=bool)
+        for i, row in enumerate(voters):
+            codes[i, :len(row)] = [n.prdtypecode for n in row]
+            scores[i, :len(row)] = [n.score for n in row]
+            present[i, :len(row)] = True
+        return knn_votes(codes, scores, self.embedder.codes, self.knn.temperature, present)
 
     def search_vector(self, vector: np.ndarray, top_k: int, code: int | None,
                       exclude: Sequence[int] = ()) -> tuple[list[NeighborInfo], Versions]:
@@ -179,6 +196,11 @@ class Engine:
 
 def describe_neighbors(index: PublishedIndex, neighbors: Sequence[Neighbor]) -> list[NeighborInfo]:
     """Attach catalogue metadata (designation, imageid) to search hits, all in one lookup."""
-    titles = index.titles([n.productid for n in neighbors])
-    return [NeighborInfo(n.productid, n.prdtypecode, float(n.score), designation, imageid)
-            for n, (designation, imageid) in zip(neighbors, titles)]
+    return describe_neighbor_lists(index, [neighbors])[0]
+
+
+def describe_neighbor_lists(index: PublishedIndex, lists: Sequence[Sequence[Neighbor]]) -> list[list[NeighborInfo]]:
+    """`describe_neighbors` of each list, with a single metadata lookup for all of them."""
+    titles = iter(index.titles([n.productid for neighbors in lists for n in neighbors]))
+    return [[NeighborInfo(n.productid, n.prdtypecode, float(n.score), *next(titles)) for n in neighbors]
+            for neighbors in lists]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from collections import Counter
 
 import numpy as np
@@ -9,7 +11,7 @@ import pytest
 import torch
 
 from shopclip.indexer.sources import SourceRow
-from shopclip.model.knn import KnnParams, calibrate, final_probabilities, fit_sharpness
+from shopclip.model.knn import KnnParams, calibrate, final_probabilities, fit_sharpness, knn_vote, knn_votes
 from shopclip.training.baseline import TfidfSvcBaseline
 from shopclip.training.data import SPLITS, fingerprint, split_products
 from shopclip.training.metrics import (K_GRID, TEMPERATURE_GRID, WEIGHT_GRID, calibration, nearest, scores,
@@ -163,3 +165,31 @@ def test_baseline_learns_words_and_scores_every_code_column() -> None:
     assert result.shape == (3, 4)
     assert list(result[:2].argmax(axis=1)) == [1, 2]
     assert np.isneginf(result[:, 3]).all()  # code 40 never seen in training: never predicted
+
+
+def reference_vote(neighbor_codes: list, scores: list, codes: list[int], temperature: float) -> np.ndarray:
+    """The vote written out plainly: softmax(score / temperature) weights summed per known code."""
+    voters = [(codes.index(c), s / temperature) for c, s in zip(neighbor_codes, scores) if c in codes]
+    if not voters:
+        return np.full(len(codes), 1 / len(codes))
+    top = max(logit for _, logit in voters)
+    probs = np.zeros(len(codes))
+    for i, logit in voters:
+        probs[i] += math.exp(logit - top)
+    return probs / probs.sum()
+
+
+def test_batched_knn_votes_match_the_vote_of_each_query() -> None:
+    rng = np.random.default_rng(3)
+    codes = [2583, 10, 1280, 40, 2705]  # unsorted, as a bundle's class order may be
+    neighbor_codes = rng.choice(codes + [999, 7], size=(6, 8))  # 999 and 7 are no class: they do not vote
+    scores = rng.uniform(-1, 1, size=(6, 8))
+    labelled = rng.random((6, 8)) > 0.2
+    labelled[4] = False  # a query without a single voter gets the uniform vote
+    votes = knn_votes(neighbor_codes, scores, codes, 0.1, labelled)
+    for row in range(6):
+        kept = [c if ok else None for c, ok in zip(neighbor_codes[row].tolist(), labelled[row])]
+        expected = reference_vote(kept, scores[row].tolist(), codes, 0.1)
+        assert np.allclose(votes[row], expected, atol=1e-6)
+        assert np.allclose(knn_vote(kept, scores[row].tolist(), codes, 0.1), expected, atol=1e-6)
+    assert np.allclose(votes[4], 1 / len(codes))

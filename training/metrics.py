@@ -1,7 +1,7 @@
 """Scores, exact k-NN voting over reference vectors, and tuning of `KnnParams` on validation.
 
 Pure numpy + scikit-learn: the same arithmetic scores every row of the evaluation table, and the
-k-NN vote is `shopclip.model.knn.knn_vote`, the function the server applies, so tuned parameters
+k-NN vote is `shopclip.model.knn.knn_votes`, the function the server applies, so tuned parameters
 mean the same thing in both places.
 """
 
@@ -13,7 +13,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from shopclip.model.knn import KnnParams, combine, fit_sharpness, knn_vote
+from shopclip.model.knn import KnnParams, combine, fit_sharpness, knn_votes
 
 K_GRID = (5, 10, 20, 40)
 TEMPERATURE_GRID = (0.02, 0.05, 0.1, 0.2)
@@ -74,11 +74,8 @@ def nearest(queries: np.ndarray, references: np.ndarray, k: int) -> tuple[np.nda
 
 def knn_probabilities(neighbor_indices: np.ndarray, neighbor_scores: np.ndarray, reference_codes: np.ndarray,
                       codes: Sequence[int], k: int, temperature: float) -> np.ndarray:
-    """(n, classes) k-NN vote of the first `k` neighbours of each query, via the server's `knn_vote`."""
-    return np.stack([
-        knn_vote(reference_codes[idx[:k]].tolist(), sims[:k].tolist(), codes, temperature)
-        for idx, sims in zip(neighbor_indices, neighbor_scores)
-    ])
+    """(n, classes) k-NN vote of the first `k` neighbours of each query, via the server's `knn_votes`."""
+    return knn_votes(reference_codes[neighbor_indices[:, :k]], neighbor_scores[:, :k], codes, temperature)
 
 
 def tune_knn(head_probs: np.ndarray, queries: np.ndarray, labels: np.ndarray, references: np.ndarray,

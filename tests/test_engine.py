@@ -1,0 +1,48 @@
+"""Engine.forward answers a whole batch with array arithmetic; each answer must equal what one product alone
+gets from the head, its own neighbours and the vote of `shopclip.model.knn`, recomputed here step by step."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_server_support import CODES_IN_INDEX, FAKE_BUNDLE, CatalogueRow, MemoryIndex, catalogue_rows
+
+from shopclip.model import load_embedder
+from shopclip.model.knn import KnnParams, final_probabilities, knn_vote
+from shopclip.products import ProductInput
+from shopclip.server.engine import Engine, Job
+
+
+def expected_answer(engine: Engine, product: ProductInput, top_k: int) -> tuple[list[tuple[int, float]], list[int]]:
+    embedder, knn = engine.embedder, engine.knn
+    vector = embedder.embed([product])
+    head = embedder.classify_vectors(vector)[0]
+    voters = [n for n in engine.index.search(vector, knn.k)[0] if n.prdtypecode in set(embedder.codes)]
+    votes = knn_vote([n.prdtypecode for n in voters], [n.score for n in voters], embedder.codes, knn.temperature)
+    probs = final_probabilities(head, votes, knn)
+    best = np.argsort(-probs, kind="stable")[:top_k]
+    return [(embedder.codes[i], float(probs[i])) for i in best], [n.productid for n in voters]
+
+
+def test_a_batched_forward_answers_each_product_as_if_it_were_alone() -> None:
+    embedder = load_embedder(FAKE_BUNDLE)
+    embedder.knn = KnnParams(k=6, weight=0.4, temperature=0.1, sharpness=1.7)
+    unlabelled = [CatalogueRow(productid=90 + j, prdtypecode=None, designation=f"famille3 inconnu{j}")
+                  for j in range(3)]  # searchable, never voting
+    engine = Engine(embedder, abstain_threshold=0.5, index_required=True)
+    engine.swap_index(MemoryIndex("v1", catalogue_rows() + unlabelled, embedder))
+    products = [ProductInput(f"famille{code} sorte{code} neuf") for code in CODES_IN_INDEX]
+    products += [ProductInput("famille3 inconnu1"), ProductInput("rien de connu")]
+    jobs = [Job(product, top_k) for product, top_k in zip(products, (1, 3, 5, 2, 4, 3))] + [Job(products[0])]
+
+    outcomes = engine.forward(jobs)
+
+    assert outcomes[-1].classification is None  # an embed-only job of the same batch
+    for job, outcome in zip(jobs[:-1], outcomes):
+        predictions, voter_ids = expected_answer(engine, job.product, job.top_k)
+        got = outcome.classification
+        assert [code for code, _ in got.predictions] == [code for code, _ in predictions]
+        assert [p for _, p in got.predictions] == pytest.approx([p for _, p in predictions], abs=1e-6)
+        assert [n.productid for n in got.neighbors] == voter_ids
+        assert all(n.designation for n in got.neighbors)  # metadata of each voter, from one batched lookup
+        assert got.abstain == (predictions[0][1] < 0.5)
