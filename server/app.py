@@ -24,7 +24,7 @@ from shopclip.indexer.api import PublishedIndex
 from shopclip.model import load_embedder
 from shopclip.server.auth import BearerTokenInterceptor, server_credentials
 from shopclip.server.batching import MicroBatcher
-from shopclip.server.config import ServerConfig
+from shopclip.server.config import ServerConfig, usable_cores
 from shopclip.server.engine import Engine, Job, Outcome
 from shopclip.server.errors import ErrorTableInterceptor
 from shopclip.server.index_watch import IndexSource, IndexWatcher, PublishedIndexSource
@@ -112,7 +112,7 @@ def set_forward_threads(threads: int) -> None:
 
     torch.set_num_threads(threads)
     faiss.omp_set_num_threads(threads)
-    log.info("forward threads: %d of %s cores", threads, os.cpu_count())
+    log.info("forward threads: %d (%d usable cores of %s)", threads, usable_cores(), os.cpu_count())
 
 
 async def create_server(config: ServerConfig, index_source: IndexSource | None = None) -> tuple[ShopclipServer, int]:

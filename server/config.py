@@ -35,7 +35,7 @@ class ServerConfig:
     forward_workers: int = _opt(1, "forward passes that run at once, each on its own micro-batch; on a small CPU "
                                    "2 workers with --torch-threads 1 answer faster at low and medium load")
     torch_threads: int | None = _opt(None, "intra-op CPU threads of the forward pass and FAISS searches "
-                                           "(default: every core)")
+                                           "(default: every core this process may use)")
     max_batch: int = _opt(32, "most products in one forward pass")
     max_wait_ms: float = _opt(1.0, "how long a forward waits for more requests to fill its batch")
     queue_size: int = _opt(1024, "products waiting for a forward before RESOURCE_EXHAUSTED")
@@ -79,12 +79,10 @@ class ServerConfig:
 
     @property
     def forward_threads(self) -> int:
-        """`torch_threads`, or every core. Measured with bench/serve.py on 2 cores at concurrency 32: 2 threads
-        183 req/s, 1 thread (leaving a core to the event loop) 136 req/s, at 1.8 ms lower single-request p50;
-        set 1 where latency at low load matters more than throughput."""
+        """`torch_threads`, or every core this process may run on (see `usable_cores`)."""
         if self.torch_threads is not None:
             return self.torch_threads
-        return os.cpu_count() or 1
+        return usable_cores()
 
     @property
     def tls(self) -> bool:
@@ -100,6 +98,14 @@ class ServerConfig:
             elif (raw := env.get(ENV_PREFIX + name.upper())) not in (None, ""):
                 values[name] = _parse(name, kind, raw)
         return cls(**values)
+
+
+def usable_cores() -> int:
+    """Cores this process may run on: its CPU affinity (a container's cpuset, `taskset`), not the machine's count,
+    so a server pinned to 1 of 16 cores does not start 16 torch threads that fight over it."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

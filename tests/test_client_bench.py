@@ -48,3 +48,17 @@ def test_fake_bundle_run_reports_both_sides_and_the_targets(bench, tmp_path, cap
     assert 1.0 <= crowded["mean_batch"] <= 4.0
     printed = capsys.readouterr().out
     assert "throughput: (b) at concurrency 4" in printed and "overhead:" in printed
+
+
+def test_split_placement_gives_the_load_generator_a_core_of_its_own(bench, monkeypatch):
+    monkeypatch.setattr(bench.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert bench.placement("split") == ({0, 1, 2}, {3})
+    assert bench.placement("shared") == ({0, 1, 2, 3}, {0, 1, 2, 3})
+    monkeypatch.setattr(bench.os, "sched_getaffinity", lambda pid: {5}, raising=False)
+    assert bench.placement("split") == ({5}, {5})  # nothing to split: everything shares the one core
+
+
+def test_the_faster_raw_measurement_is_the_reference(bench):
+    before = [bench.RawPoint(1, 200.0, 5.0), bench.RawPoint(16, 300.0, 53.0)]
+    after = [bench.RawPoint(1, 220.0, 4.5), bench.RawPoint(16, 280.0, 57.0)]
+    assert bench.best_of(before, after) == [after[0], before[1]]

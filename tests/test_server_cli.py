@@ -52,10 +52,13 @@ def test_bad_settings_name_the_field(argv: list[str], env: dict[str, str], field
     assert error.value.field == field
 
 
-def test_forward_threads_default_to_every_core_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(os, "cpu_count", lambda: 8)
-    assert ServerConfig(bundle="fake").forward_threads == 8
+def test_forward_threads_default_to_the_cores_the_process_may_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {2, 3, 5}, raising=False)  # e.g. a container cpuset
+    assert ServerConfig(bundle="fake").forward_threads == 3
     assert ServerConfig(bundle="fake", torch_threads=1).forward_threads == 1
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)  # platforms without affinity: the core count
+    assert ServerConfig(bundle="fake").forward_threads == 16
     monkeypatch.setattr(os, "cpu_count", lambda: None)
     assert ServerConfig(bundle="fake").forward_threads == 1
 
