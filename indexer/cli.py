@@ -39,7 +39,10 @@ def _add_build_options(parser: argparse.ArgumentParser) -> None:
                         help="model bundle directory, or fake:dim=..,classes=.. (default $SHOPCLIP_BUNDLE)")
     parser.add_argument("--index", choices=("auto", "flat", "ivf", "hnsw"), default="auto",
                         help="auto: exact below --approx-threshold vectors, IVF + exact re-rank above")
-    parser.add_argument("--approx-threshold", type=int, default=200_000)
+    from shopclip.indexer.ann import AnnParams  # numpy only: the defaults live with the index code
+
+    parser.add_argument("--approx-threshold", type=int, default=AnnParams.approx_threshold,
+                        help="vectors from which auto builds IVF (default %(default)s)")
     parser.add_argument("--min-recall", type=float, default=0.95,
                         help="refuse to publish an approximate index whose recall@10 vs exact is lower")
     parser.add_argument("--nprobe", type=int, default=16, help="starting IVF nprobe (raised to meet recall)")

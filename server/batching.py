@@ -83,6 +83,8 @@ class MicroBatcher(Generic[Item, Result]):
         self._loop = asyncio.get_running_loop()
         self._running = True
         self._workers = [self._loop.run_in_executor(self._executor, self._work) for _ in range(self._concurrency)]
+        for worker in self._workers:
+            worker.add_done_callback(_log_if_failed)
 
     async def stop(self) -> None:
         """Stop at once; callers queued or in an interrupted forward get NotReady. A forward already running
@@ -206,6 +208,11 @@ class MicroBatcher(Generic[Item, Result]):
 def _resolve_all(outcomes: list[tuple[_Entry, Callable[[_Entry, Any], None], Any]]) -> None:
     for entry, resolve, value in outcomes:
         resolve(entry, value)
+
+
+def _log_if_failed(worker: asyncio.Future[None]) -> None:
+    if not worker.cancelled() and worker.exception() is not None:  # a bug: its callers would wait forever
+        log.error("a forward worker stopped on an unexpected error", exc_info=worker.exception())
 
 
 def _succeed(entry: _Entry, result: Any) -> None:
