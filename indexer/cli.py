@@ -39,10 +39,9 @@ def _add_build_options(parser: argparse.ArgumentParser) -> None:
                         help="model bundle directory, or fake:dim=..,classes=.. (default $SHOPCLIP_BUNDLE)")
     parser.add_argument("--index", choices=("auto", "flat", "ivf", "hnsw"), default="auto",
                         help="auto: exact below --approx-threshold vectors, IVF + exact re-rank above")
-    from shopclip.indexer.ann import AnnParams  # numpy only: the defaults live with the index code
-
-    parser.add_argument("--approx-threshold", type=int, default=AnnParams.approx_threshold,
-                        help="vectors from which auto builds IVF (default %(default)s)")
+    parser.add_argument("--approx-threshold", type=int,
+                        help="vectors from which auto builds IVF (default: AnnParams.approx_threshold in "
+                             "indexer/ann.py, 10000, measured there)")
     parser.add_argument("--min-recall", type=float, default=0.95,
                         help="refuse to publish an approximate index whose recall@10 vs exact is lower")
     parser.add_argument("--nprobe", type=int, default=16, help="starting IVF nprobe (raised to meet recall)")
@@ -116,7 +115,8 @@ def _build_options(args: argparse.Namespace):
     from shopclip.indexer.ann import AnnParams
     from shopclip.indexer.build import BuildOptions
 
-    ann = AnnParams(kind=args.index, approx_threshold=args.approx_threshold, nprobe=args.nprobe,
+    threshold = AnnParams.approx_threshold if args.approx_threshold is None else args.approx_threshold
+    ann = AnnParams(kind=args.index, approx_threshold=threshold, nprobe=args.nprobe,
                     ef_search=args.ef_search, use_gpu=not args.no_gpu)
     return BuildOptions(ann=ann, min_recall=args.min_recall, embed_batch=args.embed_batch,
                         commit_every=args.commit_every, keep_versions=args.keep)

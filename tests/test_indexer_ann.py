@@ -62,3 +62,16 @@ def test_auto_kind_switches_at_the_threshold() -> None:
 def test_knn_intersection_counts_overlap_and_ignores_missing() -> None:
     truth = np.array([[1, 2, 3, 4]])
     assert ann.knn_intersection(np.array([[4, 3, 9, -1]]), truth) == 0.5
+
+
+def test_the_cli_help_states_the_auto_threshold_it_applies() -> None:
+    """The CLI may not import numpy (client installs), so its help repeats the number: keep them equal."""
+    import argparse
+
+    from shopclip.indexer import cli
+
+    parser = argparse.ArgumentParser()
+    cli._add_build_options(parser)
+    action = next(a for a in parser._actions if a.dest == "approx_threshold")
+    assert str(ann.AnnParams.approx_threshold) in action.help
+    assert cli._build_options(parser.parse_args([])).ann.approx_threshold == ann.AnnParams.approx_threshold
