@@ -80,7 +80,10 @@ class LoadedIndex:
         if code is not None:
             return [self._search_code(query, k, code, excluded) for query in queries]
         fetch = min(len(self), k + len(excluded))
-        scores, rows = self._index.search(queries, fetch)
+        if self._kind == "flat":  # exact either way; BLAS is ~2.5x faster than the FAISS wheel here
+            scores, rows = ann.exact_search(queries, self._vectors, fetch)
+        else:
+            scores, rows = self._index.search(queries, fetch)
         found = rows >= 0  # FAISS pads with -1 when it finds fewer than `fetch`
         productids = self._productids[np.where(found, rows, 0)].tolist()  # whole-array lookups: the server
         codes = self._codes[np.where(found, rows, 0)].tolist()  # asks for k=40 neighbours of 16 queries at once

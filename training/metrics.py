@@ -13,6 +13,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from shopclip.indexer.ann import exact_search
 from shopclip.model.knn import KnnParams, combine, fit_sharpness, knn_votes
 
 K_GRID = (5, 10, 20, 40)
@@ -63,13 +64,9 @@ def calibration(labels: np.ndarray, probs: np.ndarray, bins: int = 15) -> dict:
 
 
 def nearest(queries: np.ndarray, references: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact inner-product search: (indices, similarities), each (n, k), best first."""
-    k = min(k, len(references))
-    similarity = queries @ references.T
-    top = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
-    top_scores = np.take_along_axis(similarity, top, axis=1)
-    order = np.argsort(-top_scores, axis=1)
-    return np.take_along_axis(top, order, axis=1), np.take_along_axis(top_scores, order, axis=1)
+    """Exact inner-product search: (indices, similarities), each (n, k), best first (the server's flat search)."""
+    scores, rows = exact_search(np.asarray(queries, dtype=np.float32), np.asarray(references, dtype=np.float32), k)
+    return rows, scores
 
 
 def knn_probabilities(neighbor_indices: np.ndarray, neighbor_scores: np.ndarray, reference_codes: np.ndarray,
