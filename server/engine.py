@@ -125,7 +125,7 @@ class Engine:
     def _classify(self, vectors: np.ndarray, top_ks: Sequence[int], index: PublishedIndex | None
                   ) -> list[Classification]:
         """Head + k-NN vote for a batch of vectors, as arrays over the whole batch (one search, one vote, one
-        metadata lookup): per-product python here cost ~0.2 ms a product, 7% of a batched forward."""
+        metadata lookup): done product by product it cost ~7 ms per 16 products, 12% of a batched forward."""
         head = self.embedder.classify_vectors(vectors)
         voters: list[list[Neighbor]] = [[] for _ in top_ks]
         votes = None
