@@ -40,7 +40,7 @@ class DeadlineExpired(ShopclipError):
     """The caller's deadline passed while its request waited: it was dropped before the forward."""
 
 
-@dataclass
+@dataclass(eq=False)  # entries are compared by identity: `batch in self._in_flight` never compares products
 class _Entry(Generic[Item, Result]):
     item: Item
     future: asyncio.Future[Result]
@@ -134,8 +134,7 @@ class MicroBatcher(Generic[Item, Result]):
                 self._process(batch)
             finally:
                 with self._changed:
-                    if batch in self._in_flight:
-                        self._in_flight.remove(batch)
+                    self._in_flight = [running for running in self._in_flight if running is not batch]
 
     def _next_batch(self, last_batch_size: int) -> list[_Entry[Item, Result]] | None:
         """The next live batch, once there is one (None once stopped): waits up to `max_wait_s` for it to
