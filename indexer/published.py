@@ -59,10 +59,16 @@ class LoadedIndex:
             raise NotFound(f"productid {productid} is not in index version {self.version}")
         return row
 
-    def _neighbor(self, row: int, score: float) -> Neighbor:
-        code = int(self._codes[row])
-        return Neighbor(productid=int(self._productids[row]), prdtypecode=None if code == NO_CODE else code,
-                        score=float(score))
+    def _hits(self, rows: np.ndarray, scores: np.ndarray, excluded: set[int], k: int) -> list[Neighbor]:
+        """One query's result rows as Neighbors, best first: FAISS's -1 padding and `excluded` dropped, at most k.
+        Ids and codes are read with one array lookup each (the server asks for 40 neighbours a query)."""
+        found = rows >= 0
+        safe = np.where(found, rows, 0)
+        hits = [Neighbor(productid, None if code == NO_CODE else code, score)
+                for productid, code, score, ok in zip(self._productids[safe].tolist(), self._codes[safe].tolist(),
+                                                       np.asarray(scores, dtype=np.float32).tolist(), found.tolist())
+                if ok and productid not in excluded]
+        return hits[:k]
 
     def _check_queries(self, vectors: np.ndarray, k: int) -> np.ndarray:
         queries = np.ascontiguousarray(np.atleast_2d(np.asarray(vectors, dtype=np.float32)))
@@ -84,29 +90,15 @@ class LoadedIndex:
             scores, rows = ann.exact_search(queries, self._vectors, fetch)
         else:
             scores, rows = self._index.search(queries, fetch)
-        found = rows >= 0  # FAISS pads with -1 when it finds fewer than `fetch`
-        productids = self._productids[np.where(found, rows, 0)].tolist()  # whole-array lookups: the server
-        codes = self._codes[np.where(found, rows, 0)].tolist()  # asks for k=40 neighbours of 16 queries at once
-        results = []
-        for query_ids, query_codes, query_scores, query_found in zip(productids, codes, scores.tolist(),
-                                                                     found.tolist()):
-            hits = [Neighbor(productid, None if code == NO_CODE else code, score)
-                    for productid, code, score, ok in zip(query_ids, query_codes, query_scores, query_found)
-                    if ok and productid not in excluded]
-            results.append(hits[:k])
-        return results
+        return [self._hits(query_rows, query_scores, excluded, k) for query_rows, query_scores in zip(rows, scores)]
 
     def _search_code(self, query: np.ndarray, k: int, code: int, excluded: set[int]) -> list[Neighbor]:
         """Exact search among one code's products (a code is a small share of the catalogue)."""
         rows = self._rows_by_code.get(int(code))
         if rows is None or code == NO_CODE:
             return []
-        scores = np.asarray(self._vectors[rows] @ query, dtype=np.float32)
-        fetch = min(len(rows), k + len(excluded))
-        best = np.argpartition(-scores, fetch - 1)[:fetch]
-        best = best[np.argsort(-scores[best], kind="stable")]
-        hits = [self._neighbor(int(rows[i]), scores[i]) for i in best]
-        return [hit for hit in hits if hit.productid not in excluded][:k]
+        scores, best = ann.exact_search(query[None, :], self._vectors[rows], k + len(excluded))
+        return self._hits(rows[best[0]], scores[0], excluded, k)
 
     def product(self, productid: int) -> CatalogueProduct:
         row = self._row_of(productid)

@@ -98,6 +98,7 @@ def test_read_side_search_matches_exact_search(tmp_path: Path) -> None:
     code = index.product(7).prdtypecode
     same_code = index.search(query, 5, code=code, exclude=[7])[0]
     assert same_code and all(hit.prdtypecode == code and hit.productid != 7 for hit in same_code)
+    assert all(a.score >= b.score for a, b in zip(same_code, same_code[1:]))
     assert index.search(query, 3, code=123456) == [[]]
     assert index.product(7).designation.endswith("modèle 7")
     with pytest.raises(NotFound):
