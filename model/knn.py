@@ -35,24 +35,14 @@ class KnnParams:
         return cls(**{k: v for k, v in (data or {}).items() if k in cls.__dataclass_fields__})
 
 
-def knn_vote(neighbor_codes: Sequence[int | None], neighbor_scores: Sequence[float], codes: Sequence[int],
-             temperature: float) -> np.ndarray:
-    """Probabilities over `codes` from one query's neighbours (unlabelled or unknown codes do not vote).
-
-    Each neighbour votes with weight softmax(score / temperature); with no voter the result is uniform.
-    """
-    labelled = [code is not None for code in neighbor_codes]
-    return knn_votes(np.array([[code if code is not None else 0 for code in neighbor_codes]], dtype=np.int64),
-                     np.array([neighbor_scores], dtype=np.float64), codes, temperature, np.array([labelled]))[0]
-
-
 def knn_votes(neighbor_codes: np.ndarray, neighbor_scores: np.ndarray, codes: Sequence[int], temperature: float,
               labelled: np.ndarray | None = None) -> np.ndarray:
-    """`knn_vote` of many queries at once: (n, len(codes)) from (n, k) neighbour codes and scores.
+    """Probabilities over `codes` for each query, (n, len(codes)), from its (n, k) neighbour codes and scores.
 
-    A neighbour votes when `labelled` (default: all) and its code is one of `codes`, so rows of fewer than k
-    neighbours are padded with `labelled` False. One numpy pass: the server votes for a whole batch in less
-    time than a python loop spends on one query.
+    Each neighbour votes with weight softmax(score / temperature) over its query's voters; a query with no
+    voter gets the uniform vote. A neighbour votes when `labelled` (default: all) and its code is one of
+    `codes`: unlabelled catalogue products, unknown codes and the padding of rows with fewer than k neighbours
+    do not. One numpy pass: the server votes for a whole batch in less time than a python loop took for one.
     """
     neighbor_codes = np.asarray(neighbor_codes, dtype=np.int64)
     scores = np.asarray(neighbor_scores, dtype=np.float64).reshape(neighbor_codes.shape)

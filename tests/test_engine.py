@@ -8,7 +8,7 @@ import pytest
 from test_server_support import CODES_IN_INDEX, FAKE_BUNDLE, CatalogueRow, MemoryIndex, catalogue_rows
 
 from shopclip.model import load_embedder
-from shopclip.model.knn import KnnParams, final_probabilities, knn_vote
+from shopclip.model.knn import KnnParams, final_probabilities, knn_votes
 from shopclip.products import ProductInput
 from shopclip.server.engine import Engine, Job
 
@@ -18,7 +18,8 @@ def expected_answer(engine: Engine, product: ProductInput, top_k: int) -> tuple[
     vector = embedder.embed([product])
     head = embedder.classify_vectors(vector)[0]
     voters = [n for n in engine.index.search(vector, knn.k)[0] if n.prdtypecode in set(embedder.codes)]
-    votes = knn_vote([n.prdtypecode for n in voters], [n.score for n in voters], embedder.codes, knn.temperature)
+    votes = knn_votes(np.array([[n.prdtypecode for n in voters]]), np.array([[n.score for n in voters]]),
+                      embedder.codes, knn.temperature)[0]
     probs = final_probabilities(head, votes, knn)
     best = np.argsort(-probs, kind="stable")[:top_k]
     return [(embedder.codes[i], float(probs[i])) for i in best], [n.productid for n in voters]

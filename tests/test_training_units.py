@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from shopclip.indexer.sources import SourceRow
-from shopclip.model.knn import KnnParams, calibrate, final_probabilities, fit_sharpness, knn_vote, knn_votes
+from shopclip.model.knn import KnnParams, calibrate, final_probabilities, fit_sharpness, knn_votes
 from shopclip.training.baseline import TfidfSvcBaseline
 from shopclip.training.data import SPLITS, fingerprint, split_products
 from shopclip.training.metrics import (K_GRID, TEMPERATURE_GRID, WEIGHT_GRID, calibration, nearest, scores,
@@ -191,5 +191,4 @@ def test_batched_knn_votes_match_the_vote_of_each_query() -> None:
         kept = [c if ok else None for c, ok in zip(neighbor_codes[row].tolist(), labelled[row])]
         expected = reference_vote(kept, scores[row].tolist(), codes, 0.1)
         assert np.allclose(votes[row], expected, atol=1e-6)
-        assert np.allclose(knn_vote(kept, scores[row].tolist(), codes, 0.1), expected, atol=1e-6)
     assert np.allclose(votes[4], 1 / len(codes))
