@@ -113,8 +113,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-batch", type=int, help="server micro-batch limit (server default if unset)")
     parser.add_argument("--max-wait-ms", type=float, help="server micro-batch wait (server default if unset)")
     parser.add_argument("--torch-threads", type=int,
-                        help="intra-op threads for (a) and the server (unset: torch's default for (a), the "
-                             "server's own default, every core, for (b))")
+                        help="intra-op threads for (a) and the server (unset: every core they may run on, the "
+                             "server's own default)")
     parser.add_argument("--forward-workers", type=int, help="server forward passes at once (server default if unset)")
     parser.add_argument("--placement", choices=("split", "shared"), default="split",
                         help="split: the load generator on a core of its own, (a) and the server on the rest; "
