@@ -113,7 +113,9 @@ def set_forward_threads(threads: int) -> None:
     import torch
     from threadpoolctl import threadpool_limits
 
-    threadpool_limits(limits=1, user_api="blas")  # first: FAISS's OpenBLAS shares FAISS's OpenMP runtime
+    # First, so that what follows wins: FAISS's OpenBLAS shares FAISS's OpenMP runtime, and torch.set_num_threads
+    # also sets MKL's count where torch links MKL as a shared library (which threadpoolctl would limit too).
+    threadpool_limits(limits=1, user_api="blas")
     torch.set_num_threads(threads)
     faiss.omp_set_num_threads(threads)
     log.info("forward threads: %d (%d usable cores of %s)", threads, usable_cores(), os.cpu_count())
