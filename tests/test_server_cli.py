@@ -111,7 +111,7 @@ def test_serving_threads_keep_blas_on_the_calling_thread() -> None:
             "from threadpoolctl import threadpool_info\n"
             "from shopclip.server.app import set_forward_threads\n"
             "set_forward_threads(3)\n"
-            "numpy_blas = [i['num_threads'] for i in threadpool_info() if i['filepath'].find('numpy') >= 0]\n"
+            "numpy_blas = [i['num_threads'] for i in threadpool_info() if 'numpy' in i['filepath']]\n"
             "print(numpy_blas, torch.get_num_threads(), faiss.omp_get_max_threads())\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
