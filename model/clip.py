@@ -231,6 +231,8 @@ def _text_tower_options(name: str, config: ModelConfig, load_pretrained: bool) -
         return {"buckets": config.ngram_buckets, "dim": config.ngram_dim}
     if name == "use":
         return {"pretrained": load_pretrained}
+    if name == "e5":
+        return {"pretrained": load_pretrained}
     return {}
 
 

@@ -43,13 +43,19 @@ def _build_use(**options: object) -> nn.Module:
     return UseTower(**options)
 
 
+def _build_e5(**options: object) -> nn.Module:
+    from shopclip.model.e5_tower import E5Tower
+
+    return E5Tower(**options)
+
+
 def _build_ngram(**options: object) -> nn.Module:
     from shopclip.model.ngram_tower import NgramTower
 
     return NgramTower(**options)
 
 
-_BUILDERS: dict[str, Callable[..., nn.Module]] = {"use": _build_use, "ngram": _build_ngram}
+_BUILDERS: dict[str, Callable[..., nn.Module]] = {"use": _build_use, "ngram": _build_ngram, "e5": _build_e5}
 
 
 def text_tower_names() -> list[str]:
