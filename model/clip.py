@@ -232,7 +232,7 @@ def _text_tower_options(name: str, config: ModelConfig, load_pretrained: bool) -
     if name == "use":
         return {"pretrained": load_pretrained}
     if name == "e5":
-        return {"pretrained": load_pretrained}
+        return {"pretrained": load_pretrained, "max_tokens": config.e5_max_tokens}
     return {}
 
 

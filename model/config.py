@@ -45,6 +45,9 @@ class ModelConfig:
     backbone: str = SHOPCLIP_BACKBONE
     """`shopclip` (text towers below + EfficientNet-Lite0) or `open_clip:ARCH=/path/to/checkpoint`."""
     text_towers: list[str] = field(default_factory=lambda: ["use", "ngram"])
+    e5_max_tokens: int = 48
+    """Tokens the e5 tower reads (prefix and specials included): the title and the head of the description.
+    Its cost grows with length (e5 is a 12-layer transformer) and the TF-IDF view reads the whole text."""
     ngram_buckets: int = 2**18
     ngram_dim: int = 128
     image_tower: str = "efficientnet_lite0"

@@ -1,8 +1,9 @@
 """The contract between the model and everything that uses it (indexer, server, evaluation).
 
-An `Embedder` turns products into L2-normalised vectors in one shared space and classifies those
-vectors with the bundle's linear head. Text-only, image-only and text+image products all land in
-the same space, so any of them can be indexed, searched for, or voted on.
+An `Embedder` turns products into L2-normalised vectors in one shared space (`embed`), and classifies
+products (`encode` then `classify`, given the k-NN vote of their neighbours in the index). Text-only,
+image-only and text+image products all land in the same space, so any of them can be indexed, searched
+for, or voted on.
 
 Real bundles and the deterministic fake are both built by `shopclip.model.load_embedder`, so tests
 exercise the same code path as production.
@@ -13,12 +14,31 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from shopclip.errors import InvalidInput
+from shopclip.model.knn import KnnParams, final_probabilities
 from shopclip.products import ProductInput
+
+
+@dataclass
+class Encoded:
+    """One forward pass over products: what search needs (vectors) and what classification needs."""
+
+    vectors: np.ndarray
+    """(n, dim) float32, L2-normalised."""
+    head_probs: np.ndarray
+    """(n, classes) the linear head on the vectors."""
+    views: Any = None
+    """Whatever else the embedder's `classify` reads (a bundle's `ViewInputs`), or None."""
+
+    def take(self, rows: Sequence[int]) -> "Encoded":
+        rows = np.asarray(rows, dtype=np.int64)
+        return Encoded(self.vectors[rows], self.head_probs[rows],
+                       None if self.views is None else self.views.take(rows))
 
 
 @runtime_checkable
@@ -35,6 +55,15 @@ class Embedder(Protocol):
 
     def classify_vectors(self, vectors: np.ndarray) -> np.ndarray:
         """(n, len(codes)) float32 probabilities of the linear head for vectors from `embed`."""
+        ...
+
+    def encode(self, products: Sequence[ProductInput]) -> Encoded:
+        """One forward pass: vectors and whatever `classify` needs. Raises InvalidInput like `embed`."""
+        ...
+
+    def classify(self, encoded: Encoded, knn_votes: np.ndarray | None) -> np.ndarray:
+        """(n, len(codes)) calibrated probabilities: what Classify answers, given the (n, len(codes)) k-NN vote
+        of each product's labelled neighbours (None without an index)."""
         ...
 
     def describe(self) -> dict:
@@ -58,6 +87,7 @@ class FakeEmbedder:
         self.dim = dim
         self.codes = list(codes)
         self.fingerprint = f"fake-{dim}-{len(self.codes)}"
+        self.knn = KnnParams()
         rng = np.random.default_rng(0)
         self._head = rng.standard_normal((dim, len(self.codes))).astype(np.float32)
 
@@ -82,6 +112,13 @@ class FakeEmbedder:
         logits -= logits.max(axis=1, keepdims=True)
         probs = np.exp(logits)
         return (probs / probs.sum(axis=1, keepdims=True)).astype(np.float32)
+
+    def encode(self, products: Sequence[ProductInput]) -> Encoded:
+        vectors = self.embed(products)
+        return Encoded(vectors, self.classify_vectors(vectors))
+
+    def classify(self, encoded: Encoded, knn_votes: np.ndarray | None) -> np.ndarray:
+        return final_probabilities(encoded.head_probs, knn_votes, self.knn)
 
     def describe(self) -> dict:
         return {"architecture": "fake", "embed_dim": self.dim, "num_classes": len(self.codes),

@@ -1,4 +1,4 @@
-"""What the server computes, without protobuf or grpc: embed, classify (head + k-NN vote), search.
+"""What the server computes, without protobuf or grpc: embed, classify (the embedder's views + k-NN vote), search.
 
 `Engine.forward` is the micro-batched function: one call embeds every product of a batch, runs the
 linear head and one batched index search for the products being classified. It reads the current
@@ -16,8 +16,8 @@ import numpy as np
 
 from shopclip.errors import NotReady
 from shopclip.indexer.api import Neighbor, PublishedIndex
-from shopclip.model.embedder import Embedder
-from shopclip.model.knn import KnnParams, final_probabilities, knn_votes
+from shopclip.model.embedder import Embedder, Encoded
+from shopclip.model.knn import KnnParams, knn_votes
 from shopclip.products import ProductInput
 
 log = logging.getLogger(__name__)
@@ -116,24 +116,23 @@ class Engine:
         """The batch function (runs in the forward thread)."""
         index = self._index
         versions = self.versions(index)
-        vectors = self.embedder.embed([job.product for job in jobs])
+        encoded = self.embedder.encode([job.product for job in jobs])
         rows = [i for i, job in enumerate(jobs) if job.top_k is not None]
-        classifications = dict(zip(rows, self._classify(vectors[rows], [jobs[i].top_k for i in rows], index))) \
-            if rows else {}
-        return [Outcome(vectors[i], classifications.get(i), versions) for i in range(len(jobs))]
+        classifications = dict(zip(rows, self._classify(encoded.take(rows), [jobs[i].top_k for i in rows],
+                                                        index))) if rows else {}
+        return [Outcome(encoded.vectors[i], classifications.get(i), versions) for i in range(len(jobs))]
 
-    def _classify(self, vectors: np.ndarray, top_ks: Sequence[int], index: PublishedIndex | None
+    def _classify(self, encoded: Encoded, top_ks: Sequence[int], index: PublishedIndex | None
                   ) -> list[Classification]:
-        """Head + k-NN vote for a batch of vectors, as arrays over the whole batch (one search, one vote, one
-        metadata lookup): done product by product it cost ~7 ms per 16 products, 12% of a batched forward."""
-        head = self.embedder.classify_vectors(vectors)
+        """The embedder's classification given the k-NN vote, as arrays over the whole batch (one search, one
+        vote, one metadata lookup): done product by product it cost ~7 ms per 16 products."""
         voters: list[list[Neighbor]] = [[] for _ in top_ks]
         votes = None
         if index is not None:
             voters = [[n for n in hits if n.prdtypecode in self._known_codes]
-                      for hits in index.search(vectors, self.knn.k)]
+                      for hits in index.search(encoded.vectors, self.knn.k)]
             votes = self._votes(voters)
-        probs = final_probabilities(head, votes, self.knn)
+        probs = self.embedder.classify(encoded, votes)
         ranked = np.argsort(-probs, axis=1, kind="stable")
         described = describe_neighbor_lists(index, voters) if index is not None else voters
         codes = np.asarray(self.embedder.codes)

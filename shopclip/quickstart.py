@@ -54,14 +54,20 @@ def _step(message: str) -> None:
     print(f"\n==> {message}", flush=True)
 
 
+QUICKSTART_TEST_FRACTION = 0.15
+
+
 def train_bundle(data: Path, bundle: Path, retrain: bool) -> None:
     if (bundle / "model.safetensors").exists() and not retrain:
         _step(f"reusing model bundle {bundle} (--retrain to train again)")
         return
+    from shopclip.training.config import TrainConfig
     from shopclip.training.train import train
 
     _step(f"training a model bundle on {data} -> {bundle}")
-    train(data, bundle)
+    # The shipped default learns from every product; the quickstart keeps a test split out of training and
+    # out of the catalogue, so that its Classify calls are about products the system has never seen.
+    train(data, bundle, config=TrainConfig(split_fractions=(0.15, QUICKSTART_TEST_FRACTION)))
 
 
 def held_out_ids(bundle: Path) -> list[int]:

@@ -14,8 +14,8 @@ from shopclip.indexer.sources import SourceRow
 from shopclip.model.knn import KnnParams, calibrate, final_probabilities, fit_sharpness, knn_votes
 from shopclip.training.baseline import TfidfSvcBaseline
 from shopclip.training.data import SPLITS, fingerprint, split_products
-from shopclip.training.metrics import (K_GRID, TEMPERATURE_GRID, WEIGHT_GRID, calibration, nearest, scores,
-                                       tune_knn)
+from shopclip.training.ensemble import select_combiner
+from shopclip.training.metrics import K_GRID, TEMPERATURE_GRID, calibration, knn_probabilities, nearest, scores
 from shopclip.training.train import class_weights, warmup_cosine
 
 
@@ -104,7 +104,7 @@ def test_nearest_is_exact_search() -> None:
     assert np.allclose(sims, np.take_along_axis(queries @ references.T, brute, axis=1))
 
 
-def test_tune_knn_trusts_neighbours_over_a_wrong_head() -> None:
+def test_selection_trusts_neighbours_over_a_wrong_head() -> None:
     rng = np.random.default_rng(1)
     codes = [10, 20, 30]
     centres = np.eye(3)
@@ -114,12 +114,21 @@ def test_tune_knn_trusts_neighbours_over_a_wrong_head() -> None:
     queries = centres[val_labels] + 0.05 * rng.standard_normal((30, 3))
     wrong_head = np.full((30, 3), 0.2)
     wrong_head[np.arange(30), (val_labels + 1) % 3] = 0.6  # confidently the next class
-    params, f1 = tune_knn(wrong_head, queries, val_labels, references, np.array(codes)[ref_labels], codes)
-    assert f1 == pytest.approx(1.0)
-    assert params.weight > 0.2  # below that the wrong head still wins every query
-    assert params.k in K_GRID and params.temperature in TEMPERATURE_GRID and params.weight in WEIGHT_GRID
-    assert isinstance(params, KnnParams)
-    assert params.sharpness > 1  # the 0.2/0.6 head mixed with votes is less sure than its perfect answers
+    indices, sims = nearest(queries, references, max(K_GRID))
+
+    def vote(k: int, temperature: float) -> np.ndarray:
+        return knn_probabilities(indices, sims, np.array(codes)[ref_labels], codes, k, temperature)
+
+    has_text = np.ones(30, dtype=bool)
+    selection = select_combiner({"clip": np.log(wrong_head)}, {"clip": has_text}, has_text, val_labels, ["clip"],
+                                vote, K_GRID, TEMPERATURE_GRID)
+    head_weight, knn_weight = selection.combiner.with_knn["text"]
+    assert selection.figures["val_weighted_f1"] == pytest.approx(1.0)
+    assert knn_weight > head_weight  # the vote is right where the head is wrong
+    assert selection.knn_k in K_GRID and selection.knn_temperature in TEMPERATURE_GRID
+    probs = selection.combiner.combine({"clip": np.log(wrong_head)}, {"clip": has_text}, np.zeros(30, dtype=int),
+                                       vote(selection.knn_k, selection.knn_temperature))
+    assert probs.max(axis=1).mean() > 0.8  # fitted on log-loss: sure where it is always right
 
 
 def _underconfident(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

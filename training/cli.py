@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import argparse
 
+from shopclip.errors import InvalidInput
 from shopclip.model.config import ModelConfig
 from shopclip.training.config import TrainConfig
 
 # (TrainConfig field, type, help) of the flags that map one-to-one onto it.
 TRAIN_FLAGS = (
-    ("epochs", int, None),
+    ("epochs", int, "most epochs of the selection run (the best validation epoch is kept)"),
+    ("patience", int, "stop the selection run after this many epochs without a better validation F1"),
     ("batch_size", int, None),
     ("lr", float, "learning rate of the n-gram tower, projections and head"),
     ("tower_lr", float, "learning rate of pretrained towers when fine-tuned"),
@@ -23,6 +25,9 @@ TRAIN_FLAGS = (
     ("class_weight_power", float, "class weights = (1/frequency)**power; 0 disables them"),
     ("label_smoothing", float, None),
     ("seed", int, "seed of the split and of training"),
+    ("sparse_c", float, "C of the LinearSVC on TF-IDF (the sparse text view)"),
+    ("text_view_c", float, "C of the logistic regression on each pretrained text tower's output"),
+    ("image_view_c", float, "C of the logistic regression on the image trunk's output"),
     ("workers", int, "image-decoding DataLoader workers when towers are fine-tuned"),
 )
 
@@ -40,8 +45,10 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train", help="fine-tune the two-tower model on a labelled folder and write a model bundle",
         description="Train on a labelled catalogue folder (challenge X/Y csv + images, or the shared "
-                    "rakuten_text.csv + images/ layout). Towers are frozen and cached on CPU, fine-tuned "
-                    "with bf16 on CUDA, unless --freeze-towers/--no-freeze-towers says otherwise.")
+                    "rakuten_text.csv + images/ layout). Epochs, the k-NN vote and the weights of Classify's "
+                    "views are chosen on a validation split, then the model and views are refitted on every "
+                    "labelled product. Towers are frozen and cached on CPU, fine-tuned with bf16 on CUDA, "
+                    "unless --freeze-towers/--no-freeze-towers says otherwise.")
     parser.add_argument("--data", required=True, help="labelled catalogue folder")
     parser.add_argument("--out", required=True, help="bundle directory to write (also holds checkpoint.pt)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
@@ -52,7 +59,7 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
                             "'open_clip:ARCH=/path/to/checkpoint' for any open_clip model")
     model.add_argument("--text-towers", default=",".join(model_defaults.text_towers),
                        help="comma-separated text towers (shopclip backbone)")
-    for flag in ("embed_dim", "ngram_buckets", "ngram_dim", "image_size"):
+    for flag in ("embed_dim", "e5_max_tokens", "ngram_buckets", "ngram_dim", "image_size"):
         model.add_argument(_flag(flag), type=int, default=getattr(model_defaults, flag))
     model.add_argument("--no-image-pretrained", dest="image_pretrained", action="store_false",
                        help="random image tower instead of ImageNet weights (tests)")
@@ -64,6 +71,14 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--ngram-idf", action=argparse.BooleanOptionalAction, default=defaults.ngram_idf,
                      help="weight the n-gram tower's n-grams by IDF fitted on the training texts")
     run.add_argument("--device", default=defaults.device, help="cpu or cuda (default: cuda when available)")
+    run.add_argument("--val-fraction", type=float, default=defaults.split_fractions[0],
+                     help="share of each class's products that chooses epochs, k-NN and the views' weights")
+    run.add_argument("--test-fraction", type=float, default=defaults.split_fractions[1],
+                     help="share held out of everything for `shopclip evaluate` (0: the bundle learns from all)")
+    run.add_argument("--refit", action=argparse.BooleanOptionalAction, default=defaults.refit,
+                     help="after choosing on validation, train again on training + validation products")
+    run.add_argument("--feature-cache", default=defaults.feature_cache,
+                     help="folder keeping frozen towers' outputs per product across runs")
     parser.set_defaults(handler=run_train)
 
 
@@ -71,7 +86,8 @@ def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "evaluate", help="score a bundle against the TF-IDF baseline, per modality and with k-NN",
         description="One table on the same test products: TF-IDF+LinearSVC, text/image/fused head, k-NN, "
-                    "head + k-NN. Writes eval.json, per_class.txt and confusion_matrix.png.")
+                    "and Classify. Test products are the bundle's test split (train with --test-fraction) or "
+                    "--data. Writes eval.json, per_class.txt and confusion_matrix.png.")
     parser.add_argument("--bundle", required=True, help="bundle directory written by `shopclip train`")
     parser.add_argument("--data", default=None,
                         help="labelled folder to test on (default: the bundle's held-out test split)")
@@ -86,9 +102,13 @@ def run_train(args: argparse.Namespace) -> int:
     model_config = ModelConfig(backbone=args.backbone, text_towers=[t for t in args.text_towers.split(",") if t],
                                ngram_buckets=args.ngram_buckets, ngram_dim=args.ngram_dim,
                                image_pretrained=args.image_pretrained, image_size=args.image_size,
-                               embed_dim=args.embed_dim)
+                               embed_dim=args.embed_dim, e5_max_tokens=args.e5_max_tokens)
+    for name in ("val_fraction", "test_fraction"):
+        if not 0.0 <= getattr(args, name) < 1.0:
+            raise InvalidInput(name.replace("_", "-"), f"must be in [0, 1), got {getattr(args, name)}")
     config = TrainConfig(freeze_towers=args.freeze_towers, device=args.device, ngram_idf=args.ngram_idf,
-                         **{flag: getattr(args, flag) for flag, _, _ in TRAIN_FLAGS})
+                         split_fractions=(args.val_fraction, args.test_fraction), refit=args.refit,
+                         feature_cache=args.feature_cache, **{flag: getattr(args, flag) for flag, _, _ in TRAIN_FLAGS})
     bundle = train(args.data, args.out, model_config, config, resume=args.resume)
     print(f"bundle written to {bundle}")
     return 0

@@ -17,7 +17,12 @@ class TrainConfig:
     """Everything about a training run except the architecture (that is `ModelConfig`)."""
 
     epochs: int = 12
-    """On /work/shared/data the best validation epoch is around 5 with the cosine schedule over 12."""
+    """Most epochs of the selection run; the cosine schedule spans them. The best validation epoch is kept."""
+    patience: int = 4
+    """Stop the selection run after this many epochs without a better validation weighted F1."""
+    refit: bool = True
+    """After choosing on validation, train again on every non-test product (validation included) for the
+    chosen number of epochs, and refit the views on them: the shipped model learns from every label."""
     batch_size: int = 64
     lr: float = 5e-3
     """Learning rate of the parts trained from scratch: n-gram tower, projections, head, logit scale.
@@ -40,8 +45,18 @@ class TrainConfig:
     freeze_towers: bool | None = None
     """None: frozen and cached on CPU, fine-tuned on CUDA."""
     seed: int = 0
-    split_fractions: tuple[float, float] = (0.15, 0.15)
-    """(validation, test) share of each class's products."""
+    split_fractions: tuple[float, float] = (0.15, 0.0)
+    """(validation, test) share of each class's products. Validation chooses epochs, k-NN and the view
+    weights; a test share (off by default) is held out of everything for `shopclip evaluate`."""
+    sparse_c: float = 0.5
+    """C of the LinearSVC on TF-IDF (the sparse text view)."""
+    text_view_c: float = 10.0
+    """C of the logistic regression on each pretrained text tower's output."""
+    image_view_c: float = 1.0
+    """C of the logistic regression on the image trunk's output."""
+    feature_cache: str | None = None
+    """Folder keeping frozen towers' outputs per product across runs (benchmarks, repeated training); keyed
+    by the model config and the model code, so a change to either computes them again."""
     device: str | None = None
     workers: int = 0
     """DataLoader workers decoding images when towers are fine-tuned."""

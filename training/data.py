@@ -20,6 +20,7 @@ import numpy as np
 
 from shopclip.errors import InvalidInput
 from shopclip.indexer.sources import SourceRow, read_labelled_folder
+from shopclip.products import ProductInput
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,12 @@ def has_text(row: SourceRow) -> bool:
 
 def has_image(row: SourceRow) -> bool:
     return row.image_path is not None
+
+
+def product_input(row: SourceRow, with_image: bool = True) -> ProductInput:
+    """The request a client would send for this catalogue product (image file bytes as they are)."""
+    image = Path(row.image_path).read_bytes() if with_image and row.image_path else None
+    return ProductInput(row.designation, row.description, image)
 
 
 def load_products(folder: str | Path) -> list[SourceRow]:
@@ -72,7 +79,7 @@ def split_products(products: Sequence[SourceRow], seed: int = 0,
 
 
 def _share(n: int, fraction: float) -> int:
-    if n < 3:
+    if n < 3 or fraction <= 0:
         return 0
     return max(1, int(round(n * fraction)))
 

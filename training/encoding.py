@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from shopclip.errors import InvalidInput
 from shopclip.indexer.sources import SourceRow
+from shopclip.model.clip import IMAGE_FEATURES
 from shopclip.model.text import product_text
 from shopclip.training.data import has_image, has_text
 
@@ -97,6 +98,57 @@ class ImageBatches(torch.utils.data.Dataset):
         return Batch(rows=rows_tensor, pixels=pixels, image_ok=ok)
 
 
+FEATURE_CODE = ("text.py", "preprocess.py", "use_tower.py", "e5_tower.py", "image_tower.py", "open_clip_backbone.py")
+"""The model modules that decide what a frozen tower outputs for a product (cleaning, decoding, forward)."""
+
+
+def feature_signature(model) -> str:
+    """Identifies what frozen towers compute: the model config (label map aside), the code of FEATURE_CODE and
+    the versions of the packages the weights come from."""
+    import hashlib
+    import json
+
+    import shopclip.model as model_package
+    from shopclip.model.bundle import library_versions
+
+    described = {"config": {k: v for k, v in model.config.to_dict().items() if k != "codes"},
+                 "versions": library_versions()}
+    digest = hashlib.sha256(json.dumps(described, sort_keys=True).encode())
+    folder = Path(model_package.__file__).parent
+    for name in FEATURE_CODE:
+        digest.update((folder / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+class FeatureStore:
+    """Frozen towers' outputs per productid on disk (`TrainConfig.feature_cache`): one npz per feature key
+    and signature, so folds of a benchmark and repeated runs compute each product's tower outputs once."""
+
+    def __init__(self, folder: str | Path, signature: str) -> None:
+        self.folder, self.signature = Path(folder), signature
+
+    def _path(self, key: str) -> Path:
+        return self.folder / f"{key}-{self.signature}.npz"
+
+    def load(self, key: str) -> dict[int, np.ndarray]:
+        path = self._path(key)
+        if not path.is_file():
+            return {}
+        with np.load(path) as stored:
+            return dict(zip(stored["productids"].tolist(), stored["features"]))
+
+    def save(self, key: str, features: dict[int, np.ndarray]) -> None:
+        from shopclip.atomic import replace_atomically
+
+        if not features:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        ids = np.array(sorted(features), dtype=np.int64)
+        with replace_atomically(self._path(key)) as temporary:
+            with open(temporary, "wb") as handle:
+                np.savez(handle, productids=ids, features=np.stack([features[i] for i in ids.tolist()]))
+
+
 class TowerCache:
     """Outputs of the model's frozen towers for every product (`ShopClipModel.tower_features`)."""
 
@@ -107,24 +159,56 @@ class TowerCache:
     @classmethod
     @torch.no_grad()
     def build(cls, model, inputs: ProductInputs, device: torch.device, text_batch: int,
-              image_batch: int) -> "TowerCache":
+              image_batch: int, store: FeatureStore | None = None) -> "TowerCache":
+        """Tower outputs of every product; those found in `store` are read, the others computed (and saved)."""
         model.eval()
-        text_rows = torch.nonzero(inputs.has_text).squeeze(1)
-        image_rows = torch.nonzero(inputs.has_image).squeeze(1)
-        text: dict[str, torch.Tensor] = {}
+        text_keys = model.pretrained_text_towers()
+        image_keys = [IMAGE_FEATURES] if model.image_tower.pretrained else []  # a trainable trunk runs live
+        stored = {key: store.load(key) if store else {} for key in text_keys + image_keys}
+        text_rows = _missing(torch.nonzero(inputs.has_text).squeeze(1), inputs, stored, text_keys)
+        image_rows = _missing(torch.nonzero(inputs.has_image).squeeze(1), inputs, stored, image_keys)
+        computed: dict[str, dict[int, np.ndarray]] = {key: {} for key in stored}
         for chunk in tqdm(text_rows.split(text_batch), desc="caching text towers", unit="batch", leave=False):
             tokens = _to(model.tokenize([inputs.texts[i] for i in chunk]), device)
-            _scatter(text, model.tower_features(tokens=tokens), chunk, len(inputs))
-        image: dict[str, torch.Tensor] = {}
-        image_ok = inputs.has_image.clone()
-        if not model.image_tower.pretrained:  # a trainable image trunk runs live on every batch
-            image_rows = image_rows[:0]
+            _collect(computed, model.tower_features(tokens=tokens), inputs.productids[chunk.numpy()])
+        failed: set[int] = set()
         for chunk in tqdm(image_rows.split(image_batch), desc="caching image tower", unit="batch", leave=False):
             pixels, ok = inputs.load_pixels(model, chunk, train=False)
-            image_ok[chunk[~ok]] = False
+            failed |= set(inputs.productids[chunk[~ok].numpy()].tolist())
             if pixels is not None:
-                _scatter(image, model.tower_features(pixels=pixels.to(device)), chunk[ok], len(inputs))
+                _collect(computed, model.tower_features(pixels=pixels.to(device)),
+                         inputs.productids[chunk[ok].numpy()])
+        if store is not None:
+            for key, values in computed.items():
+                if values:
+                    store.save(key, {**stored[key], **values})
+        return cls._assemble(inputs, {key: {**stored[key], **computed[key]} for key in stored}, text_keys,
+                             image_keys, failed, device)
+
+    @classmethod
+    def _assemble(cls, inputs: ProductInputs, features: dict[str, dict[int, np.ndarray]], text_keys: list[str],
+                  image_keys: list[str], failed: set[int], device: torch.device) -> "TowerCache":
+        """Full-length tensors (zeros for products without that modality) from per-product features."""
+        def tensor(key: str, mask: torch.Tensor) -> torch.Tensor:
+            values = features[key]
+            dim = len(next(iter(values.values())))
+            out = torch.zeros((len(inputs), dim))
+            for row in torch.nonzero(mask).squeeze(1).tolist():
+                vector = values.get(int(inputs.productids[row]))
+                if vector is not None:
+                    out[row] = torch.from_numpy(np.asarray(vector, dtype=np.float32))
+            return out.to(device)
+
+        image_ok = inputs.has_image & torch.tensor([int(pid) not in failed for pid in inputs.productids],
+                                                   dtype=torch.bool)
+        text = {key: tensor(key, inputs.has_text) for key in text_keys if features[key]}
+        image = {key: tensor(key, image_ok) for key in image_keys if features[key]}
         return cls(text, image, image_ok)
+
+    def features(self, rows: torch.Tensor) -> dict[str, np.ndarray]:
+        """Every cached tower output of `rows`, as numpy, by feature key (what the views read)."""
+        return {key: value[rows.to(value.device)].float().cpu().numpy()
+                for key, value in {**self.text, **self.image}.items()}
 
     @property
     def has_images(self) -> bool:
@@ -140,13 +224,20 @@ class TowerCache:
         return value[rows]
 
 
-def _scatter(store: dict[str, torch.Tensor], features: dict[str, torch.Tensor], rows: torch.Tensor,
-             total: int) -> None:
-    """Write features of `rows` into full-length tensors (zeros for products without that modality)."""
+def _missing(rows: torch.Tensor, inputs: ProductInputs, stored: dict[str, dict[int, np.ndarray]],
+             keys: list[str]) -> torch.Tensor:
+    """The rows whose product lacks a stored output of one of `keys` (all of them without a store)."""
+    if not keys:
+        return rows[:0]
+    keep = [row for row in rows.tolist() if any(int(inputs.productids[row]) not in stored[key] for key in keys)]
+    return torch.tensor(keep, dtype=torch.long)
+
+
+def _collect(out: dict[str, dict[int, np.ndarray]], features: dict[str, torch.Tensor], productids: np.ndarray
+             ) -> None:
     for key, value in features.items():
-        if key not in store:
-            store[key] = torch.zeros((total, *value.shape[1:]), dtype=value.dtype, device=value.device)
-        store[key][rows.to(value.device)] = value
+        array = value.float().cpu().numpy()
+        out[key].update(zip(productids.tolist(), array))
 
 
 def needs_pixels(cache: TowerCache | None) -> bool:
@@ -248,3 +339,32 @@ def embed(model, inputs: ProductInputs, rows: torch.Tensor, device: torch.device
 
 def _softmax(logits: torch.Tensor) -> torch.Tensor:
     return torch.softmax(logits.float(), dim=1)
+
+
+@torch.no_grad()
+def live_tower_features(model, inputs: ProductInputs, rows: torch.Tensor, device: torch.device,
+                        batch_size: int) -> dict[str, np.ndarray]:
+    """Pretrained towers' outputs of `rows` computed now (towers being fine-tuned have no cache), by key;
+    rows without the modality hold zeros."""
+    model.eval()
+    out: dict[str, np.ndarray] = {}
+
+    def put(key: str, positions: list[int], values: torch.Tensor) -> None:
+        if key not in out:
+            out[key] = np.zeros((len(rows), values.shape[1]), dtype=np.float32)
+        out[key][positions] = values.float().cpu().numpy()
+
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        positions = list(range(start, start + len(chunk)))
+        text_pos = [p for p, row in zip(positions, chunk.tolist()) if inputs.has_text[row]]
+        if text_pos:
+            tokens = _to(model.tokenize([inputs.texts[int(rows[p])] for p in text_pos]), device)
+            for key, value in model.tower_features(tokens=tokens).items():
+                put(key, text_pos, value)
+        pixels, ok = inputs.load_pixels(model, chunk, train=False)
+        if pixels is not None and model.image_tower.pretrained:
+            image_pos = [p for p, good in zip(positions, ok.tolist()) if good]
+            for key, value in model.tower_features(pixels=pixels.to(device)).items():
+                put(key, image_pos, value)
+    return out

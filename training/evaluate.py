@@ -1,12 +1,14 @@
 """Honest evaluation of a bundle: one table, every row scored on the same test products.
 
-Rows: TF-IDF + LinearSVC text baseline (trained on the bundle's training products), the head on the
-text embedding, on the image embedding, on the fused embedding, the k-NN vote over the training
-vectors (exact search), and head + k-NN combined. k-NN parameters come from the bundle (tuned on
-validation by `train`); a bundle without them is tuned here on validation, never on test, and updated.
+Rows: TF-IDF + LinearSVC text baseline (trained on the products the bundle learnt from), the head on the
+text embedding, on the image embedding, on the fused embedding, the k-NN vote over the training vectors
+(exact search), and what Classify answers: the bundle's classifier (views + k-NN vote, combined as chosen
+on validation by `train`) computed exactly as the server computes it, from raw products.
 
-Test products are the bundle's held-out split of its training folder, or, with `--data`, every product
-of another labelled folder (products seen in training are left out and counted).
+Test products are the bundle's held-out test split of its training folder (`shopclip train --test-fraction`),
+or, with `--data`, every product of another labelled folder (products seen in training are left out and
+counted). The reference products (k-NN, baseline) are the ones the bundle learnt from: the training split,
+plus validation when the bundle was refitted on it.
 """
 
 from __future__ import annotations
@@ -21,19 +23,19 @@ import torch
 
 from shopclip.errors import InvalidInput, NotFound
 from shopclip.indexer.sources import SourceRow
-from shopclip.model.knn import KnnParams, final_probabilities
+from shopclip.model.knn import KnnParams
 from shopclip.training.baseline import TfidfSvcBaseline
 from shopclip.training.config import TrainConfig
 from shopclip.training.data import fingerprint, has_image, has_text, load_products, select
 from shopclip.training.encoding import Embeddings, ProductInputs, embed
-from shopclip.training.metrics import calibration, knn_probabilities, nearest, scores, tune_knn
+from shopclip.training.metrics import calibration, knn_probabilities, nearest, scores
 
 log = logging.getLogger(__name__)
 
-METHODS = ("tfidf_svc", "text_head", "image_head", "fused_head", "knn", "head_knn")
+METHODS = ("tfidf_svc", "text_head", "image_head", "fused_head", "knn", "classify")
 LABELS = {"tfidf_svc": "TF-IDF + LinearSVC (text)", "text_head": "head on text embedding",
           "image_head": "head on image embedding", "fused_head": "head on fused embedding",
-          "knn": "k-NN vote (training vectors)", "head_knn": "head + k-NN combined"}
+          "knn": "k-NN vote (training vectors)", "classify": "Classify (views + k-NN)"}
 SUBSETS = {"text+image": (True, True), "text only": (True, False), "image only": (False, True)}
 
 
@@ -64,10 +66,15 @@ def evaluation_sets(training: dict, data_dir: str | Path | None, codes: list[int
         raise InvalidInput("data", f"{train_dir} changed since training (fingerprint differs); "
                                    "its saved split no longer describes it")
     split = training["split"]
-    train, val = select(products, split["train"]), select(products, split["val"])
+    refitted = training.get("trained_on", {}).get("refit_on_validation", False)
+    train = select(products, split["train"] + (split["val"] if refitted else []))
+    val = select(products, split["val"])
     if data_dir is None or Path(data_dir).resolve() == train_dir.resolve():
-        return EvaluationSets(train, val, select(products, split["test"]), f"{train_dir} (held-out test split)",
-                              own_split=True)
+        test = select(products, split["test"])
+        if not test:
+            raise InvalidInput("data", f"the bundle holds no test split of {train_dir} (it learnt from every "
+                                       "product): train with --test-fraction, or pass --data with new products")
+        return EvaluationSets(train, val, test, f"{train_dir} (held-out test split)", own_split=True)
     seen, known = {p.productid for p in products}, set(codes)
     external = load_products(data_dir)
     unseen = [p for p in external if p.productid not in seen]
@@ -87,7 +94,11 @@ def evaluate(bundle_dir: str | Path, data_dir: str | Path | None = None, out_dir
     """
     from shopclip.model.bundle import load_bundle
 
+    from shopclip.model.bundle import BundleEmbedder, load_classifier
+
     model, bundle_config = load_bundle(bundle_dir, device=device)
+    embedder = BundleEmbedder(model, bundle_config, source=str(bundle_dir),
+                              classifier=load_classifier(bundle_dir, bundle_config))
     torch_device = next(model.parameters()).device
     batch_size = batch_size or TrainConfig().embed_batch_for(torch_device)
     training = _training_metadata(bundle_config, bundle_dir)
@@ -97,10 +108,9 @@ def evaluate(bundle_dir: str | Path, data_dir: str | Path | None = None, out_dir
     emb = {name: _embed_all(model, ProductInputs(products, codes), torch_device, batch_size, name)
            for name, products in (("train", sets.train), ("test", sets.test))}
     reference_codes = np.array([p.prdtypecode for p in sets.train])
-    knn = KnnParams.from_dict(bundle_config["knn"]) if bundle_config.get("knn") else _tune_knn_on_validation(
-        bundle_dir, _embed_all(model, ProductInputs(sets.val, codes), torch_device, batch_size, "val"),
-        emb["train"], sets, reference_codes, codes)
+    knn = embedder.knn
     probs = _method_probs(emb["test"], emb["train"].fused, reference_codes, codes, knn, sets)
+    probs["classify"] = classify_products(embedder, sets.test, emb["train"].fused, reference_codes)
     labels = test_inputs.labels.numpy()
     report = {
         "bundle": str(Path(bundle_dir).resolve()), "test_source": sets.source, "n_test": len(sets.test),
@@ -108,13 +118,13 @@ def evaluate(bundle_dir: str | Path, data_dir: str | Path | None = None, out_dir
         "n_reference": len(sets.train), "knn": knn.to_dict(),
         "methods": {m: scores(labels, probs[m]) for m in METHODS},
         "by_modality": _by_modality(sets.test, labels, probs),
-        "calibration_head_knn": calibration(labels, probs["head_knn"]),
+        "calibration_classify": calibration(labels, probs["classify"]),
     }
     if sets.own_split:
         test_f1 = {m: report["methods"][m]["weighted_f1"] for m in METHODS}
         _update_bundle_config(bundle_dir, metrics={**bundle_config.get("metrics", {}), "test_weighted_f1": test_f1})
     out = Path(out_dir) if out_dir else Path(bundle_dir) / "eval"
-    _write_outputs(out, report, labels, probs["head_knn"], codes)
+    _write_outputs(out, report, labels, probs["classify"], codes)
     print(format_table(report))
     return report
 
@@ -129,16 +139,6 @@ def _training_metadata(bundle_config: dict, bundle_dir: str | Path) -> dict:
 def _embed_all(model, inputs: ProductInputs, device: torch.device, batch_size: int, name: str) -> Embeddings:
     return embed(model, inputs, torch.arange(len(inputs)), device, cache=None, batch_size=batch_size,
                  desc=f"embedding {name}")
-
-
-def _tune_knn_on_validation(bundle_dir: str | Path, val: Embeddings, train: Embeddings, sets: EvaluationSets,
-                            reference_codes: np.ndarray, codes: list[int]) -> KnnParams:
-    """For a bundle without tuned k-NN params: tune them on validation and save them into the bundle."""
-    val_labels = ProductInputs(sets.val, codes).labels.numpy()
-    params, val_f1 = tune_knn(val.probs_fused, val.fused, val_labels, train.fused, reference_codes, codes)
-    log.info("k-NN tuned on validation: %s (val weighted F1 %.4f); saved into %s", params, val_f1, bundle_dir)
-    _update_bundle_config(bundle_dir, knn=params.to_dict())
-    return params
 
 
 def _update_bundle_config(bundle_dir: str | Path, **entries: object) -> None:
@@ -156,8 +156,24 @@ def _method_probs(test: Embeddings, references: np.ndarray, reference_codes: np.
     indices, sims = nearest(test.fused, references, knn.k)
     knn_probs = knn_probabilities(indices, sims, reference_codes, codes, knn.k, knn.temperature)
     return {"tfidf_svc": baseline.scores(sets.test), "text_head": test.probs_text, "image_head": test.probs_image,
-            "fused_head": test.probs_fused, "knn": knn_probs,
-            "head_knn": final_probabilities(test.probs_fused, knn_probs, knn)}
+            "fused_head": test.probs_fused, "knn": knn_probs}
+
+
+def classify_products(embedder, products: list[SourceRow], references: np.ndarray, reference_codes: np.ndarray,
+                      batch_size: int = 32) -> np.ndarray:
+    """What the server answers for these products (Engine._classify's arithmetic): one forward pass from the
+    raw product, exact search over `references` (a flat index), the k-NN vote, the embedder's classify."""
+    from shopclip.indexer.ann import exact_search
+    from shopclip.model.knn import knn_votes
+    from shopclip.training.data import product_input
+
+    out = []
+    for start in range(0, len(products), batch_size):
+        encoded = embedder.encode([product_input(p) for p in products[start:start + batch_size]])
+        scores, rows = exact_search(encoded.vectors, np.asarray(references, dtype=np.float32), embedder.knn.k)
+        out.append(embedder.classify(encoded, knn_votes(reference_codes[rows], scores, embedder.codes,
+                                                        embedder.knn.temperature)))
+    return np.concatenate(out) if out else np.zeros((0, len(embedder.codes)), dtype=np.float32)
 
 
 def _by_modality(test: list[SourceRow], labels: np.ndarray, probs: dict[str, np.ndarray]) -> dict:
@@ -179,8 +195,8 @@ def format_table(report: dict) -> str:
         s = report["methods"][method]
         lines.append(f"{LABELS[method]:<32}{s['weighted_f1']:>12.4f}{s['macro_f1']:>10.4f}{s['accuracy']:>10.4f}"
                      f"{s['top3_accuracy']:>8.4f}{s['n']:>7d}")
-    if "calibration_head_knn" in report:
-        lines += ["", *_calibration_lines(report["calibration_head_knn"])]
+    if "calibration_classify" in report:
+        lines += ["", *_calibration_lines(report["calibration_classify"])]
     return "\n".join(lines)
 
 
@@ -191,13 +207,13 @@ def _calibration_lines(cal: dict) -> list[str]:
         return f"<{threshold}: answers {figures['answered']:.0%}" + (
             f" at {accuracy:.1%} accuracy" if accuracy is not None else "")
 
-    return [f"head + k-NN calibration: mean confidence {cal['mean_confidence']:.3f} vs accuracy "
+    return [f"Classify calibration: mean confidence {cal['mean_confidence']:.3f} vs accuracy "
             f"{cal['accuracy']:.3f}, ECE {cal['ece']:.3f}",
             "abstain threshold " + "  ".join(answered(t, a) for t, a in cal["abstain"].items())]
 
 
 def _write_outputs(out: Path, report: dict, labels: np.ndarray, probs: np.ndarray, codes: list[int]) -> None:
-    """eval.json, per_class.txt (head + k-NN) and confusion_matrix.png (head + k-NN, row-normalised)."""
+    """eval.json, per_class.txt (Classify) and confusion_matrix.png (Classify, row-normalised)."""
     from sklearn.metrics import classification_report, confusion_matrix
 
     out.mkdir(parents=True, exist_ok=True)
@@ -225,7 +241,7 @@ def _plot_confusion(matrix: np.ndarray, names: list[str], path: Path) -> None:
         ax.set_yticks(range(len(names)), names, fontsize=7)
     ax.set_xlabel("predicted prdtypecode")
     ax.set_ylabel("true prdtypecode")
-    ax.set_title("head + k-NN, rows normalised")
+    ax.set_title("Classify, rows normalised")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -1,4 +1,4 @@
-"""Scores, exact k-NN voting over reference vectors, and tuning of `KnnParams` on validation.
+"""Scores, calibration, and exact k-NN voting over reference vectors (the grids validation searches).
 
 Pure numpy + scikit-learn: the same arithmetic scores every row of the evaluation table, and the
 k-NN vote is `shopclip.model.knn.knn_votes`, the function the server applies, so tuned parameters
@@ -7,18 +7,15 @@ mean the same thing in both places.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
-from dataclasses import replace
 
 import numpy as np
 
 from shopclip.indexer.ann import exact_search
-from shopclip.model.knn import KnnParams, combine, fit_sharpness, knn_votes
+from shopclip.model.knn import knn_votes
 
 K_GRID = (5, 10, 20, 40)
 TEMPERATURE_GRID = (0.02, 0.05, 0.1, 0.2)
-WEIGHT_GRID = tuple(round(float(w), 2) for w in np.linspace(0.0, 1.0, 11))
 
 
 def scores(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
@@ -73,24 +70,3 @@ def knn_probabilities(neighbor_indices: np.ndarray, neighbor_scores: np.ndarray,
                       codes: Sequence[int], k: int, temperature: float) -> np.ndarray:
     """(n, classes) k-NN vote of the first `k` neighbours of each query, via the server's `knn_votes`."""
     return knn_votes(reference_codes[neighbor_indices[:, :k]], neighbor_scores[:, :k], codes, temperature)
-
-
-def tune_knn(head_probs: np.ndarray, queries: np.ndarray, labels: np.ndarray, references: np.ndarray,
-             reference_codes: np.ndarray, codes: Sequence[int]) -> tuple[KnnParams, float]:
-    """The (k, temperature, weight) maximising weighted F1 of head + k-NN on these (validation) queries, then
-    the calibration exponents (`sharpness`, `head_sharpness`) minimising their log-loss.
-
-    Never call it with test products: the returned params are what evaluation reports on test.
-    Ties go to the first grid point (smaller k, lower temperature, less k-NN weight).
-    """
-    indices, sims = nearest(queries, references, max(K_GRID))
-    best, best_f1, best_probs = KnnParams(), -1.0, head_probs
-    for k, temperature in itertools.product(K_GRID, TEMPERATURE_GRID):
-        knn = knn_probabilities(indices, sims, reference_codes, codes, k, temperature)
-        for weight in WEIGHT_GRID:
-            combined = combine(head_probs, knn, weight)
-            f1 = scores(labels, combined)["weighted_f1"]
-            if f1 > best_f1:
-                best, best_f1, best_probs = KnnParams(k=k, weight=weight, temperature=temperature), f1, combined
-    return replace(best, sharpness=fit_sharpness(best_probs, labels),
-                   head_sharpness=fit_sharpness(head_probs, labels)), best_f1

@@ -9,16 +9,19 @@ AdamW with linear warm-up + cosine decay; pretrained towers get `tower_lr` throu
 
 On CPU the pretrained towers are frozen by default and their outputs cached once (`TowerCache`), so a
 run over /work/shared/data takes minutes; on CUDA everything is fine-tuned with bf16 autocast.
-Every epoch writes `checkpoint.pt` (resume with `resume=True`); the bundle in `out_dir` always holds the
-best epoch by validation weighted F1, then gets k-NN parameters tuned on validation.
+Every epoch writes `checkpoint.pt` (resume with `resume=True`). What Classify answers is not the head alone
+but the views of `shopclip.model.ensemble` combined with weights fitted on validation; see `Trainer` for the
+selection-then-refit sequence that makes the shipped bundle learn from every labelled product.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -27,12 +30,17 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from shopclip.indexer.sources import SourceRow
+from shopclip.model.clip import IMAGE_FEATURES
 from shopclip.model.config import ModelConfig
+from shopclip.model.ensemble import CLIP_VIEW, GROUPS, EnsembleClassifier, ViewCombiner, ViewInputs
+from shopclip.model.knn import KnnParams
 from shopclip.training.config import TrainConfig
 from shopclip.training.data import fingerprint, load_products, split_products
-from shopclip.training.encoding import (Batch, ImageBatches, ProductInputs, TowerCache, embed, encode_rows,
-                                        needs_pixels)
-from shopclip.training.metrics import scores, tune_knn
+from shopclip.training.encoding import (Batch, Embeddings, FeatureStore, ImageBatches, ProductInputs, TowerCache,
+                                        embed, encode_rows, feature_signature, live_tower_features, needs_pixels)
+from shopclip.training.ensemble import ViewSpec, fit_views, select_combiner
+from shopclip.training.metrics import K_GRID, TEMPERATURE_GRID, knn_probabilities, nearest, scores
 
 log = logging.getLogger(__name__)
 
@@ -107,17 +115,24 @@ def seed_everything(seed: int) -> None:
 
 
 class Trainer:
-    """One training run: data, model, optimiser, epochs, checkpoints and the bundle."""
+    """One training run over labelled products: selection on validation, refit on all, bundle.
 
-    def __init__(self, data_dir: str | Path, out_dir: str | Path, model_config: ModelConfig,
-                 config: TrainConfig) -> None:
+    1. Selection: the two-tower model trains on the training split, validated every epoch (early stopping
+       after `patience` epochs without progress); the best epoch is kept. Views are fitted on the training
+       split; the combiner's weights and the k-NN vote's parameters are fitted on validation scores.
+    2. Refit (`TrainConfig.refit`): the model starts again from its initial weights and trains on training +
+       validation products for the chosen number of epochs (same schedule), and the views are refitted on
+       them. What validation chose is kept. The bundle records both what it learnt from and how it chose.
+    """
+
+    def __init__(self, products: Sequence[SourceRow], out_dir: str | Path, model_config: ModelConfig,
+                 config: TrainConfig, source: str) -> None:
         from shopclip.model.clip import build_model
 
         seed_everything(config.seed)
-        self.data_dir, self.out_dir, self.config = Path(data_dir), Path(out_dir), config
+        self.out_dir, self.config, self.source = Path(out_dir), config, source
         self.device = config.resolved_device()
         self.frozen = config.frozen(self.device)
-        products = load_products(self.data_dir)
         self.data_fingerprint = fingerprint(products)
         self.split = split_products(products, config.seed, config.split_fractions)
         codes = sorted({p.prdtypecode for p in products})
@@ -126,26 +141,37 @@ class Trainer:
             self.model.freeze_towers()
         self.inputs = ProductInputs(products, codes)
         self.rows = {name: self.inputs.rows_of(ids) for name, ids in self.split.items()}
+        self.fit_rows = self.rows["train"]
+        """The products the model and views learn from: the training split, then training + validation."""
         if config.ngram_idf:
-            self.model.fit_text_statistics([self.inputs.texts[i] for i in self.rows["train"].tolist()])
+            self.model.fit_text_statistics([self.inputs.texts[i] for i in self.fit_rows.tolist()])
+        store = FeatureStore(config.feature_cache, feature_signature(self.model)) if config.feature_cache else None
         self.cache = TowerCache.build(self.model, self.inputs, self.device, config.text_batch,
-                                      config.image_batch_for(self.device)) if self.frozen else None
-        self.objective = Objective(config, class_weights(self.inputs.labels[self.rows["train"]], len(codes),
-                                                         config.class_weight_power))
-        self.optimizer = torch.optim.AdamW(self.model.param_groups(config.tower_lr, config.lr,
-                                                                   config.weight_decay))
-        steps = config.epochs * math.ceil(len(self.rows["train"]) / config.batch_size)
-        self.scheduler = warmup_cosine(self.optimizer, steps, config.warmup_fraction)
+                                      config.image_batch_for(self.device), store) if self.frozen else None
+        self.initial_state = copy.deepcopy(self.trainable_state())
+        self.phase = "selection"
         self.history: list[EpochResult] = []
         self.start_epoch = 0
         self.best_f1 = -1.0
+        self.best_epoch = 0
         self.best_state: dict[str, torch.Tensor] | None = None
+        self.selection: dict | None = None
+        self._start_optimisation()
+
+    def _start_optimisation(self) -> None:
+        """Objective (class weights of the rows learnt from), optimiser and schedule over `epochs`."""
+        config = self.config
+        self.objective = Objective(config, class_weights(self.inputs.labels[self.fit_rows], len(self.model.codes),
+                                                         config.class_weight_power))
+        self.optimizer = torch.optim.AdamW(self.model.param_groups(config.tower_lr, config.lr, config.weight_decay))
+        steps = config.epochs * math.ceil(len(self.fit_rows) / config.batch_size)
+        self.scheduler = warmup_cosine(self.optimizer, steps, config.warmup_fraction)
 
     # ------------------------------------------------------------------ epochs
 
     def batches(self, generator: torch.Generator):
         """Shuffled training batches: row indices only when towers are cached, decoded images otherwise."""
-        rows = self.rows["train"][torch.randperm(len(self.rows["train"]), generator=generator)]
+        rows = self.fit_rows[torch.randperm(len(self.fit_rows), generator=generator)]
         if not needs_pixels(self.cache):
             return [Batch(rows=chunk) for chunk in rows.split(self.config.batch_size)]
         dataset = ImageBatches(self.inputs, self.model, train=True)
@@ -153,12 +179,12 @@ class Trainer:
                                            collate_fn=dataset.collate, num_workers=self.config.workers,
                                            persistent_workers=False)
 
-    def train_epoch(self, epoch: int) -> float:
+    def train_epoch(self, epoch: int, total: int) -> float:
         self.model.train()
         generator = torch.Generator().manual_seed(self.config.seed * 1000 + epoch)
         batches = self.batches(generator)
-        total, count = 0.0, 0
-        progress = tqdm(batches, desc=f"epoch {epoch + 1}/{self.config.epochs}", unit="batch", leave=False)
+        loss_sum, count = 0.0, 0
+        progress = tqdm(batches, desc=f"{self.phase} epoch {epoch + 1}/{total}", unit="batch", leave=False)
         for batch in progress:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
                 text, image, fused, has_text, has_image = encode_rows(self.model, self.inputs, batch,
@@ -170,37 +196,115 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), 5.0)
             self.optimizer.step()
             self.scheduler.step()
-            total, count = total + loss.item(), count + 1
+            loss_sum, count = loss_sum + loss.item(), count + 1
             progress.set_postfix(loss=f"{loss.item():.3f}", **{k: f"{v:.2f}" for k, v in parts.items()})
-        return total / max(1, count)
+        return loss_sum / max(1, count)
 
     def validate(self) -> float:
         """Weighted F1 of the fused head on the validation products."""
-        emb = self.embed("val")
+        emb = self.embed(self.rows["val"], "val")
         return scores(self.inputs.labels[self.rows["val"]].numpy(), emb.probs_fused)["weighted_f1"]
 
-    def embed(self, split: str):
-        return embed(self.model, self.inputs, self.rows[split], self.device, self.cache,
+    def embed(self, rows: torch.Tensor, name: str) -> Embeddings:
+        return embed(self.model, self.inputs, rows, self.device, self.cache,
                      self.config.embed_batch_for(self.device) if needs_pixels(self.cache) else self.config.batch_size,
-                     desc=f"embedding {split}")
+                     desc=f"embedding {name}")
 
     def run(self) -> Path:
-        """All epochs (from a checkpoint when resumed), then k-NN tuning and the final bundle."""
-        epochs = tqdm(range(self.start_epoch, self.config.epochs), desc="training", unit="epoch",
+        """Selection (from a checkpoint when resumed), refit, views, bundle."""
+        if self.phase == "selection":
+            self._select()
+        if self.phase == "refit":
+            self._refit()
+        return self.save_bundle()
+
+    def _select(self) -> None:
+        has_val = len(self.rows["val"]) > 0
+        epochs = tqdm(range(self.start_epoch, self.config.epochs), desc="selection", unit="epoch",
                       initial=self.start_epoch, total=self.config.epochs)
         for epoch in epochs:
-            loss = self.train_epoch(epoch)
-            val_f1 = self.validate()
+            loss = self.train_epoch(epoch, self.config.epochs)
+            val_f1 = self.validate() if has_val else -loss  # without validation: the lowest loss
             self.history.append(EpochResult(epoch + 1, loss, val_f1))
             if val_f1 > self.best_f1:
-                self.best_f1 = val_f1
+                self.best_f1, self.best_epoch = val_f1, epoch + 1
                 self.best_state = copy.deepcopy(self.trainable_state())
             epochs.set_postfix(loss=f"{loss:.3f}", val_f1=f"{val_f1:.4f}", best=f"{self.best_f1:.4f}")
             log.info("epoch %d: loss %.4f, val weighted F1 %.4f", epoch + 1, loss, val_f1)
             self.save_checkpoint(epoch + 1)
+            if epoch + 1 - self.best_epoch >= self.config.patience:
+                log.info("no better validation F1 for %d epochs: stopping at epoch %d", self.config.patience, epoch + 1)
+                break
         if self.best_state is not None:
             self.load_trainable_state(self.best_state)
-        return self.save_bundle()
+            self.best_state = None  # chosen and loaded: later checkpoints need not carry a second model
+        self.selection = self._select_classifier() if has_val else None
+        if self.config.refit and has_val:
+            self.phase, self.start_epoch = "refit", 0
+            self.fit_rows = torch.cat([self.rows["train"], self.rows["val"]])
+            self.load_trainable_state(self.initial_state)
+            self._start_optimisation()
+            self.save_checkpoint(0)
+        else:
+            self.phase = "done"
+
+    def _refit(self) -> None:
+        """Train from the initial weights on training + validation for the chosen number of epochs."""
+        seed_everything(self.config.seed)
+        for epoch in tqdm(range(self.start_epoch, self.best_epoch), desc="refit on all", unit="epoch",
+                          initial=self.start_epoch, total=self.best_epoch):
+            loss = self.train_epoch(epoch, self.best_epoch)
+            log.info("refit epoch %d: loss %.4f", epoch + 1, loss)
+            self.save_checkpoint(epoch + 1)
+        self.phase = "done"
+
+    # ------------------------------------------------------------------ classifier
+
+    def view_inputs(self, rows: torch.Tensor, embeddings: Embeddings) -> ViewInputs:
+        """What the views read for `rows`: texts, modality masks, frozen towers' outputs, the clip head."""
+        has_image = (self.cache.image_ok[rows] if self.cache is not None else self.inputs.has_image[rows]).numpy()
+        features = self.cache.features(rows) if self.cache is not None else live_tower_features(
+            self.model, self.inputs, rows, self.device, self.config.embed_batch_for(self.device))
+        return ViewInputs(texts=[self.inputs.texts[i] for i in rows.tolist()],
+                          has_text=self.inputs.has_text[rows].numpy(), has_image=has_image, features=features,
+                          clip_log_probs=np.log(np.clip(embeddings.probs_fused, 1e-12, None)))
+
+    def fit_views(self, rows: torch.Tensor, embeddings: Embeddings):
+        sources = {name: "text" for name in self.model.pretrained_text_towers()}
+        if self.model.image_tower.pretrained:
+            sources[IMAGE_FEATURES] = "image"
+        spec = ViewSpec(sparse_c=self.config.sparse_c, text_c=self.config.text_view_c,
+                        image_c=self.config.image_view_c)
+        return fit_views(self.view_inputs(rows, embeddings), self.inputs.labels[rows].numpy(),
+                         len(self.model.codes), spec, sources)
+
+    def _select_classifier(self) -> dict:
+        """Views fitted on the training split; combiner and k-NN vote fitted on validation."""
+        train_rows, val_rows = self.rows["train"], self.rows["val"]
+        train_emb, val_emb = self.embed(train_rows, "train"), self.embed(val_rows, "val")
+        sparse, dense = self.fit_views(train_rows, train_emb)
+        provisional = EnsembleClassifier(sparse, dense, ViewCombiner([], {}, {}))
+        view_scores, present = provisional.view_scores(self.view_inputs(val_rows, val_emb))
+        labels = self.inputs.labels[val_rows].numpy()
+        reference_codes = np.array(self.model.codes)[self.inputs.labels[train_rows].numpy()]
+        indices, sims = nearest(val_emb.fused, train_emb.fused, max(K_GRID))
+
+        def vote(k: int, temperature: float) -> np.ndarray:
+            return knn_probabilities(indices, sims, reference_codes, self.model.codes, k, temperature)
+
+        names = [v.name for v in sparse] + [v.name for v in dense] + [CLIP_VIEW]
+        selection = select_combiner(view_scores, present, self.inputs.has_text[val_rows].numpy(), labels, names,
+                                    vote, K_GRID, TEMPERATURE_GRID)
+        figures = {**selection.figures, "val_weighted_f1_head": self.best_f1, "best_epoch": self.best_epoch}
+        for name in names:
+            rows = present[name]
+            if rows.any():
+                figures[f"val_weighted_f1_{name}"] = scores(labels[rows], view_scores[name][rows])["weighted_f1"]
+        log.info("classifier chosen on validation: k-NN k=%d T=%.2f, weights %s; %s", selection.knn_k,
+                 selection.knn_temperature, selection.combiner.with_knn, figures)
+        return {"combiner": asdict(selection.combiner), "knn": {"k": selection.knn_k,
+                                                              "temperature": selection.knn_temperature},
+                "figures": figures}
 
     # ------------------------------------------------------------------ artifacts
 
@@ -219,14 +323,16 @@ class Trainer:
 
     def save_checkpoint(self, epochs_done: int) -> None:
         """Latest state for `resume`, written atomically (a crash mid-write keeps the previous one)."""
+        from shopclip.atomic import replace_atomically
+
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        state = {"epochs_done": epochs_done, "model": self.trainable_state(),
+        state = {"phase": self.phase, "epochs_done": epochs_done, "model": self.trainable_state(),
                  "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                 "best_f1": self.best_f1, "best_state": self.best_state,
-                 "history": [asdict(h) for h in self.history], "data_fingerprint": self.data_fingerprint}
-        tmp = self.out_dir / (CHECKPOINT_FILE + ".tmp")
-        torch.save(state, tmp)
-        tmp.replace(self.out_dir / CHECKPOINT_FILE)
+                 "best_f1": self.best_f1, "best_epoch": self.best_epoch, "best_state": self.best_state,
+                 "selection": json.dumps(self.selection), "history": [asdict(h) for h in self.history],
+                 "data_fingerprint": self.data_fingerprint}
+        with replace_atomically(self.out_dir / CHECKPOINT_FILE) as temporary:
+            torch.save(state, temporary)
 
     def resume(self) -> None:
         """Continue from `out_dir/checkpoint.pt`; refuses a checkpoint made from other data."""
@@ -238,36 +344,61 @@ class Trainer:
         state = torch.load(path, map_location=self.device, weights_only=True)
         if state["data_fingerprint"] != self.data_fingerprint:
             raise InvalidInput("resume", f"{path} was trained on other data (fingerprint differs)")
+        self.phase = state["phase"]
+        if self.phase == "refit":
+            self.fit_rows = torch.cat([self.rows["train"], self.rows["val"]])
+            self._start_optimisation()
         self.load_trainable_state(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.start_epoch, self.best_f1, self.best_state = state["epochs_done"], state["best_f1"], state["best_state"]
+        self.best_epoch, self.selection = state["best_epoch"], json.loads(state["selection"])
         self.history = [EpochResult(**h) for h in state["history"]]
-        log.info("resumed after epoch %d (best val weighted F1 %.4f)", self.start_epoch, self.best_f1)
+        log.info("resumed in %s after epoch %d (best val weighted F1 %.4f)", self.phase, self.start_epoch,
+                 self.best_f1)
 
     def save_bundle(self) -> Path:
-        """Tune k-NN on validation over the training vectors, then write the bundle with everything needed
-        to reproduce the evaluation (data fingerprint, split, seed, configs, history, metrics)."""
+        """Views refitted on every product learnt from, the combiner chosen on validation, and everything
+        needed to reproduce the evaluation (data fingerprint, split, seed, configs, history, choices)."""
         from shopclip.model.bundle import save_bundle
 
-        train_emb, val_emb = self.embed("train"), self.embed("val")
-        val_labels = self.inputs.labels[self.rows["val"]].numpy()
-        knn, knn_f1 = tune_knn(val_emb.probs_fused, val_emb.fused, val_labels, train_emb.fused,
-                               np.array(self.model.codes)[self.inputs.labels[self.rows["train"]].numpy()],
-                               self.model.codes)
+        fit_emb = self.embed(self.fit_rows, "all training products")
+        sparse, dense = self.fit_views(self.fit_rows, fit_emb)
+        selection = self.selection or self._no_validation_selection(sparse, dense)
+        classifier = EnsembleClassifier(sparse, dense, ViewCombiner(**selection["combiner"]),
+                                        metadata={"chosen_on": "validation" if self.selection else "defaults",
+                                                  **selection["figures"]})
+        learnt_from = sorted(self.inputs.productids[self.fit_rows.numpy()].tolist())
         metadata = {
-            "knn": knn.to_dict(),
+            "knn": KnnParams(k=selection["knn"]["k"], temperature=selection["knn"]["temperature"]).to_dict(),
             "training": {
-                "data_dir": str(self.data_dir.resolve()), "data_fingerprint": self.data_fingerprint,
+                "data_dir": self.source, "data_fingerprint": self.data_fingerprint,
                 "seed": self.config.seed, "split": self.split, "frozen_towers": self.frozen,
                 "device": self.device.type, "config": _json_config(self.config),
                 "history": [asdict(h) for h in self.history],
+                "trained_on": {"products": len(learnt_from), "refit_on_validation": bool(
+                    self.config.refit and self.selection), "epochs": self.best_epoch or self.config.epochs,
+                    "productids_sha256": _ids_digest(learnt_from)},
             },
-            "metrics": {"val_weighted_f1_head": self.best_f1, "val_weighted_f1_head_knn": knn_f1},
+            "metrics": {"val_weighted_f1_head": self.best_f1,
+                        "val_weighted_f1_classify": selection["figures"].get("val_weighted_f1", -1.0)},
         }
-        log.info("k-NN tuned on validation: %s (val weighted F1 head %.4f, head+k-NN %.4f)",
-                 knn, self.best_f1, knn_f1)
-        return save_bundle(self.out_dir, self.model, metadata=metadata)
+        return save_bundle(self.out_dir, self.model, metadata=metadata, classifier=classifier)
+
+    def _no_validation_selection(self, sparse, dense) -> dict:
+        """Without validation products nothing can be fitted: every view counts once, k-NN with defaults."""
+        names = [v.name for v in sparse] + [v.name for v in dense] + [CLIP_VIEW]
+        weights = {group: [1.0] * len(names) for group in GROUPS}
+        combiner = ViewCombiner(names, with_knn={g: w + [1.0] for g, w in weights.items()}, without_knn=weights)
+        defaults = KnnParams()
+        return {"combiner": asdict(combiner), "knn": {"k": defaults.k, "temperature": defaults.temperature},
+                "figures": {}}
+
+
+def _ids_digest(productids: Sequence[int]) -> str:
+    import hashlib
+
+    return hashlib.sha256(",".join(map(str, productids)).encode()).hexdigest()[:16]
 
 
 def _json_config(config: TrainConfig) -> dict:
@@ -279,7 +410,14 @@ def _json_config(config: TrainConfig) -> dict:
 def train(data_dir: str | Path, out_dir: str | Path, model_config: ModelConfig | None = None,
           config: TrainConfig | None = None, resume: bool = False) -> Path:
     """Train on a labelled folder and write the bundle to `out_dir`; returns the bundle path."""
-    trainer = Trainer(data_dir, out_dir, model_config or ModelConfig(), config or TrainConfig())
+    return train_products(load_products(data_dir), out_dir, model_config, config, resume,
+                          source=str(Path(data_dir).resolve()))
+
+
+def train_products(products: Sequence[SourceRow], out_dir: str | Path, model_config: ModelConfig | None = None,
+                   config: TrainConfig | None = None, resume: bool = False, source: str = "") -> Path:
+    """Train on these labelled products (a folder's, a benchmark fold's) and write the bundle to `out_dir`."""
+    trainer = Trainer(products, out_dir, model_config or ModelConfig(), config or TrainConfig(), source)
     if resume:
         trainer.resume()
     return trainer.run()

@@ -1,0 +1,317 @@
+"""What Classify computes from a product: several views, each a linear model, combined by fitted weights.
+
+On a few thousand labelled products no single view wins everywhere: TF-IDF + a linear SVM reads the exact
+words and character n-grams of a title, frozen multilingual sentence encoders (USE, e5) know what unseen
+words mean, the image knows products without text, and labelled neighbours in the index vote for codes
+the linear models cannot separate. Each view is kept for what it does best:
+
+- `SparseTextView` ("tfidf"): TF-IDF of word 1-2 grams and char_wb 2-5 grams of the product text (the same
+  analysers as scikit-learn's, re-implemented here so serving needs no scikit-learn), linear SVM scores.
+- `DenseView` ("use", "e5", "image"): a softmax linear head (logistic regression) over one pretrained
+  tower's L2-normalised output, read from the same forward pass that makes the product's vector.
+- "clip": the two-tower model's own head on the fused vector (log-probabilities).
+- "knn": the vote of the labelled neighbours found in the published index (log of the smoothed vote).
+
+`ViewCombiner` adds the views a product has, each scaled by a non-negative weight of the product's group
+("text": the product has text, with or without an image; "image_only"), and takes the softmax. The weights
+are fitted on validation products by minimising log-loss (`shopclip.training.ensemble`), so the scale of
+each view is learned with its weight and the combined probabilities are calibrated by construction: the
+server's abstain threshold keeps meaning what it says. A second set of weights without the k-NN view
+serves when no index is loaded.
+
+Pure numpy: the server and evaluation call exactly this code; fitting lives in training.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+CLIP_VIEW = "clip"
+KNN_VIEW = "knn"
+TEXT_GROUP, IMAGE_ONLY_GROUP = "text", "image_only"
+GROUPS = (TEXT_GROUP, IMAGE_ONLY_GROUP)
+ARRAYS_FILE = "classifier.safetensors"
+VOCABULARY_FILE = "classifier_vocabulary.json"
+KNN_SMOOTHING = 0.01
+"""Share of the uniform vote mixed into the k-NN vote before its log: a code no neighbour voted for is
+unlikely, not impossible (log 0 would veto every other view)."""
+MISSING_CLASS_BIAS = -30.0
+"""Bias of a class a view never saw in training (e.g. a code with images only, for a text view)."""
+
+_WORD_TOKEN_RE = re.compile(r"(?u)\b\w\w+\b")
+_WHITESPACE_RUN_RE = re.compile(r"\s\s+")
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    return np.exp(log_softmax(logits))
+
+
+def l2_normalise(features: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(features, axis=1, keepdims=True)
+    return features / np.maximum(norms, 1e-12)
+
+
+def knn_scores(votes: np.ndarray) -> np.ndarray:
+    """The k-NN view's scores: log of the vote, smoothed towards uniform by KNN_SMOOTHING."""
+    classes = votes.shape[1]
+    return np.log((1.0 - KNN_SMOOTHING) * votes.astype(np.float64) + KNN_SMOOTHING / classes)
+
+
+# -- analysers (scikit-learn's, so a vocabulary fitted there means the same here) ----------------------------
+
+def word_ngrams(text: str, ngram_range: tuple[int, int] = (1, 2)) -> list[str]:
+    """scikit-learn's `analyzer="word"` with its defaults: lowercase, tokens of 2+ word characters, n-grams."""
+    tokens = _WORD_TOKEN_RE.findall(text.lower())
+    low, high = ngram_range
+    grams = list(tokens) if low == 1 else []
+    for n in range(max(2, low), high + 1):
+        grams += [" ".join(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    return grams
+
+
+@lru_cache(maxsize=200_000)
+def _word_char_ngrams(word: str, low: int, high: int) -> tuple[str, ...]:
+    padded = f" {word} "
+    grams: list[str] = []
+    for n in range(low, high + 1):
+        grams += [padded[i:i + n] for i in range(max(1, len(padded) - n + 1))]
+        if len(padded) <= n:  # a word no longer than n counts once, as in scikit-learn
+            break
+    return tuple(grams)
+
+
+def char_wb_ngrams(text: str, ngram_range: tuple[int, int] = (2, 5)) -> list[str]:
+    """scikit-learn's `analyzer="char_wb"`: lowercase, character n-grams inside space-padded words.
+    Per-word results are cached: catalogue vocabulary repeats, and this runs on the serving thread."""
+    low, high = ngram_range
+    grams: list[str] = []
+    for word in _WHITESPACE_RUN_RE.sub(" ", text.lower()).split():
+        grams += _word_char_ngrams(word, low, high)
+    return grams
+
+
+ANALYSERS = {"word": word_ngrams, "char_wb": char_wb_ngrams}
+
+
+@dataclass
+class TfidfPart:
+    """One TF-IDF vectoriser (sublinear tf, idf, L2 norm) over a fixed vocabulary."""
+
+    analyser: str
+    ngram_range: tuple[int, int]
+    vocabulary: dict[str, int]
+    idf: np.ndarray
+
+    def transform(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """(feature ids, values) of one text: (1 + log tf) * idf, L2-normalised; unknown n-grams dropped."""
+        counts = Counter(ANALYSERS[self.analyser](text, self.ngram_range))
+        known = [(self.vocabulary[gram], count) for gram, count in counts.items() if gram in self.vocabulary]
+        if not known:
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
+        ids = np.fromiter((i for i, _ in known), dtype=np.int64, count=len(known))
+        values = (1.0 + np.log(np.fromiter((c for _, c in known), dtype=np.float64, count=len(known)))) * self.idf[ids]
+        return ids, values / np.linalg.norm(values)
+
+
+@dataclass
+class SparseTextView:
+    """TF-IDF word and char_wb n-grams of the product text -> linear (SVM) scores per class."""
+
+    name: str
+    parts: list[TfidfPart]
+    weight: np.ndarray
+    """(sum of the parts' vocabulary sizes, classes): the parts' features are concatenated."""
+    bias: np.ndarray
+    modality: str = "text"
+
+    def scores(self, texts: Sequence[str]) -> np.ndarray:
+        out = np.tile(self.bias.astype(np.float64), (len(texts), 1))
+        for row, text in enumerate(texts):
+            offset = 0
+            for part in self.parts:
+                ids, values = part.transform(text)
+                if len(ids):
+                    out[row] += values @ self.weight[ids + offset]
+                offset += len(part.vocabulary)
+        return out
+
+
+@dataclass
+class DenseView:
+    """A softmax linear head over one tower's L2-normalised output -> log-probabilities."""
+
+    name: str
+    source: str
+    """Key of the features it reads: a text tower's name or "image" (the image trunk)."""
+    modality: str
+    weight: np.ndarray
+    """(feature dim, classes)."""
+    bias: np.ndarray
+
+    def scores(self, features: np.ndarray) -> np.ndarray:
+        return log_softmax(l2_normalise(features.astype(np.float64)) @ self.weight + self.bias)
+
+
+@dataclass
+class ViewInputs:
+    """What the views read for a batch of products."""
+
+    texts: list[str]
+    """Product text (`product_text`) per product, "" without text."""
+    has_text: np.ndarray
+    has_image: np.ndarray
+    features: dict[str, np.ndarray]
+    """Tower outputs by source name, (n, dim), rows of products lacking that modality are ignored."""
+    clip_log_probs: np.ndarray | None = None
+    """(n, classes) log-probabilities of the two-tower model's head on the fused vector."""
+
+    def take(self, rows: Sequence[int] | np.ndarray) -> "ViewInputs":
+        rows = np.asarray(rows, dtype=np.int64)
+        return ViewInputs([self.texts[i] for i in rows.tolist()], self.has_text[rows], self.has_image[rows],
+                          {key: value[rows] for key, value in self.features.items()},
+                          None if self.clip_log_probs is None else self.clip_log_probs[rows])
+
+
+@dataclass
+class ViewCombiner:
+    """Weights per group over `view_names` (+ "knn" last in the `with_knn` set); see the module docstring."""
+
+    view_names: list[str]
+    with_knn: dict[str, list[float]]
+    without_knn: dict[str, list[float]]
+
+    def combine(self, scores: Mapping[str, np.ndarray], present: Mapping[str, np.ndarray], groups: np.ndarray,
+                knn_votes: np.ndarray | None) -> np.ndarray:
+        """Probabilities (n, classes): softmax of the weighted sum of the present views' scores."""
+        names = list(self.view_names)
+        table = self.without_knn
+        if knn_votes is not None:
+            names, table = names + [KNN_VIEW], self.with_knn
+            scores = {**scores, KNN_VIEW: knn_scores(knn_votes)}
+            present = {**present, KNN_VIEW: np.ones(len(groups), dtype=bool)}
+        logits = np.zeros_like(next(iter(scores.values())), dtype=np.float64)
+        for g, group in enumerate(GROUPS):
+            rows = groups == g
+            if not rows.any():
+                continue
+            for name, weight in zip(names, table[group]):
+                if weight:
+                    logits[rows] += weight * np.where(present[name][rows, None], scores[name][rows], 0.0)
+        return softmax(logits).astype(np.float32)
+
+
+def group_of(has_text: np.ndarray) -> np.ndarray:
+    """Group index (into GROUPS) of each product: 0 with text, 1 image only."""
+    return np.where(np.asarray(has_text, dtype=bool), 0, 1)
+
+
+@dataclass
+class EnsembleClassifier:
+    """The views and their combiner: everything Classify needs beyond the two-tower model and the index."""
+
+    sparse_views: list[SparseTextView]
+    dense_views: list[DenseView]
+    combiner: ViewCombiner
+    uses_clip_head: bool = True
+    metadata: dict[str, Any] = field(default_factory=dict)
+    """How it was fitted (validation figures, sizes): JSON, stored in the bundle's config."""
+
+    @property
+    def feature_sources(self) -> set[str]:
+        return {view.source for view in self.dense_views}
+
+    def view_scores(self, inputs: ViewInputs) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """(scores, present) per view name, each (n, classes) / (n,)."""
+        scores, present = {}, {}
+        text_rows = np.nonzero(inputs.has_text)[0]
+        for view in self.sparse_views:
+            full = np.zeros((len(inputs.texts), len(view.bias)))
+            if len(text_rows):
+                full[text_rows] = view.scores([inputs.texts[i] for i in text_rows])
+            scores[view.name], present[view.name] = full, np.asarray(inputs.has_text, dtype=bool)
+        for view in self.dense_views:
+            has = np.asarray(inputs.has_image if view.modality == "image" else inputs.has_text, dtype=bool)
+            full = np.zeros((len(has), len(view.bias)))
+            if has.any():
+                full[has] = view.scores(inputs.features[view.source][has])
+            scores[view.name], present[view.name] = full, has
+        if self.uses_clip_head:
+            if inputs.clip_log_probs is None:
+                raise ValueError("view inputs: the classifier uses the clip head but got no clip_log_probs")
+            scores[CLIP_VIEW] = inputs.clip_log_probs.astype(np.float64)
+            present[CLIP_VIEW] = np.asarray(inputs.has_text, dtype=bool) | np.asarray(inputs.has_image, dtype=bool)
+        return scores, present
+
+    def probabilities(self, inputs: ViewInputs, knn_votes: np.ndarray | None) -> np.ndarray:
+        scores, present = self.view_scores(inputs)
+        return self.combiner.combine(scores, present, group_of(inputs.has_text), knn_votes)
+
+    # -- persistence -------------------------------------------------------------------------------------
+    def save(self, folder: str | Path) -> dict[str, Any]:
+        """Write ARRAYS_FILE and VOCABULARY_FILE into `folder`; returns the JSON for the bundle's config."""
+        from safetensors.numpy import save_file
+
+        from shopclip.atomic import replace_atomically, write_json_atomically
+
+        folder = Path(folder)
+        arrays: dict[str, np.ndarray] = {}
+        vocabularies: dict[str, dict[str, int]] = {}
+        views = []
+        for view in self.sparse_views:
+            arrays[f"{view.name}.weight"], arrays[f"{view.name}.bias"] = view.weight, view.bias
+            parts = []
+            for p, part in enumerate(view.parts):
+                key = f"{view.name}.{p}"
+                arrays[f"{key}.idf"] = part.idf
+                vocabularies[key] = part.vocabulary
+                parts.append({"analyser": part.analyser, "ngram_range": list(part.ngram_range)})
+            views.append({"name": view.name, "kind": "sparse_text", "modality": view.modality, "parts": parts})
+        for view in self.dense_views:
+            arrays[f"{view.name}.weight"], arrays[f"{view.name}.bias"] = view.weight, view.bias
+            views.append({"name": view.name, "kind": "dense", "source": view.source, "modality": view.modality})
+        with replace_atomically(folder / ARRAYS_FILE) as temporary:
+            save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in arrays.items()}, str(temporary))
+        write_json_atomically(folder / VOCABULARY_FILE, vocabularies, indent=None)
+        return {"views": views, "uses_clip_head": self.uses_clip_head,
+                "combiner": {"view_names": self.combiner.view_names, "with_knn": self.combiner.with_knn,
+                             "without_knn": self.combiner.without_knn},
+                "metadata": self.metadata}
+
+    @classmethod
+    def load(cls, folder: str | Path, config: Mapping[str, Any]) -> "EnsembleClassifier":
+        from safetensors.numpy import load_file
+
+        folder = Path(folder)
+        arrays = {k: v.astype(np.float64) for k, v in load_file(str(folder / ARRAYS_FILE)).items()}
+        vocabularies = json.loads((folder / VOCABULARY_FILE).read_text())
+        sparse, dense = [], []
+        for view in config["views"]:
+            name = view["name"]
+            weight, bias = arrays[f"{name}.weight"], arrays[f"{name}.bias"]
+            if view["kind"] == "sparse_text":
+                parts = [TfidfPart(part["analyser"], tuple(part["ngram_range"]), vocabularies[f"{name}.{p}"],
+                                   arrays[f"{name}.{p}.idf"]) for p, part in enumerate(view["parts"])]
+                sparse.append(SparseTextView(name, parts, weight, bias, view["modality"]))
+            else:
+                dense.append(DenseView(name, view["source"], view["modality"], weight, bias))
+        combiner = ViewCombiner(**config["combiner"])
+        return cls(sparse, dense, combiner, bool(config.get("uses_clip_head", True)), dict(config.get("metadata", {})))
+
+
+def has_files(folder: str | Path) -> bool:
+    folder = Path(folder)
+    return (folder / ARRAYS_FILE).is_file() and (folder / VOCABULARY_FILE).is_file()

@@ -1,0 +1,129 @@
+"""Classify's views and combiner (`shopclip.model.ensemble`) against scikit-learn, and their fitting."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from shopclip.model.ensemble import (GROUPS, EnsembleClassifier, ViewCombiner, ViewInputs, char_wb_ngrams,
+                                     group_of, knn_scores, word_ngrams)
+from shopclip.training.ensemble import (fit_combiner, fit_dense_view, fit_group_weights, fit_sparse_text_view,
+                                        fit_views, ViewSpec)
+
+TEXTS = ["Peluche lapin 30 cm  douce", "Lot de 3 tasses en porcelaine", "Jeu PS4 FIFA 21 édition",
+         "Coque iPhone 12 silicone", "Peluche ours brun géant", "Tasse à café porcelaine blanche",
+         "Jeu vidéo Switch Mario", "Coque Samsung Galaxy S20", "  Piscine   gonflable  ronde ", "a b"]
+LABELS = np.array([0, 1, 2, 3, 0, 1, 2, 3, 1, 0])
+
+
+def test_analysers_are_scikit_learns() -> None:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    word = TfidfVectorizer(analyzer="word", ngram_range=(1, 2)).build_analyzer()
+    char = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5)).build_analyzer()
+    for text in [*TEXTS, "", "é", "x", "Ça\tva\n\nbien?"]:
+        assert sorted(word_ngrams(text, (1, 2))) == sorted(word(text))
+        assert sorted(char_wb_ngrams(text, (2, 5))) == sorted(char(text))
+
+
+def test_sparse_view_scores_are_the_svms_decision_values() -> None:
+    from scipy.sparse import hstack
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.svm import LinearSVC
+
+    view = fit_sparse_text_view(TEXTS, LABELS, num_classes=5, c=0.5)
+    vectorisers = [TfidfVectorizer(analyzer="word", ngram_range=(1, 2), sublinear_tf=True),
+                   TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True)]
+    features = hstack([v.fit_transform(TEXTS) for v in vectorisers]).tocsr()
+    svc = LinearSVC(C=0.5, random_state=0).fit(features, LABELS)
+    queries = ["peluche lapin géant", "tasse porcelaine", "mot inconnu"]
+    expected = svc.decision_function(hstack([v.transform(queries) for v in vectorisers]).tocsr())
+    scores = view.scores(queries)
+    np.testing.assert_allclose(scores[:, :4], expected, atol=1e-9)
+    assert (scores[:, 4] < -10).all(), "a class without training text never wins"
+
+
+def test_dense_view_is_a_softmax_over_normalised_features() -> None:
+    rng = np.random.default_rng(0)
+    features = rng.standard_normal((40, 8)) + np.repeat(np.eye(8)[:4] * 3, 10, axis=0)
+    labels = np.repeat(np.arange(4), 10)
+    view = fit_dense_view("use", "use", "text", features, labels, num_classes=4, c=10.0)
+    log_probs = view.scores(features * 7.0)  # the scale of a tower's output does not matter
+    np.testing.assert_allclose(np.exp(log_probs).sum(axis=1), 1.0, atol=1e-9)
+    assert (log_probs.argmax(axis=1) == labels).mean() > 0.9
+
+
+def test_group_weights_follow_the_informative_view() -> None:
+    rng = np.random.default_rng(1)
+    n, classes = 300, 5
+    labels = rng.integers(0, classes, n)
+    informative = np.log(np.full((n, classes), 0.05) + 0.75 * np.eye(classes)[labels])
+    noise = np.log(rng.dirichlet(np.ones(classes), n))
+    weights = fit_group_weights(np.stack([informative, noise], axis=1), np.ones((n, 2), dtype=bool), labels)
+    assert weights[0] > 0.5 and weights[1] < 0.1
+    absent = fit_group_weights(np.stack([informative, noise], axis=1), np.array([[True, False]] * n), labels)
+    assert absent[1] == 0.0, "a view no product of the group has gets no weight"
+
+
+def test_combiner_adds_only_present_views_per_group() -> None:
+    combiner = ViewCombiner(["a", "b"], with_knn={"text": [1.0, 2.0, 3.0], "image_only": [0.0, 1.0, 0.5]},
+                            without_knn={"text": [1.0, 2.0], "image_only": [0.0, 1.0]})
+    a = np.log(np.array([[0.7, 0.3], [0.2, 0.8]]))
+    b = np.log(np.array([[0.4, 0.6], [0.9, 0.1]]))
+    present = {"a": np.array([True, False]), "b": np.array([True, True])}
+    groups = np.array([0, 1])
+    votes = np.array([[0.5, 0.5], [0.0, 1.0]])
+    probs = combiner.combine({"a": a, "b": b}, present, groups, votes)
+    knn = knn_scores(votes)
+    expected0 = 1.0 * a[0] + 2.0 * b[0] + 3.0 * knn[0]
+    expected1 = 1.0 * b[1] + 0.5 * knn[1]
+    for row, logits in ((0, expected0), (1, expected1)):
+        np.testing.assert_allclose(probs[row], np.exp(logits) / np.exp(logits).sum(), rtol=1e-5)
+    without = combiner.combine({"a": a, "b": b}, present, groups, None)
+    np.testing.assert_allclose(without[1], np.exp(b[1]) / np.exp(b[1]).sum(), rtol=1e-5)
+    assert list(group_of(np.array([True, False]))) == [0, 1] and GROUPS == ("text", "image_only")
+
+
+def _classifier(tmp_path=None) -> tuple[EnsembleClassifier, ViewInputs]:
+    rng = np.random.default_rng(2)
+    n = len(TEXTS)
+    has_image = np.array([True, False] * (n // 2))
+    inputs = ViewInputs(list(TEXTS), np.ones(n, dtype=bool), has_image,
+                        {"use": rng.standard_normal((n, 6)), "image": rng.standard_normal((n, 4))},
+                        np.log(rng.dirichlet(np.ones(5), n)))
+    sparse, dense = fit_views(inputs, LABELS, 5, ViewSpec(), {"use": "text", "image": "image"})
+    names = [v.name for v in sparse] + [v.name for v in dense] + ["clip"]
+    provisional = EnsembleClassifier(sparse, dense, ViewCombiner([], {}, {}))
+    scores, present = provisional.view_scores(inputs)
+    votes = np.eye(5)[LABELS] * 0.8 + 0.04
+    combiner = fit_combiner(scores, present, inputs.has_text, LABELS, names, votes)
+    return EnsembleClassifier(sparse, dense, combiner, metadata={"val_weighted_f1": 1.0}), inputs
+
+
+def test_classifier_round_trips_through_its_files(tmp_path) -> None:
+    classifier, inputs = _classifier()
+    config = classifier.save(tmp_path)
+    loaded = EnsembleClassifier.load(tmp_path, config)
+    votes = np.full((len(TEXTS), 5), 0.2)
+    np.testing.assert_allclose(loaded.probabilities(inputs, votes), classifier.probabilities(inputs, votes),
+                               atol=1e-5)
+    assert loaded.metadata == {"val_weighted_f1": 1.0}
+    assert [v.name for v in loaded.dense_views] == ["use", "image"]
+
+
+def test_a_product_without_an_image_is_not_scored_by_the_image_view() -> None:
+    classifier, inputs = _classifier()
+    scores, present = classifier.view_scores(inputs)
+    assert not present["image"][~inputs.has_image].any()
+    changed = ViewInputs(inputs.texts, inputs.has_text, inputs.has_image,
+                         {**inputs.features, "image": inputs.features["image"] * 0 + 99.0}, inputs.clip_log_probs)
+    probs, probs_changed = classifier.probabilities(inputs, None), classifier.probabilities(changed, None)
+    np.testing.assert_allclose(probs[~inputs.has_image], probs_changed[~inputs.has_image], atol=1e-6)
+    assert not np.allclose(probs[inputs.has_image], probs_changed[inputs.has_image], atol=1e-4)
+
+
+def test_clip_view_without_its_input_is_refused() -> None:
+    classifier, inputs = _classifier()
+    inputs.clip_log_probs = None
+    with pytest.raises(ValueError, match="clip"):
+        classifier.probabilities(inputs, None)
