@@ -1,7 +1,7 @@
 """Serving benchmark (issue 4): raw batched forward vs Classify through the real server and client.
 
 In one run:
-  (a) the model alone: `embed` + `classify_vectors` called directly, batch sizes scanned, before and after
+  (a) the model alone: `encode` + `classify` (every view, no k-NN vote) called directly, batch sizes scanned, before and after
       (b) (their mean per batch size is the reference); the best throughput, and the batch-1 latency;
   (b) `shopclip serve` in a child process (the production entry point, micro-batching on), driven by
       the asyncio client at each concurrency: throughput and p50/p99 latency of Classify.
@@ -166,13 +166,13 @@ def measure_raw(embedder: Any, products: Sequence[ProductInput], batch_sizes: Se
     points = []
     for batch_size in tqdm(batch_sizes, desc="(a) raw forward", unit="batch size", file=sys.stderr):
         batches = [list(products[i:i + batch_size]) for i in range(0, len(products) - batch_size + 1, batch_size)]
-        embedder.classify_vectors(embedder.embed(batches[0]))  # warm-up (lazy init, allocator)
+        embedder.classify(embedder.encode(batches[0]), None)  # warm-up (lazy init, allocator)
         timings: list[float] = []
         started = time.perf_counter()
         while time.perf_counter() - started < seconds or len(timings) < 3:
             batch = batches[len(timings) % len(batches)]
             t0 = time.perf_counter()
-            embedder.classify_vectors(embedder.embed(batch))
+            embedder.classify(embedder.encode(batch), None)
             timings.append(time.perf_counter() - t0)
         points.append(RawPoint(batch_size, batch_size * len(timings) / sum(timings), percentile(timings, 50) * 1e3))
     return points
@@ -314,7 +314,7 @@ def report(args: argparse.Namespace, raw: Sequence[RawPoint], served: Sequence[S
              if server_cpus != client_cpus else f"everything shares cores {_cores(server_cpus)}")
     lines = [f"bundle {args.bundle}  index {args.index_root or '(none: head only)'}  cpus {os.cpu_count()}  "
              f"torch threads {torch_threads()}  load average {os.getloadavg()[0]:.1f}", where, "",
-             "(a) raw forward (embed + classify_vectors)        (b) Classify through server + asyncio client",
+             "(a) raw forward (encode + classify)        (b) Classify through server + asyncio client",
              f"{'batch':>5} {'items/s':>9} {'p50 ms':>8}{GAP}{'conc':>4} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
              f"{'errors':>6} {'cpu client':>10} {'server':>6} {'batch':>5}"]
     for i in range(max(len(raw), len(served))):

@@ -44,7 +44,7 @@ class ModelConfig:
 
     backbone: str = SHOPCLIP_BACKBONE
     """`shopclip` (text towers below + EfficientNet-Lite0) or `open_clip:ARCH=/path/to/checkpoint`."""
-    text_towers: list[str] = field(default_factory=lambda: ["use", "ngram"])
+    text_towers: list[str] = field(default_factory=lambda: ["use", "e5", "ngram"])
     e5_max_tokens: int = 48
     """Tokens the e5 tower reads (prefix and specials included): the title and the head of the description.
     Its cost grows with length (e5 is a 12-layer transformer) and the TF-IDF view reads the whole text."""

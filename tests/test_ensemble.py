@@ -127,3 +127,20 @@ def test_clip_view_without_its_input_is_refused() -> None:
     inputs.clip_log_probs = None
     with pytest.raises(ValueError, match="clip"):
         classifier.probabilities(inputs, None)
+
+
+def test_validation_chooses_each_views_regularisation() -> None:
+    from shopclip.training.ensemble import choose_views
+
+    rng = np.random.default_rng(4)
+    n, dim = 120, 6
+    labels = rng.integers(0, 3, n)
+    features = rng.standard_normal((n, dim)) * 0.3 + np.eye(dim)[labels] * 1.5
+    texts = [f"mot{label} commun{i % 7}" for i, label in enumerate(labels)]
+    inputs = ViewInputs(texts, np.ones(n, dtype=bool), np.zeros(n, dtype=bool), {"use": features})
+    train, val = inputs.take(np.arange(80)), inputs.take(np.arange(80, n))
+    spec = ViewSpec(sparse_c=(0.001, 0.5), text_c=(1e-4, 10.0))
+    sparse, dense, chosen = choose_views(train, labels[:80], val, labels[80:], 3, spec, {"use": "text"})
+    assert chosen == {"tfidf": 0.5, "use": 10.0}  # the near-zero C cannot learn anything
+    assert [v.name for v in sparse] == ["tfidf"] and [v.name for v in dense] == ["use"]
+    assert (dense[0].scores(val.features["use"]).argmax(axis=1) == labels[80:]).mean() > 0.9

@@ -25,11 +25,22 @@ TRAIN_FLAGS = (
     ("class_weight_power", float, "class weights = (1/frequency)**power; 0 disables them"),
     ("label_smoothing", float, None),
     ("seed", int, "seed of the split and of training"),
-    ("sparse_c", float, "C of the LinearSVC on TF-IDF (the sparse text view)"),
-    ("text_view_c", float, "C of the logistic regression on each pretrained text tower's output"),
-    ("image_view_c", float, "C of the logistic regression on the image trunk's output"),
+    ("sparse_c", "floats", "candidate C of the LinearSVC on TF-IDF (the sparse text view), comma-separated"),
+    ("text_view_c", "floats", "candidate C of the logistic regression on each pretrained text tower's output"),
+    ("image_view_c", "floats", "candidate C of the logistic regression on the image trunk's output"),
     ("workers", int, "image-decoding DataLoader workers when towers are fine-tuned"),
 )
+
+
+def _floats(value: str) -> tuple[float, ...]:
+    """"0.5,1" -> (0.5, 1.0): the candidates validation chooses from."""
+    try:
+        parsed = tuple(float(part) for part in value.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {value!r}") from None
+    if not parsed or min(parsed) <= 0:
+        raise argparse.ArgumentTypeError(f"expected positive numbers, got {value!r}")
+    return parsed
 
 
 def _flag(field: str) -> str:
@@ -65,7 +76,10 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
                        help="random image tower instead of ImageNet weights (tests)")
     run = parser.add_argument_group("optimisation (see shopclip.training.config.TrainConfig)")
     for flag, kind, help_text in TRAIN_FLAGS:
-        run.add_argument(_flag(flag), type=kind, default=getattr(defaults, flag), help=help_text)
+        default = getattr(defaults, flag)
+        if kind == "floats":
+            kind, default = _floats, ",".join(f"{value:g}" for value in default)
+        run.add_argument(_flag(flag), type=kind, default=default, help=help_text)
     run.add_argument("--freeze-towers", action=argparse.BooleanOptionalAction, default=defaults.freeze_towers,
                      help="freeze pretrained towers and cache their outputs (default: on CPU only)")
     run.add_argument("--ngram-idf", action=argparse.BooleanOptionalAction, default=defaults.ngram_idf,

@@ -48,12 +48,12 @@ class TrainConfig:
     split_fractions: tuple[float, float] = (0.15, 0.0)
     """(validation, test) share of each class's products. Validation chooses epochs, k-NN and the view
     weights; a test share (off by default) is held out of everything for `shopclip evaluate`."""
-    sparse_c: float = 0.5
-    """C of the LinearSVC on TF-IDF (the sparse text view)."""
-    text_view_c: float = 10.0
-    """C of the logistic regression on each pretrained text tower's output."""
-    image_view_c: float = 1.0
-    """C of the logistic regression on the image trunk's output."""
+    sparse_c: tuple[float, ...] = (0.25, 0.5, 1.0)
+    """Candidate C of the LinearSVC on TF-IDF (the sparse text view), chosen on validation."""
+    text_view_c: tuple[float, ...] = (3.0, 10.0, 30.0)
+    """Candidate C of the logistic regression on each pretrained text tower's output."""
+    image_view_c: tuple[float, ...] = (1.0, 3.0, 10.0)
+    """Candidate C of the logistic regression on the image trunk's output."""
     feature_cache: str | None = None
     """Folder keeping frozen towers' outputs per product across runs (benchmarks, repeated training); keyed
     by the model config and the model code, so a change to either computes them again."""

@@ -168,11 +168,11 @@ class TowerCache:
         text_rows = _missing(torch.nonzero(inputs.has_text).squeeze(1), inputs, stored, text_keys)
         image_rows = _missing(torch.nonzero(inputs.has_image).squeeze(1), inputs, stored, image_keys)
         computed: dict[str, dict[int, np.ndarray]] = {key: {} for key in stored}
-        for chunk in tqdm(text_rows.split(text_batch), desc="caching text towers", unit="batch", leave=False):
+        for chunk in tqdm(_chunks(text_rows, text_batch), desc="caching text towers", unit="batch", leave=False):
             tokens = _to(model.tokenize([inputs.texts[i] for i in chunk]), device)
             _collect(computed, model.tower_features(tokens=tokens), inputs.productids[chunk.numpy()])
         failed: set[int] = set()
-        for chunk in tqdm(image_rows.split(image_batch), desc="caching image tower", unit="batch", leave=False):
+        for chunk in tqdm(_chunks(image_rows, image_batch), desc="caching image tower", unit="batch", leave=False):
             pixels, ok = inputs.load_pixels(model, chunk, train=False)
             failed |= set(inputs.productids[chunk[~ok].numpy()].tolist())
             if pixels is not None:
@@ -222,6 +222,11 @@ class TowerCache:
         """The image trunk's cached output for `rows` (the one tensor `encode_image(precomputed=)` takes)."""
         (value,) = self.image.values()
         return value[rows]
+
+
+def _chunks(rows: torch.Tensor, size: int) -> list[torch.Tensor]:
+    """`rows` in chunks of `size`; none for no rows (torch.split would give one empty chunk)."""
+    return list(rows.split(size)) if len(rows) else []
 
 
 def _missing(rows: torch.Tensor, inputs: ProductInputs, stored: dict[str, dict[int, np.ndarray]],

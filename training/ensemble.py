@@ -25,24 +25,33 @@ VoteFunction = Callable[[int, float], np.ndarray]
 
 WORD_NGRAMS = (1, 2)
 CHAR_NGRAMS = (2, 5)
+SPARSE_VIEW = "tfidf"
 COMBINER_L2 = 1e-3
 """Ridge on the combiner's weights: a view that adds nothing on validation drifts to zero, not to noise."""
 
 
 @dataclass(frozen=True)
 class ViewSpec:
-    """Regularisation of each view's linear model (inverse strength, scikit-learn's C)."""
+    """Regularisation of each view's linear model (inverse strength, scikit-learn's C): the candidates
+    validation chooses from, per kind of view. Without validation the middle candidate is used."""
 
-    sparse_c: float = 0.5
-    """LinearSVC on TF-IDF: 0.5 is the reference baseline's value."""
-    text_c: float = 10.0
+    sparse_c: tuple[float, ...] = (0.25, 0.5, 1.0)
+    """LinearSVC on TF-IDF; 0.5 is the reference baseline's value."""
+    text_c: tuple[float, ...] = (3.0, 10.0, 30.0)
     """Logistic regression on a text tower's normalised output."""
-    image_c: float = 1.0
-    """Logistic regression on the image trunk's normalised output (1280 dims for 1,600 images: stronger)."""
+    image_c: tuple[float, ...] = (1.0, 3.0, 10.0)
+    """Logistic regression on the image trunk's normalised output (1280 dims for a few thousand images)."""
+
+    def candidates(self, modality: str, sparse: bool = False) -> tuple[float, ...]:
+        return self.sparse_c if sparse else self.image_c if modality == "image" else self.text_c
+
+    def default(self, modality: str, sparse: bool = False) -> float:
+        grid = self.candidates(modality, sparse)
+        return grid[len(grid) // 2]
 
 
 def fit_sparse_text_view(texts: Sequence[str], labels: np.ndarray, num_classes: int, c: float,
-                         name: str = "tfidf") -> SparseTextView:
+                         name: str = SPARSE_VIEW) -> SparseTextView:
     """TF-IDF (word 1-2 + char_wb 2-5, sublinear tf) + LinearSVC; texts must be non-empty product texts."""
     from scipy.sparse import hstack
     from sklearn.feature_extraction.text import TfidfVectorizer
@@ -84,20 +93,68 @@ def _full_classes(coef: np.ndarray, intercept: np.ndarray, classes: np.ndarray, 
 
 
 def fit_views(inputs: ViewInputs, labels: np.ndarray, num_classes: int, spec: ViewSpec,
-              sources: Mapping[str, str]) -> tuple[list[SparseTextView], list[DenseView]]:
-    """Every view on the products of `inputs` that have its modality. `sources`: feature key -> modality."""
+              sources: Mapping[str, str], chosen_c: Mapping[str, float] | None = None
+              ) -> tuple[list[SparseTextView], list[DenseView]]:
+    """Every view on the products of `inputs` that have its modality, with the C of `chosen_c` (a view
+    missing there gets its kind's default). `sources`: feature key -> modality."""
+    chosen_c = chosen_c or {}
+    sparse, dense = [], []
+    for kind, name, modality, rows in _view_rows(inputs, labels, sources):
+        c = chosen_c.get(name, spec.default(modality, sparse=kind == "sparse"))
+        view = _fit_one(kind, name, modality, inputs, labels, rows, num_classes, c)
+        (sparse if kind == "sparse" else dense).append(view)
+    return sparse, dense
+
+
+def choose_views(train: ViewInputs, train_labels: np.ndarray, val: ViewInputs, val_labels: np.ndarray,
+                 num_classes: int, spec: ViewSpec, sources: Mapping[str, str]
+                 ) -> tuple[list[SparseTextView], list[DenseView], dict[str, float]]:
+    """For each view, the C among its candidates with the best weighted F1 on the validation products that
+    have its modality (ties: the first, i.e. the stronger regularisation); returns the fitted views and C."""
+    from shopclip.training.metrics import scores as classification_scores
+
+    sparse, dense, chosen = [], [], {}
+    for kind, name, modality, rows in _view_rows(train, train_labels, sources):
+        has = np.asarray(val.has_image if modality == "image" else val.has_text, dtype=bool)
+        best, best_f1 = None, -1.0
+        for c in spec.candidates(modality, sparse=kind == "sparse"):
+            view = _fit_one(kind, name, modality, train, train_labels, rows, num_classes, c)
+            f1 = _view_f1(view, val, has, val_labels, classification_scores) if has.any() else 0.0
+            if f1 > best_f1:
+                best, best_f1, chosen[name] = view, f1, c
+        (sparse if kind == "sparse" else dense).append(best)
+        log.info("view %s: C=%s chosen on validation (weighted F1 %.4f)", name, chosen[name], best_f1)
+    return sparse, dense, chosen
+
+
+def _view_rows(inputs: ViewInputs, labels: np.ndarray, sources: Mapping[str, str]):
+    """(kind, name, modality, training rows) of every view that has something to learn from."""
     text_rows = np.nonzero(inputs.has_text)[0]
-    sparse = [fit_sparse_text_view([inputs.texts[i] for i in text_rows], labels[text_rows], num_classes,
-                                   spec.sparse_c)] if len(text_rows) else []
-    dense = []
+    if len(np.unique(labels[text_rows])) >= 2:
+        yield "sparse", SPARSE_VIEW, "text", text_rows
     for source, modality in sources.items():
         rows = np.nonzero(inputs.has_image if modality == "image" else inputs.has_text)[0]
         if len(np.unique(labels[rows])) < 2:
             log.warning("view %s skipped: fewer than two classes among its %d training products", source, len(rows))
             continue
-        dense.append(fit_dense_view(source, source, modality, inputs.features[source][rows], labels[rows],
-                                    num_classes, spec.image_c if modality == "image" else spec.text_c))
-    return sparse, dense
+        yield "dense", source, modality, rows
+
+
+def _fit_one(kind: str, name: str, modality: str, inputs: ViewInputs, labels: np.ndarray, rows: np.ndarray,
+             num_classes: int, c: float) -> SparseTextView | DenseView:
+    if kind == "sparse":
+        return fit_sparse_text_view([inputs.texts[i] for i in rows], labels[rows], num_classes, c, name=name)
+    return fit_dense_view(name, name, modality, inputs.features[name][rows], labels[rows], num_classes, c)
+
+
+def _view_f1(view: SparseTextView | DenseView, val: ViewInputs, has: np.ndarray, labels: np.ndarray,
+             classification_scores) -> float:
+    rows = np.nonzero(has)[0]
+    if isinstance(view, SparseTextView):
+        predicted = view.scores([val.texts[i] for i in rows])
+    else:
+        predicted = view.scores(val.features[view.source][rows])
+    return classification_scores(labels[rows], predicted)["weighted_f1"]
 
 
 def fit_group_weights(scores: np.ndarray, present: np.ndarray, labels: np.ndarray) -> np.ndarray:

@@ -39,7 +39,7 @@ from shopclip.training.config import TrainConfig
 from shopclip.training.data import fingerprint, load_products, split_products
 from shopclip.training.encoding import (Batch, Embeddings, FeatureStore, ImageBatches, ProductInputs, TowerCache,
                                         embed, encode_rows, feature_signature, live_tower_features, needs_pixels)
-from shopclip.training.ensemble import ViewSpec, fit_views, select_combiner
+from shopclip.training.ensemble import ViewSpec, choose_views, fit_views, select_combiner
 from shopclip.training.metrics import K_GRID, TEMPERATURE_GRID, knn_probabilities, nearest, scores
 
 log = logging.getLogger(__name__)
@@ -269,23 +269,28 @@ class Trainer:
                           has_text=self.inputs.has_text[rows].numpy(), has_image=has_image, features=features,
                           clip_log_probs=np.log(np.clip(embeddings.probs_fused, 1e-12, None)))
 
-    def fit_views(self, rows: torch.Tensor, embeddings: Embeddings):
+    def view_sources(self) -> dict[str, str]:
+        """Feature key -> modality of the dense views: every pretrained text tower and the image trunk."""
         sources = {name: "text" for name in self.model.pretrained_text_towers()}
         if self.model.image_tower.pretrained:
             sources[IMAGE_FEATURES] = "image"
-        spec = ViewSpec(sparse_c=self.config.sparse_c, text_c=self.config.text_view_c,
-                        image_c=self.config.image_view_c)
-        return fit_views(self.view_inputs(rows, embeddings), self.inputs.labels[rows].numpy(),
-                         len(self.model.codes), spec, sources)
+        return sources
+
+    def view_spec(self) -> ViewSpec:
+        return ViewSpec(sparse_c=tuple(self.config.sparse_c), text_c=tuple(self.config.text_view_c),
+                        image_c=tuple(self.config.image_view_c))
 
     def _select_classifier(self) -> dict:
         """Views fitted on the training split; combiner and k-NN vote fitted on validation."""
         train_rows, val_rows = self.rows["train"], self.rows["val"]
         train_emb, val_emb = self.embed(train_rows, "train"), self.embed(val_rows, "val")
-        sparse, dense = self.fit_views(train_rows, train_emb)
-        provisional = EnsembleClassifier(sparse, dense, ViewCombiner([], {}, {}))
-        view_scores, present = provisional.view_scores(self.view_inputs(val_rows, val_emb))
+        val_inputs = self.view_inputs(val_rows, val_emb)
         labels = self.inputs.labels[val_rows].numpy()
+        sparse, dense, chosen_c = choose_views(self.view_inputs(train_rows, train_emb),
+                                               self.inputs.labels[train_rows].numpy(), val_inputs, labels,
+                                               len(self.model.codes), self.view_spec(), self.view_sources())
+        provisional = EnsembleClassifier(sparse, dense, ViewCombiner([], {}, {}))
+        view_scores, present = provisional.view_scores(val_inputs)
         reference_codes = np.array(self.model.codes)[self.inputs.labels[train_rows].numpy()]
         indices, sims = nearest(val_emb.fused, train_emb.fused, max(K_GRID))
 
@@ -304,7 +309,7 @@ class Trainer:
                  selection.knn_temperature, selection.combiner.with_knn, figures)
         return {"combiner": asdict(selection.combiner), "knn": {"k": selection.knn_k,
                                                               "temperature": selection.knn_temperature},
-                "figures": figures}
+                "view_c": chosen_c, "figures": figures}
 
     # ------------------------------------------------------------------ artifacts
 
@@ -363,11 +368,13 @@ class Trainer:
         from shopclip.model.bundle import save_bundle
 
         fit_emb = self.embed(self.fit_rows, "all training products")
-        sparse, dense = self.fit_views(self.fit_rows, fit_emb)
+        chosen_c = (self.selection or {}).get("view_c", {})
+        sparse, dense = fit_views(self.view_inputs(self.fit_rows, fit_emb), self.inputs.labels[self.fit_rows].numpy(),
+                                  len(self.model.codes), self.view_spec(), self.view_sources(), chosen_c)
         selection = self.selection or self._no_validation_selection(sparse, dense)
         classifier = EnsembleClassifier(sparse, dense, ViewCombiner(**selection["combiner"]),
                                         metadata={"chosen_on": "validation" if self.selection else "defaults",
-                                                  **selection["figures"]})
+                                                  "view_c": chosen_c, **selection["figures"]})
         learnt_from = sorted(self.inputs.productids[self.fit_rows.numpy()].tolist())
         metadata = {
             "knn": KnnParams(k=selection["knn"]["k"], temperature=selection["knn"]["temperature"]).to_dict(),
