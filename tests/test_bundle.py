@@ -168,12 +168,18 @@ def test_open_clip_bundle_reloads_from_config_alone(tiny_checkpoint, tmp_path: P
 
 @pytest.mark.slow
 def test_default_towers_round_trip(tmp_path: Path) -> None:
-    """The production architecture (USE-multilingual + n-grams + ImageNet EfficientNet-Lite0) as a bundle."""
+    """The production architecture (USE-multilingual + e5 + n-grams + ImageNet EfficientNet-Lite0) as a bundle,
+    frozen as CPU training leaves it: the package towers are rebuilt at load, the rest read from the file."""
     model = build_model(ModelConfig(codes=CODES[:27])).eval()
+    model.freeze_towers()
     reference = BundleEmbedder(model, {"fingerprint": "unsaved"}).embed(PRODUCTS)
-    embedder = load_bundle_embedder(save_bundle(tmp_path / "default", model, metadata={}), device="cpu")
-    np.testing.assert_array_equal(embedder.embed(PRODUCTS), reference)
-    assert embedder.describe()["text_towers"] == ["use", "ngram"]
+    path = save_bundle(tmp_path / "default", model, metadata={})
+    embedder = load_bundle_embedder(path, device="cpu")
+    np.testing.assert_allclose(embedder.embed(PRODUCTS), reference, atol=1e-6)
+    assert embedder.describe()["text_towers"] == ["use", "e5", "ngram"]
+    assert json.loads((path / CONFIG_FILE).read_text())["package_weights"] == [
+        "text_towers.use.", "text_towers.e5.", "image_tower.trunk."]
+    assert (path / MODEL_FILE).stat().st_size < 200e6  # the n-gram table; e5's embedding alone is 384 MB
 
 
 @pytest.mark.gpu
