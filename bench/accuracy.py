@@ -212,8 +212,12 @@ def fold_shopclip(products, codes: list[int], train: np.ndarray, test: np.ndarra
                   args: argparse.Namespace) -> dict[str, np.ndarray]:
     """Train with `shopclip train`'s defaults on the fold's training products, then Classify the held-out ones
     as the server does (vote over the fold's training products, embedded by the bundle)."""
+    from tqdm import tqdm
+
     from shopclip.model.bundle import load_bundle_embedder
     from shopclip.training.config import TrainConfig
+    from shopclip.training.data import product_input
+    from shopclip.training.evaluate import classify_products
     from shopclip.training.train import train_products
 
     config = TrainConfig(feature_cache=args.cache)
@@ -223,47 +227,19 @@ def fold_shopclip(products, codes: list[int], train: np.ndarray, test: np.ndarra
     train_products([products[i] for i in train], out, config=config, source=f"{args.data} fold")
     print(f"  shopclip trained in {time.monotonic() - started:.0f} s", flush=True)
     embedder = load_bundle_embedder(out, device="cpu")
-    references = embed_all(embedder, [products[i] for i in train])
+    references = np.concatenate([embedder.embed([product_input(products[i]) for i in train[start:start + 32]])
+                                 for start in tqdm(range(0, len(train), 32), desc="  embedding references",
+                                                   leave=False)])
     reference_codes = np.array([products[i].prdtypecode for i in train])
     held_out = [products[i] for i in test]
-    probs = classify_like_the_server(embedder, [as_input(p) for p in held_out], references, reference_codes)
-    withheld = [as_input(p, image=False) if kind_of(p) == "text+image" else None for p in held_out]
-    rows = [i for i, product in enumerate(withheld) if product is not None]
+    probs = classify_products(embedder, held_out, references, reference_codes)
+    rows = [i for i, product in enumerate(held_out) if kind_of(product) == "text+image"]
     no_image = np.full_like(probs, np.nan)
     if rows:
-        no_image[rows] = classify_like_the_server(embedder, [withheld[i] for i in rows], references, reference_codes)
+        no_image[rows] = classify_products(embedder, [replace(held_out[i], image_path=None) for i in rows],
+                                           references, reference_codes)
     return {"shopclip": _on_codes(probs, embedder.codes, codes),
             "shopclip_image_withheld": _on_codes(no_image, embedder.codes, codes)}
-
-
-def as_input(product, image: bool = True):
-    from shopclip.products import ProductInput
-
-    data = Path(product.image_path).read_bytes() if image and product.image_path else None
-    return ProductInput(product.designation, product.description, data)
-
-
-def embed_all(embedder, products, batch: int = 32) -> np.ndarray:
-    from tqdm import tqdm
-
-    chunks = [embedder.embed([as_input(p) for p in products[start:start + batch]])
-              for start in tqdm(range(0, len(products), batch), desc="  embedding references", leave=False)]
-    return np.concatenate(chunks)
-
-
-def classify_like_the_server(embedder, inputs, references: np.ndarray, reference_codes: np.ndarray,
-                             batch: int = 32) -> np.ndarray:
-    """Engine._classify's arithmetic: encode, exact search (the flat index), k-NN vote, embedder.classify."""
-    from shopclip.indexer.ann import exact_search
-    from shopclip.model.knn import knn_votes
-
-    out = []
-    for start in range(0, len(inputs), batch):
-        encoded = embedder.encode(inputs[start:start + batch])
-        scores, rows = exact_search(encoded.vectors, references, embedder.knn.k)
-        votes = knn_votes(reference_codes[rows], scores, embedder.codes, embedder.knn.temperature)
-        out.append(embedder.classify(encoded, votes))
-    return np.concatenate(out)
 
 
 def _on_codes(probs: np.ndarray, model_codes: list[int], codes: list[int]) -> np.ndarray:
