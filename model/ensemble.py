@@ -230,10 +230,6 @@ class EnsembleClassifier:
     metadata: dict[str, Any] = field(default_factory=dict)
     """How it was fitted (validation figures, sizes): JSON, stored in the bundle's config."""
 
-    @property
-    def feature_sources(self) -> set[str]:
-        return {view.source for view in self.dense_views}
-
     def view_scores(self, inputs: ViewInputs) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """(scores, present) per view name, each (n, classes) / (n,)."""
         scores, present = {}, {}
@@ -310,8 +306,3 @@ class EnsembleClassifier:
                 dense.append(DenseView(name, view["source"], view["modality"], weight, bias))
         combiner = ViewCombiner(**config["combiner"])
         return cls(sparse, dense, combiner, bool(config.get("uses_clip_head", True)), dict(config.get("metadata", {})))
-
-
-def has_files(folder: str | Path) -> bool:
-    folder = Path(folder)
-    return (folder / ARRAYS_FILE).is_file() and (folder / VOCABULARY_FILE).is_file()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from shopclip.model.ensemble import (CLIP_VIEW, GROUPS, KNN_VIEW, MISSING_CLASS_BIAS, DenseView,
-                                     EnsembleClassifier, SparseTextView, TfidfPart, ViewCombiner, ViewInputs,
+                                     SparseTextView, TfidfPart, ViewCombiner, ViewInputs,
                                      group_of, knn_scores, l2_normalise)
 
 log = logging.getLogger(__name__)
@@ -157,6 +157,11 @@ def _view_f1(view: SparseTextView | DenseView, val: ViewInputs, has: np.ndarray,
     return classification_scores(labels[rows], predicted)["weighted_f1"]
 
 
+def view_names(sparse: Sequence[SparseTextView], dense: Sequence[DenseView]) -> list[str]:
+    """The combiner's views, in its order: the sparse views, the dense views, then the two-tower head."""
+    return [view.name for view in sparse] + [view.name for view in dense] + [CLIP_VIEW]
+
+
 def fit_group_weights(scores: np.ndarray, present: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Non-negative weights (views,) minimising the log-loss of softmax(sum_v w_v * present_v * scores_v).
 
@@ -245,9 +250,3 @@ def select_combiner(scores: Mapping[str, np.ndarray], present: Mapping[str, np.n
             best, best_loss = Selection(combiner, k, temperature, figures), loss
     assert best is not None
     return best
-
-
-def classifier(sparse: list[SparseTextView], dense: list[DenseView], selection: Selection, metadata: dict
-               ) -> EnsembleClassifier:
-    uses_clip_head = CLIP_VIEW in selection.combiner.view_names
-    return EnsembleClassifier(sparse, dense, selection.combiner, uses_clip_head=uses_clip_head, metadata=metadata)

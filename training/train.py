@@ -33,13 +33,13 @@ from tqdm import tqdm
 from shopclip.indexer.sources import SourceRow
 from shopclip.model.clip import IMAGE_FEATURES
 from shopclip.model.config import ModelConfig
-from shopclip.model.ensemble import CLIP_VIEW, GROUPS, EnsembleClassifier, ViewCombiner, ViewInputs
+from shopclip.model.ensemble import GROUPS, EnsembleClassifier, ViewCombiner, ViewInputs
 from shopclip.model.knn import KnnParams
 from shopclip.training.config import TrainConfig
 from shopclip.training.data import fingerprint, load_products, split_products
 from shopclip.training.encoding import (Batch, Embeddings, FeatureStore, ImageBatches, ProductInputs, TowerCache,
                                         embed, encode_rows, feature_signature, live_tower_features, needs_pixels)
-from shopclip.training.ensemble import ViewSpec, choose_views, fit_views, select_combiner
+from shopclip.training.ensemble import ViewSpec, choose_views, fit_views, select_combiner, view_names
 from shopclip.training.metrics import K_GRID, TEMPERATURE_GRID, knn_probabilities, nearest, scores
 
 log = logging.getLogger(__name__)
@@ -297,7 +297,7 @@ class Trainer:
         def vote(k: int, temperature: float) -> np.ndarray:
             return knn_probabilities(indices, sims, reference_codes, self.model.codes, k, temperature)
 
-        names = [v.name for v in sparse] + [v.name for v in dense] + [CLIP_VIEW]
+        names = view_names(sparse, dense)
         selection = select_combiner(view_scores, present, self.inputs.has_text[val_rows].numpy(), labels, names,
                                     vote, K_GRID, TEMPERATURE_GRID)
         figures = {**selection.figures, "val_weighted_f1_head": self.best_f1, "best_epoch": self.best_epoch}
@@ -394,7 +394,7 @@ class Trainer:
 
     def _no_validation_selection(self, sparse, dense) -> dict:
         """Without validation products nothing can be fitted: every view counts once, k-NN with defaults."""
-        names = [v.name for v in sparse] + [v.name for v in dense] + [CLIP_VIEW]
+        names = view_names(sparse, dense)
         weights = {group: [1.0] * len(names) for group in GROUPS}
         combiner = ViewCombiner(names, with_knn={g: w + [1.0] for g, w in weights.items()}, without_knn=weights)
         defaults = KnnParams()
