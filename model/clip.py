@@ -29,6 +29,7 @@ from torch.nn import functional as F
 
 from shopclip.model.config import SHOPCLIP_BACKBONE, ModelConfig
 from shopclip.model.image_tower import ImageTower, build_timm_image_tower
+from shopclip.model.precision import resolve_precision
 from shopclip.model.preprocess import IMAGENET_MEAN, IMAGENET_STD, ImageTransform
 
 IMAGE_FEATURES = "image"
@@ -230,9 +231,10 @@ def _text_tower_options(name: str, config: ModelConfig, load_pretrained: bool) -
     if name == "ngram":
         return {"buckets": config.ngram_buckets, "dim": config.ngram_dim}
     if name == "use":
-        return {"pretrained": load_pretrained}
+        return {"pretrained": load_pretrained, "dtype": resolve_precision(config.tower_precision)}
     if name == "e5":
-        return {"pretrained": load_pretrained, "max_tokens": config.e5_max_tokens}
+        return {"pretrained": load_pretrained, "max_tokens": config.e5_max_tokens,
+                "dtype": resolve_precision(config.tower_precision)}
     return {}
 
 

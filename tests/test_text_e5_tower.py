@@ -190,3 +190,20 @@ def test_factory_builds_an_empty_tower_that_takes_a_bundles_weights(tower: E5Tow
     assert _cosines(_encode(blank, short_texts), _encode(tower, short_texts)).max() < 0.99
     blank.load_state_dict(tower.state_dict())
     np.testing.assert_allclose(_encode(blank, short_texts), _encode(tower, short_texts), atol=1e-6)
+
+
+def test_head_segmentation_equals_the_whole_text_viterbi(tower: E5Tower, texts: list[str]) -> None:
+    """`encode` segments word by word and stops early; at the default length that must not change an id."""
+    tokenizer = tower.tokenizer
+    for text in [*texts, *EDGE_CASES]:
+        for max_tokens in (3, 48):
+            whole = tokenizer._viterbi(tokenizer.normalise(tower.prefix + text))[:max_tokens - 2]
+            assert tokenizer.encode(tower.prefix + text, max_tokens) == [0, *whole, 2], (max_tokens, text[:80])
+
+
+def test_bfloat16_layers_stay_within_cosine_of_float32(tower: E5Tower, texts: list[str]) -> None:
+    half = E5Tower(max_tokens=512, dtype=torch.bfloat16).eval()
+    assert half.compute_dtype == torch.bfloat16
+    ours, theirs = _encode(half, texts), _encode(tower, texts)
+    assert ours.dtype == np.float32
+    assert _cosines(ours, theirs).min() >= 0.9999

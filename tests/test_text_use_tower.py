@@ -153,3 +153,12 @@ def test_weights_round_trip_through_a_state_dict(tower: UseTower) -> None:
     after = _encode(restored, TITLES[:2])
     np.testing.assert_allclose(after, _encode(tower, TITLES[:2]), atol=1e-6)
     assert _cosines(before, after).max() < 0.99, "pretrained=False must not read the npz"
+
+
+def test_bfloat16_token_layers_stay_within_cosine_of_float32(tower: UseTower) -> None:
+    half = UseTower(max_tokens=1024, dtype=torch.bfloat16).eval()
+    assert half.compute_dtype == torch.bfloat16 and half.embedding.weight.dtype == torch.float32
+    texts = [*TITLES, product_text("Lampe", LONG_HTML_DESCRIPTION)]
+    ours, theirs = _encode(half, texts), _encode(tower, texts)
+    assert ours.dtype == np.float32
+    assert _cosines(ours, theirs).min() >= 0.9998

@@ -98,21 +98,25 @@ class ImageBatches(torch.utils.data.Dataset):
         return Batch(rows=rows_tensor, pixels=pixels, image_ok=ok)
 
 
-FEATURE_CODE = ("text.py", "preprocess.py", "use_tower.py", "e5_tower.py", "image_tower.py", "open_clip_backbone.py")
+FEATURE_CODE = ("text.py", "preprocess.py", "use_tower.py", "e5_tower.py", "image_tower.py", "open_clip_backbone.py",
+                "precision.py")
 """The model modules that decide what a frozen tower outputs for a product (cleaning, decoding, forward)."""
 
 
 def feature_signature(model) -> str:
-    """Identifies what frozen towers compute: the model config (label map aside), the code of FEATURE_CODE and
-    the versions of the packages the weights come from."""
+    """Identifies what frozen towers compute: the model config (label map aside), the dtypes they compute in,
+    the code of FEATURE_CODE and the versions of the packages the weights come from."""
     import hashlib
     import json
 
     import shopclip.model as model_package
     from shopclip.model.bundle import library_versions
 
+    # "auto" precisions resolve per machine: the dtypes the towers really compute in are part of the key.
+    dtypes = {name: str(tower.compute_dtype) for name, tower in model.text_towers.items()
+              if hasattr(tower, "compute_dtype")}
     described = {"config": {k: v for k, v in model.config.to_dict().items() if k != "codes"},
-                 "versions": library_versions()}
+                 "versions": library_versions(), "dtypes": dtypes}
     digest = hashlib.sha256(json.dumps(described, sort_keys=True).encode())
     folder = Path(model_package.__file__).parent
     for name in FEATURE_CODE:

@@ -136,6 +136,8 @@ class Trainer:
         self.data_fingerprint = fingerprint(products)
         self.split = split_products(products, config.seed, config.split_fractions)
         codes = sorted({p.prdtypecode for p in products})
+        if not self.frozen:  # towers that learn keep float32 weights (Adam on bfloat16 weights loses updates)
+            model_config = replace(model_config, tower_precision="float32")
         self.model = build_model(replace(model_config, codes=codes)).to(self.device)
         if self.frozen:
             self.model.freeze_towers()

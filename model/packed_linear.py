@@ -1,0 +1,55 @@
+"""`PackedLinear`: an `nn.Linear` whose bfloat16 inference on CPU runs on weights packed once for oneDNN.
+
+`F.linear` on bfloat16 re-lays the weight into oneDNN's blocked format on every call; for a frozen tower
+that repacking is most of the cost (about half of a lone request's e5 forward, more on big batches, see
+bench/serve.py). Packing once and calling oneDNN's own linear skips it with identical results. Training,
+float32, other devices and any torch without these ops take plain `F.linear`; the state dict is the
+`nn.Linear` one, so bundles and checkpoints do not change.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+_PACK = getattr(torch.ops.mkldnn, "_reorder_linear_weight", None)
+_PACKED_LINEAR = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+
+
+class PackedLinear(nn.Linear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._packs(x):
+            return F.linear(x, self.weight, self.bias)
+        rows = x.reshape(-1, x.shape[-1])
+        padded = F.pad(rows, (0, 0, 0, row_bucket(rows.shape[0]) - rows.shape[0]))
+        out = _PACKED_LINEAR(padded, self._packed_weight(), self.bias, "none", [], "")
+        return out[:rows.shape[0]].reshape(*x.shape[:-1], self.out_features)
+
+    def _packs(self, x: torch.Tensor) -> bool:
+        return (_PACKED_LINEAR is not None and _PACK is not None and not torch.is_grad_enabled()
+                and x.device.type == "cpu" and x.dtype == torch.bfloat16 == self.weight.dtype)
+
+    def _packed_weight(self) -> torch.Tensor:
+        # Keyed by storage and version: load_state_dict, .to() and in-place edits all invalidate it.
+        key = (self.weight.data_ptr(), self.weight._version)
+        cached = self.__dict__.get("_packed")
+        if cached is None or cached[0] != key:
+            cached = (key, _PACK(self.weight.detach(), None))
+            self.__dict__["_packed"] = cached
+        return cached[1]
+
+
+def row_bucket(rows: int) -> int:
+    """`rows` rounded up to a multiple of 16 up to 64, then to 96, 128, 192, 256, 384, ... (at most 50%
+    padding, 20% on average).
+
+    oneDNN compiles a kernel for every new input shape (about 1 ms each for bfloat16) and keeps the
+    last 1024; the server's batches have every row count from 1 to thousands, so unpadded, nearly every
+    forward compiled its kernels again. Padded, a few dozen shapes serve every batch."""
+    if rows <= 64:
+        return max(16, -(-rows // 16) * 16)
+    bucket = 64
+    while bucket < rows:
+        bucket = bucket * 3 // 2 if bucket & (bucket - 1) == 0 else bucket // 3 * 4
+    return bucket
