@@ -26,18 +26,31 @@ class PackedLinear(nn.Linear):
         out = _PACKED_LINEAR(padded, self._packed_weight(), self.bias, "none", [], "")
         return out[:rows.shape[0]].reshape(*x.shape[:-1], self.out_features)
 
+    def __getstate__(self) -> dict:
+        """Without the packed copy: an opaque oneDNN tensor can be neither copied nor pickled."""
+        state = dict(super().__getstate__())
+        state.pop("_packed", None)
+        return state
+
     def _packs(self, x: torch.Tensor) -> bool:
         return (_PACKED_LINEAR is not None and _PACK is not None and not torch.is_grad_enabled()
                 and x.device.type == "cpu" and x.dtype == torch.bfloat16 == self.weight.dtype)
 
     def _packed_weight(self) -> torch.Tensor:
         # Keyed by storage and version: load_state_dict, .to() and in-place edits all invalidate it.
-        key = (self.weight.data_ptr(), self.weight._version)
+        key = (self.weight.data_ptr(), _version(self.weight))
         cached = self.__dict__.get("_packed")
         if cached is None or cached[0] != key:
             cached = (key, _PACK(self.weight.detach(), None))
             self.__dict__["_packed"] = cached
         return cached[1]
+
+
+def _version(tensor: torch.Tensor) -> int | None:
+    try:
+        return tensor._version
+    except RuntimeError:  # an inference tensor (made under inference_mode) keeps no version counter
+        return None
 
 
 def row_bucket(rows: int) -> int:
