@@ -241,7 +241,7 @@ class BundleEmbedder:
                   for i in image_rows]
         texts = [product_text(products[i].designation, products[i].description) for i in text_rows]
         with torch.inference_mode():
-            text_emb, text_features = self._encode_texts(texts)
+            text_emb, text_features = self._encode_texts(texts, tuned=with_views)
             image_emb, image_features = self._encode_images(pixels)
             fused = self._fuse(len(products), text_rows, text_emb, image_rows, image_emb)
             head = self.model.classify(fused).float().softmax(dim=-1).cpu().numpy()
@@ -261,12 +261,13 @@ class BundleEmbedder:
             return final_probabilities(encoded.head_probs, knn_votes, self.knn)
         return self.classifier.probabilities(encoded.views, knn_votes)
 
-    def _encode_texts(self, texts: list[str]) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
-        """Text embeddings and the pretrained towers' outputs (computed once, read by the views)."""
+    def _encode_texts(self, texts: list[str], tuned: bool) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
+        """Text embeddings and the pretrained towers' outputs (computed once, read by the views); `tuned`
+        adds the tuned e5 top's output, which only the views read."""
         chunks, features = [], {}
         for batch in _batches(texts, self.text_batch_size):
             tokens = {k: v.to(self.device) for k, v in self.model.tokenize(batch).items()}
-            towers = self.model.tower_features(tokens=tokens)
+            towers = self.model.tower_features(tokens=tokens, tuned=tuned)
             chunks.append(self.model.encode_text(tokens, precomputed=towers))
             for key, value in towers.items():
                 features.setdefault(key, []).append(value)

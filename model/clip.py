@@ -28,6 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from shopclip.model.config import SHOPCLIP_BACKBONE, ModelConfig
+from shopclip.model.e5_tuned import E5_TUNED, E5TunedTop
 from shopclip.model.image_tower import ImageTower, build_timm_image_tower
 from shopclip.model.precision import resolve_precision
 from shopclip.model.preprocess import IMAGENET_MEAN, IMAGENET_STD, ImageTransform
@@ -60,6 +61,8 @@ class ShopClipModel(nn.Module):
         title must count less than the title, and the head alone cannot lower it (that would also shrink the
         logits of image-only products)."""
         self.head = nn.Linear(config.embed_dim, len(self.codes))
+        self.e5_tuned = _tuned_top(config, self.text_towers)
+        """The fine-tuned top of e5 (a view of the ensemble, trained apart from the two-tower loss), or None."""
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         state_dict.setdefault(prefix + "log_image_weight", torch.zeros(()))  # bundles from before: equal weights
@@ -110,17 +113,31 @@ class ShopClipModel(nn.Module):
 
     @torch.no_grad()
     def tower_features(self, tokens: Mapping[str, torch.Tensor] | None = None,
-                       pixels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                       pixels: torch.Tensor | None = None, tuned: bool = False) -> dict[str, torch.Tensor]:
         """Outputs of the pretrained (freezable) towers, to cache once while they are frozen:
         `{tower name: (n, output_dim)}` for pretrained text towers, `{"image": (n, feature_dim)}` for a
-        pretrained image trunk. Trainable-from-scratch parts (n-gram tower, projections) are left out."""
+        pretrained image trunk. Trainable-from-scratch parts (n-gram tower, projections) are left out.
+        `tuned` adds the fine-tuned e5 top's output under "e5_tuned", from the same e5 forward."""
         features = {}
         if tokens is not None:
             for name in self.pretrained_text_towers():
-                features[name] = self._text_tower_output(name, self.text_towers[name], tokens, None)
+                if tuned and name == "e5" and self.e5_tuned is not None:
+                    features["e5"], features[E5_TUNED] = self._e5_outputs(tokens)
+                else:
+                    features[name] = self._text_tower_output(name, self.text_towers[name], tokens, None)
         if pixels is not None and self.image_tower.pretrained:
             features[IMAGE_FEATURES] = self.image_tower.features(pixels)
         return features
+
+    def e5_hidden_states(self, tokens: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(hidden states where the tuned top starts, attention mask) of the e5 tower's inputs."""
+        batch = {key[len("e5."):]: value for key, value in tokens.items() if key.startswith("e5.")}
+        return self.text_towers["e5"].hidden_states(batch, self.e5_tuned.start), batch["attention_mask"]
+
+    def _e5_outputs(self, tokens: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden, mask = self.e5_hidden_states(tokens)
+        frozen = self.text_towers["e5"].forward_from_layer(hidden, mask, self.e5_tuned.start)
+        return frozen, self.e5_tuned(hidden, mask)
 
     # -- fusion and head -----------------------------------------------------------------------------
     def fuse(self, text_emb: torch.Tensor, image_emb: torch.Tensor, has_text: torch.Tensor,
@@ -170,8 +187,9 @@ class ShopClipModel(nn.Module):
         if self.image_tower.pretrained:
             pretrained |= {id(p) for p in self.image_tower.trunk.parameters()}
         groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+        apart = {id(p) for p in self.e5_tuned.parameters()} if self.e5_tuned is not None else set()
         for parameter in self.parameters():
-            if parameter.requires_grad:
+            if parameter.requires_grad and id(parameter) not in apart:  # the tuned e5 top has its own loop
                 key = (id(parameter) in pretrained, parameter.ndim >= 2)
                 groups.setdefault(key, []).append(parameter)
         return [{"params": params, "lr": tower_lr if is_tower else lr,
@@ -199,8 +217,11 @@ def assemble(config: ModelConfig, load_pretrained: bool, architecture: dict[str,
     """Build the architecture; `load_pretrained=False` skips reading pretrained weights because a bundle's
     weights follow (with the bundle's `architecture` facts, e.g. an open_clip model config)."""
     parts = _build_parts(config, load_pretrained, architecture or {})
-    return ShopClipModel(parts.config, parts.text_towers, parts.text_projection, parts.image_tower,
-                         parts.image_transform, parts.logit_scale, parts.architecture)
+    model = ShopClipModel(parts.config, parts.text_towers, parts.text_projection, parts.image_tower,
+                          parts.image_transform, parts.logit_scale, parts.architecture)
+    if load_pretrained and model.e5_tuned is not None:
+        model.e5_tuned.start_from(model.text_towers["e5"])
+    return model
 
 
 def _build_parts(config: ModelConfig, load_pretrained: bool, architecture: dict[str, Any]) -> _Parts:
@@ -224,6 +245,13 @@ def _shopclip_parts(config: ModelConfig, load_pretrained: bool) -> _Parts:
                   image_tower=image_tower,
                   image_transform=ImageTransform(config.image_size, IMAGENET_MEAN, IMAGENET_STD),
                   logit_scale=INITIAL_LOGIT_SCALE, architecture={}, config=config)
+
+
+def _tuned_top(config: ModelConfig, towers: Mapping[str, nn.Module]) -> E5TunedTop | None:
+    """The tuned e5 top when the config asks for it, the e5 tower is there and there are codes to learn."""
+    if not config.e5_tuned_layers or "e5" not in towers or not config.codes:
+        return None
+    return E5TunedTop(config.e5_tuned_layers, len(config.codes), resolve_precision(config.tower_precision))
 
 
 def _text_tower_options(name: str, config: ModelConfig, load_pretrained: bool) -> dict[str, Any]:

@@ -50,6 +50,8 @@ class ModelConfig:
     e5_max_tokens: int = 48
     """Tokens the e5 tower reads (prefix and specials included): the title and the head of the description.
     Its cost grows with length (e5 is a 12-layer transformer) and the TF-IDF view reads the whole text."""
+    e5_tuned_layers: int = 4
+    """Top e5 layers fine-tuned for the codes as a view of their own (model/e5_tuned.py); 0: none."""
     tower_precision: str = "auto"
     """What the pretrained text towers (use, e5) compute in: `auto` (bfloat16 where the hardware multiplies
     it natively, else float32), `float32` or `bfloat16`; see model/precision.py. Training that fine-tunes

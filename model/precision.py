@@ -8,13 +8,18 @@ bfloat16 is emulated and slower than float32, so "auto" picks it only where it i
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # model/config.py reads PRECISIONS: importing it must not load torch
+    import torch
 
 PRECISIONS = ("auto", "float32", "bfloat16")
 
 
 def native_bfloat16() -> bool:
     """True when bfloat16 matrix products run in hardware here (a CUDA device, AMX tiles or AVX512-BF16)."""
+    import torch
+
     if torch.cuda.is_available():
         return True
     try:
@@ -23,8 +28,10 @@ def native_bfloat16() -> bool:
         return False
 
 
-def resolve_precision(name: str) -> torch.dtype:
+def resolve_precision(name: str) -> "torch.dtype":
     """"auto" -> bfloat16 where native, else float32; "float32" and "bfloat16" as named."""
+    import torch
+
     if name not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {name!r}")
     if name == "auto":

@@ -9,6 +9,7 @@ import argparse
 
 from shopclip.errors import InvalidInput
 from shopclip.model.config import ModelConfig
+from shopclip.model.precision import PRECISIONS
 from shopclip.training.config import TrainConfig
 
 # (TrainConfig field, type, help) of the flags that map one-to-one onto it.
@@ -28,6 +29,8 @@ TRAIN_FLAGS = (
     ("sparse_c", "floats", "candidate C of the LinearSVC on TF-IDF (the sparse text view), comma-separated"),
     ("text_view_c", "floats", "candidate C of the logistic regression on each pretrained text tower's output"),
     ("image_view_c", "floats", "candidate C of the logistic regression on the image trunk's output"),
+    ("e5_tune_epochs", int, "most epochs of fine-tuning the e5 top (the best validation epoch is kept)"),
+    ("e5_tune_lr", float, "learning rate of the tuned e5 layers"),
     ("workers", int, "image-decoding DataLoader workers when towers are fine-tuned"),
 )
 
@@ -70,8 +73,10 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
                             "'open_clip:ARCH=/path/to/checkpoint' for any open_clip model")
     model.add_argument("--text-towers", default=",".join(model_defaults.text_towers),
                        help="comma-separated text towers (shopclip backbone)")
-    for flag in ("embed_dim", "e5_max_tokens", "ngram_buckets", "ngram_dim", "image_size"):
+    for flag in ("embed_dim", "e5_max_tokens", "e5_tuned_layers", "ngram_buckets", "ngram_dim", "image_size"):
         model.add_argument(_flag(flag), type=int, default=getattr(model_defaults, flag))
+    model.add_argument("--tower-precision", choices=PRECISIONS, default=model_defaults.tower_precision,
+                       help="what the pretrained text towers compute in (auto: bfloat16 where native)")
     model.add_argument("--no-image-pretrained", dest="image_pretrained", action="store_false",
                        help="random image tower instead of ImageNet weights (tests)")
     run = parser.add_argument_group("optimisation (see shopclip.training.config.TrainConfig)")
@@ -116,7 +121,8 @@ def run_train(args: argparse.Namespace) -> int:
     model_config = ModelConfig(backbone=args.backbone, text_towers=[t for t in args.text_towers.split(",") if t],
                                ngram_buckets=args.ngram_buckets, ngram_dim=args.ngram_dim,
                                image_pretrained=args.image_pretrained, image_size=args.image_size,
-                               embed_dim=args.embed_dim, e5_max_tokens=args.e5_max_tokens)
+                               embed_dim=args.embed_dim, e5_max_tokens=args.e5_max_tokens,
+                               e5_tuned_layers=args.e5_tuned_layers, tower_precision=args.tower_precision)
     for name in ("val_fraction", "test_fraction"):
         if not 0.0 <= getattr(args, name) < 1.0:
             raise InvalidInput(name.replace("_", "-"), f"must be in [0, 1), got {getattr(args, name)}")

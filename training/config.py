@@ -54,6 +54,12 @@ class TrainConfig:
     """Candidate C of the logistic regression on each pretrained text tower's output."""
     image_view_c: tuple[float, ...] = (1.0, 3.0, 10.0)
     """Candidate C of the logistic regression on the image trunk's output."""
+    e5_tune_epochs: int = 6
+    """Most epochs of fine-tuning the e5 top (ModelConfig.e5_tuned_layers); validation chooses the best."""
+    e5_tune_lr: float = 1e-4
+    """Learning rate of the tuned e5 layers: higher than a full fine-tune's, as only the top learns."""
+    e5_tune_head_lr: float = 2e-3
+    """Learning rate of the tuned e5 top's new classifier."""
     feature_cache: str | None = None
     """Folder keeping frozen towers' outputs per product across runs (benchmarks, repeated training); keyed
     by the model config and the model code, so a change to either computes them again."""

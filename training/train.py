@@ -33,7 +33,8 @@ from tqdm import tqdm
 from shopclip.indexer.sources import SourceRow
 from shopclip.model.clip import IMAGE_FEATURES
 from shopclip.model.config import ModelConfig
-from shopclip.model.ensemble import GROUPS, EnsembleClassifier, ViewCombiner, ViewInputs
+from shopclip.model.e5_tuned import E5_TUNED
+from shopclip.model.ensemble import GROUPS, DenseView, EnsembleClassifier, ViewCombiner, ViewInputs
 from shopclip.model.knn import KnnParams
 from shopclip.training.config import TrainConfig
 from shopclip.training.data import fingerprint, load_products, split_products
@@ -41,6 +42,7 @@ from shopclip.training.encoding import (Batch, Embeddings, FeatureStore, ImageBa
                                         embed, encode_rows, feature_signature, live_tower_features, needs_pixels)
 from shopclip.training.ensemble import ViewSpec, choose_views, fit_views, select_combiner, view_names
 from shopclip.training.metrics import K_GRID, TEMPERATURE_GRID, knn_probabilities, nearest, scores
+from shopclip.training.tune_e5 import E5Tuning, TuneSettings, tuned_view
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +138,10 @@ class Trainer:
         self.data_fingerprint = fingerprint(products)
         self.split = split_products(products, config.seed, config.split_fractions)
         codes = sorted({p.prdtypecode for p in products})
-        if not self.frozen:  # towers that learn keep float32 weights (Adam on bfloat16 weights loses updates)
-            model_config = replace(model_config, tower_precision="float32")
+        if not self.frozen:
+            # Towers that learn keep float32 weights (Adam on bfloat16 weights loses updates), and e5 itself
+            # is fine-tuned, so a separately tuned top over its (moving) hidden states has no place.
+            model_config = replace(model_config, tower_precision="float32", e5_tuned_layers=0)
         self.model = build_model(replace(model_config, codes=codes)).to(self.device)
         if self.frozen:
             self.model.freeze_towers()
@@ -150,6 +154,10 @@ class Trainer:
         store = FeatureStore(config.feature_cache, feature_signature(self.model)) if config.feature_cache else None
         self.cache = TowerCache.build(self.model, self.inputs, self.device, config.text_batch,
                                       config.image_batch_for(self.device), store) if self.frozen else None
+        self.tuning = None
+        if self.model.e5_tuned is not None:
+            self.model.e5_tuned.float()  # trained in float32 (bfloat16 autocast); served in tower_precision
+            self.tuning = E5Tuning(self.model, self.inputs, self.device, config.text_batch)
         self.initial_state = copy.deepcopy(self.trainable_state())
         self.phase = "selection"
         self.history: list[EpochResult] = []
@@ -251,14 +259,42 @@ class Trainer:
             self.phase = "done"
 
     def _refit(self) -> None:
-        """Train from the initial weights on training + validation for the chosen number of epochs."""
+        """Train from the initial weights on training + validation for the chosen number of epochs (the
+        two-tower model, then the tuned e5 top)."""
         seed_everything(self.config.seed)
         for epoch in tqdm(range(self.start_epoch, self.best_epoch), desc="refit on all", unit="epoch",
                           initial=self.start_epoch, total=self.best_epoch):
             loss = self.train_epoch(epoch, self.best_epoch)
             log.info("refit epoch %d: loss %.4f", epoch + 1, loss)
             self.save_checkpoint(epoch + 1)
+        if self.tuning is not None:
+            self._reset_tuned_top()
+            self.tuning.tune(self.fit_rows, self.tune_settings(), (self.selection or {}).get(
+                "e5_tuned_epochs", self.config.e5_tune_epochs))
         self.phase = "done"
+
+    # ------------------------------------------------------------------ tuned e5 top
+
+    def tune_settings(self) -> TuneSettings:
+        return TuneSettings(epochs=self.config.e5_tune_epochs, lr=self.config.e5_tune_lr,
+                            head_lr=self.config.e5_tune_head_lr, seed=self.config.seed)
+
+    def _reset_tuned_top(self) -> None:
+        """Back to the pretrained layers and a zero classifier, as `build_model` made it."""
+        prefix = "e5_tuned."
+        self.model.e5_tuned.load_state_dict({k[len(prefix):]: v for k, v in self.initial_state.items()
+                                             if k.startswith(prefix)})
+
+    def _tune_for_selection(self) -> int:
+        """Tune on the training split, keeping the best validation epoch; returns that epoch."""
+        self._reset_tuned_top()
+        epoch, curve = self.tuning.tune(self.rows["train"], self.tune_settings(), self.config.e5_tune_epochs,
+                                        val_rows=self.rows["val"])
+        log.info("tuned e5: best validation epoch %d of %s", epoch, [round(f, 4) for f in curve])
+        return epoch
+
+    def _with_tuned_view(self, dense: list[DenseView]) -> list[DenseView]:
+        return dense + [tuned_view(self.model.e5_tuned)] if self.tuning is not None else dense
 
     # ------------------------------------------------------------------ classifier
 
@@ -267,6 +303,8 @@ class Trainer:
         has_image = (self.cache.image_ok[rows] if self.cache is not None else self.inputs.has_image[rows]).numpy()
         features = self.cache.features(rows) if self.cache is not None else live_tower_features(
             self.model, self.inputs, rows, self.device, self.config.embed_batch_for(self.device))
+        if self.tuning is not None:
+            features[E5_TUNED] = self.tuning.pooled(rows)
         return ViewInputs(texts=[self.inputs.texts[i] for i in rows.tolist()],
                           has_text=self.inputs.has_text[rows].numpy(), has_image=has_image, features=features,
                           clip_log_probs=np.log(np.clip(embeddings.probs_fused, 1e-12, None)))
@@ -285,12 +323,14 @@ class Trainer:
     def _select_classifier(self) -> dict:
         """Views fitted on the training split; combiner and k-NN vote fitted on validation."""
         train_rows, val_rows = self.rows["train"], self.rows["val"]
+        tuned_epochs = self._tune_for_selection() if self.tuning is not None else 0
         train_emb, val_emb = self.embed(train_rows, "train"), self.embed(val_rows, "val")
         val_inputs = self.view_inputs(val_rows, val_emb)
         labels = self.inputs.labels[val_rows].numpy()
         sparse, dense, chosen_c = choose_views(self.view_inputs(train_rows, train_emb),
                                                self.inputs.labels[train_rows].numpy(), val_inputs, labels,
                                                len(self.model.codes), self.view_spec(), self.view_sources())
+        dense = self._with_tuned_view(dense)
         provisional = EnsembleClassifier(sparse, dense, ViewCombiner([], {}, {}))
         view_scores, present = provisional.view_scores(val_inputs)
         reference_codes = np.array(self.model.codes)[self.inputs.labels[train_rows].numpy()]
@@ -303,6 +343,8 @@ class Trainer:
         selection = select_combiner(view_scores, present, self.inputs.has_text[val_rows].numpy(), labels, names,
                                     vote, K_GRID, TEMPERATURE_GRID)
         figures = {**selection.figures, "val_weighted_f1_head": self.best_f1, "best_epoch": self.best_epoch}
+        if tuned_epochs:
+            figures["e5_tuned_epochs"] = tuned_epochs
         for name in names:
             rows = present[name]
             if rows.any():
@@ -311,7 +353,7 @@ class Trainer:
                  selection.knn_temperature, selection.combiner.with_knn, figures)
         return {"combiner": asdict(selection.combiner), "knn": {"k": selection.knn_k,
                                                               "temperature": selection.knn_temperature},
-                "view_c": chosen_c, "figures": figures}
+                "view_c": chosen_c, "figures": figures, "e5_tuned_epochs": tuned_epochs}
 
     # ------------------------------------------------------------------ artifacts
 
@@ -373,6 +415,7 @@ class Trainer:
         chosen_c = (self.selection or {}).get("view_c", {})
         sparse, dense = fit_views(self.view_inputs(self.fit_rows, fit_emb), self.inputs.labels[self.fit_rows].numpy(),
                                   len(self.model.codes), self.view_spec(), self.view_sources(), chosen_c)
+        dense = self._with_tuned_view(dense)
         selection = self.selection or self._no_validation_selection(sparse, dense)
         classifier = EnsembleClassifier(sparse, dense, ViewCombiner(**selection["combiner"]),
                                         metadata={"chosen_on": "validation" if self.selection else "defaults",
