@@ -48,6 +48,20 @@ def test_fake_bundle_run_reports_both_sides_and_the_targets(bench, tmp_path, cap
     assert 1.0 <= crowded["mean_batch"] <= 4.0
     printed = capsys.readouterr().out
     assert "throughput: (b) at concurrency 4" in printed and "overhead:" in printed
+    assert "rate:       (b) at concurrency 4" in printed and "lone:       (b) p50 at concurrency 1" in printed
+
+
+def test_a_run_where_every_call_fails_exits_non_zero(bench, tmp_path, monkeypatch, capsys):
+    import grpc
+
+    async def refused(self, *args, **kwargs):
+        raise bench.ShopclipRpcError(grpc.StatusCode.UNAVAILABLE, "refused", "Classify")
+
+    monkeypatch.setattr(bench.AsyncShopclipClient, "classify", refused)
+    code = bench.main(["--bundle", "fake:dim=16,classes=5", "--data", str(tmp_path / "none.csv"), "--products", "8",
+                       "--batch-sizes", "1", "--concurrency", "1", "--seconds", "0.2"])
+    assert code == 1
+    assert "no Classify call succeeded at concurrency [1]" in capsys.readouterr().err
 
 
 def test_split_placement_gives_the_load_generator_a_core_of_its_own(bench, monkeypatch):
