@@ -45,4 +45,7 @@ def test_quickstart_runs_end_to_end_on_the_generated_sample(tmp_path: Path) -> N
         assert heading in done.stdout
     accuracy = float(next(line.split()[-1] for line in done.stdout.splitlines() if line.startswith("accuracy ")))
     assert accuracy > 0.5  # the sample's titles name their class: a working pipeline gets most of them
-    assert (tmp_path / "work" / "index" / "current").exists() or any((tmp_path / "work" / "index").iterdir())
+    from shopclip.indexer.published import current_version, open_version
+
+    version = current_version(tmp_path / "work" / "index")  # a published version, named by CURRENT
+    assert version is not None and len(open_version(tmp_path / "work" / "index", version)) > 0
