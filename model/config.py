@@ -9,10 +9,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from shopclip.errors import InvalidConfig
 from shopclip.model.precision import PRECISIONS
 
 SHOPCLIP_BACKBONE = "shopclip"
 OPEN_CLIP_PREFIX = "open_clip:"
+TEXT_TOWERS = ("e5", "ngram", "use")
+"""The text towers model/text_towers.py builds (tests/test_model_config.py keeps the two in step)."""
 
 
 @dataclass(frozen=True)
@@ -67,14 +70,29 @@ class ModelConfig:
     """Class index -> prdtypecode; any number of classes."""
 
     def __post_init__(self) -> None:
+        """Every mistake is an InvalidConfig naming the option, so the CLI answers with one line."""
         if self.backbone != SHOPCLIP_BACKBONE:
-            OpenClipSpec.parse(self.backbone)  # fails early on a malformed option
+            try:
+                OpenClipSpec.parse(self.backbone)  # fails early on a malformed option
+            except ValueError as exc:
+                raise InvalidConfig("clip", str(exc)) from None
+        else:
+            unknown = [name for name in self.text_towers if name not in TEXT_TOWERS]
+            if unknown or not self.text_towers:
+                raise InvalidConfig("text_towers", f"unknown towers {unknown} (known: {', '.join(TEXT_TOWERS)})"
+                                    if unknown else "at least one text tower is needed")
         if len(set(self.codes)) != len(self.codes):
-            raise ValueError("codes: duplicate prdtypecodes in the label map")
-        if self.embed_dim <= 0 or self.image_size <= 0:
-            raise ValueError("embed_dim and image_size must be positive")
+            raise InvalidConfig("codes", "duplicate prdtypecodes in the label map")
+        for name in ("embed_dim", "image_size", "ngram_buckets", "ngram_dim"):
+            if getattr(self, name) <= 0:
+                raise InvalidConfig(name, f"must be positive, got {getattr(self, name)}")
+        if not 3 <= self.e5_max_tokens <= 512:
+            raise InvalidConfig("e5_max_tokens", f"must be in [3, 512] (<s>, a piece, </s>), got {self.e5_max_tokens}")
+        if not 0 <= self.e5_tuned_layers <= 12:
+            raise InvalidConfig("e5_tuned_layers", f"must be in [0, 12] (e5-small's layers), got {self.e5_tuned_layers}")
         if self.tower_precision not in PRECISIONS:
-            raise ValueError(f"tower_precision must be one of {', '.join(PRECISIONS)}, got {self.tower_precision!r}")
+            raise InvalidConfig("tower_precision", f"must be one of {', '.join(PRECISIONS)}, "
+                                                   f"got {self.tower_precision!r}")
 
     @property
     def open_clip(self) -> OpenClipSpec | None:

@@ -21,6 +21,11 @@ class InvalidInput(ShopclipError):
         self.message = message
 
 
+class InvalidConfig(InvalidInput, ValueError):
+    """A model or training option is out of range or names nothing known; `field` is the option's name
+    (its CLI flag with dashes). Also a ValueError, as configuration mistakes were before."""
+
+
 class NotFound(ShopclipError):
     """A referenced object (productid, bundle, index version) does not exist."""
 
