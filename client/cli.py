@@ -25,7 +25,7 @@ from shopclip.client.sync import ShopclipClient
 from shopclip.errors import InvalidInput, NotFound, NotReady, Overloaded, ShopclipError
 from shopclip.products import ProductInput
 
-# gRPC status -> the domain error whose exit status the root CLI already defines (shopclip.cli.EXIT_CODES).
+# gRPC status -> the domain error whose exit status shopclip.errors.EXIT_CODES already defines.
 STATUS_AS_DOMAIN_ERROR: dict[grpc.StatusCode, type[ShopclipError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidInput,
     grpc.StatusCode.NOT_FOUND: NotFound,
@@ -148,7 +148,7 @@ def reports_rpc_errors(handler: Handler) -> Handler:
         try:
             return handler(args)
         except ShopclipRpcError as error:
-            from shopclip.cli import EXIT_CODES  # the root CLI's one exit-status table
+            from shopclip.errors import EXIT_CODES  # the one exit-status table
 
             print(f"shopclip {args.command}: error: {error}", file=sys.stderr)
             return EXIT_CODES.get(STATUS_AS_DOMAIN_ERROR.get(error.code), 1)  # type: ignore[arg-type]

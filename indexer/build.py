@@ -19,7 +19,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from shopclip import __version__
-from shopclip.errors import InvalidInput, NotFound, ShopclipError
+from shopclip.errors import InvalidInput, NotFound, PublishRefused
 from shopclip.indexer import ann, publish
 from shopclip.indexer.catalogue import Catalogue
 from shopclip.indexer.faults import crash_point
@@ -35,10 +35,6 @@ CODES_FILE = "codes.npy"
 PRODUCTS_FILE = "products.arrow"
 NO_CODE = -1
 """codes.npy value of unlabelled products."""
-
-
-class PublishRefused(ShopclipError):
-    """The approximate index missed the recall floor; the previous version stays current."""
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ import json
 import os
 from pathlib import Path
 
-EXIT_INVALID, EXIT_BUSY, EXIT_REFUSED = 2, 6, 7
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -169,7 +168,8 @@ def _remove(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from shopclip.indexer.build import PublishRefused, build_and_publish
+    from shopclip.errors import PublishRefused, exit_code
+    from shopclip.indexer.build import build_and_publish
     from shopclip.indexer.catalogue import Catalogue
     from shopclip.model import load_embedder
 
@@ -179,7 +179,7 @@ def _build(args: argparse.Namespace) -> int:
                                    _build_options(args))
     except PublishRefused as exc:
         _print({"status": "refused", "error": str(exc)})
-        return EXIT_REFUSED
+        return exit_code(exc)
     _print({"status": "published", "version": result.version, "embedded": result.embedded,
             "counts": result.manifest["counts"], "index": result.manifest["index"]})
     return 0

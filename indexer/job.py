@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from shopclip.errors import Busy, InvalidInput, ShopclipError
+from shopclip.errors import Busy, InvalidInput, PublishRefused, ShopclipError, exit_code
 from shopclip.indexer import publish
-from shopclip.indexer.build import BuildOptions, PublishRefused, build_under_lock, needs_build
+from shopclip.indexer.build import BuildOptions, build_under_lock, needs_build
 from shopclip.indexer.catalogue import DEFAULT_TABLE, Catalogue
 from shopclip.indexer.ingest import ingest_folder
 from shopclip.indexer.sources import SourceOptions, detect_layout
@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 
 DROPS_STATE_FILE = "drops.json"
 REJECTS_DIR = "rejects"
-EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_BUSY, EXIT_REFUSED = 0, 1, 2, 6, 7
+EXIT_OK, EXIT_FAILED = 0, 1
+"""Every other status comes from shopclip.errors.EXIT_CODES, as for every command."""
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
 SECONDS_PER_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -127,21 +128,23 @@ def run_once(config: JobConfig) -> tuple[int, dict]:
                                     "recall_at_k": result.manifest["index"]["recall_at_k"]}
         status, code = ("published" if summary["build"] else "up-to-date"), EXIT_OK
         if any("error" in drop for drop in summary["drops"]):
-            status, code = status + "-with-invalid-drops", EXIT_INVALID
-    except Busy as exc:
-        status, code, summary["error"] = "busy", EXIT_BUSY, str(exc)
-    except PublishRefused as exc:
-        status, code, summary["error"] = "refused", EXIT_REFUSED, str(exc)
-    except InvalidInput as exc:
-        status, code, summary["error"] = "invalid-input", EXIT_INVALID, str(exc)
+            status, code = status + "-with-invalid-drops", exit_code(InvalidInput)
     except ShopclipError as exc:
-        status, code, summary["error"] = "failed", EXIT_FAILED, str(exc)
+        status, code, summary["error"] = _status(exc), exit_code(exc), str(exc)
     except Exception as exc:  # a scheduler needs the line and the status, not a dead loop
         log.error("index run failed:\n%s", traceback.format_exc())
         status, code, summary["error"] = "failed", EXIT_FAILED, f"{type(exc).__name__}: {exc}"
     summary.update(status=status, exit_code=code, seconds=round(time.monotonic() - started, 3),
                    current_version=publish.read_current(config.index_root))
     return code, summary
+
+
+def _status(error: ShopclipError) -> str:
+    """The summary's word for a failed run (the exit status says the same in shopclip.errors' table)."""
+    for kind, word in ((Busy, "busy"), (PublishRefused, "refused"), (InvalidInput, "invalid-input")):
+        if isinstance(error, kind):
+            return word
+    return "failed"
 
 
 def print_line(line: str) -> None:

@@ -28,16 +28,12 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from shopclip.errors import InvalidInput, NotReady, Overloaded, ShopclipError
+from shopclip.errors import DeadlineExpired, InvalidInput, NotReady, Overloaded
 
 log = logging.getLogger(__name__)
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
-
-
-class DeadlineExpired(ShopclipError):
-    """The caller's deadline passed while its request waited: it was dropped before the forward."""
 
 
 @dataclass(eq=False)  # entries are compared by identity: `batch in self._in_flight` never compares products

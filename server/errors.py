@@ -14,8 +14,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from shopclip.errors import InvalidInput, NotFound, NotReady, Overloaded
-from shopclip.server.batching import DeadlineExpired
+from shopclip.errors import DeadlineExpired, InvalidInput, NotFound, NotReady, Overloaded
 from shopclip.server.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)

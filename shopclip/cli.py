@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Sequence
 
 from shopclip import __version__
-from shopclip.errors import Busy, InvalidInput, NotFound, NotReady, Overloaded, ShopclipError
+from shopclip.errors import ShopclipError, exit_code
 
 # Command groups in help order: (module, what it adds).
 COMMAND_MODULES = (
@@ -26,16 +26,6 @@ COMMAND_MODULES = (
     "shopclip.server.cli",  # serve
     "shopclip.client.cli",  # classify, search, embed, info
 )
-
-# One table from domain error to exit status, the CLI twin of server/errors.py.
-EXIT_CODES: dict[type[ShopclipError], int] = {
-    InvalidInput: 2,
-    NotFound: 3,
-    NotReady: 4,
-    Overloaded: 5,
-    Busy: 6,
-}
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shopclip", description=__doc__.splitlines()[0])
@@ -50,13 +40,6 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         module.register(sub)
     return parser
-
-
-def exit_code_for(exc: ShopclipError) -> int:
-    for kind, code in EXIT_CODES.items():
-        if isinstance(exc, kind):
-            return code
-    return 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -76,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("SHOPCLIP_DEBUG"):
             traceback.print_exc()
         print(f"shopclip {args.command}: error: {exc}", file=sys.stderr)
-        return exit_code_for(exc)
+        return exit_code(exc)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

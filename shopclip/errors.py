@@ -40,3 +40,29 @@ class NotReady(ShopclipError):
 
 class Busy(ShopclipError):
     """Another process holds an exclusive lock (for example a second index builder)."""
+
+
+class DeadlineExpired(ShopclipError):
+    """The caller's deadline passed while its request waited: it was dropped before the forward."""
+
+
+class PublishRefused(ShopclipError):
+    """The approximate index missed the recall floor; the previous version stays current."""
+
+
+EXIT_CODES: dict[type[ShopclipError], int] = {
+    InvalidInput: 2,
+    NotFound: 3,
+    NotReady: 4,
+    Overloaded: 5,
+    Busy: 6,
+    PublishRefused: 7,
+}
+"""The one table from domain error to process exit status (every command and the index job use it), the CLI
+twin of server/errors.py. Any other ShopclipError exits 1."""
+
+
+def exit_code(error: ShopclipError | type[ShopclipError]) -> int:
+    kind = error if isinstance(error, type) else type(error)
+    return next((code for base, code in EXIT_CODES.items() if issubclass(kind, base)), 1)
+

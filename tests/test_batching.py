@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from shopclip.errors import InvalidInput, NotReady, Overloaded
-from shopclip.server.batching import DeadlineExpired, MicroBatcher
+from shopclip.errors import DeadlineExpired
+from shopclip.server.batching import MicroBatcher
 
 
 class Recorder:

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from test_client_support import UNKNOWN_PRODUCTID, fake_server
 
-from shopclip.cli import EXIT_CODES, main
+from shopclip.cli import main
 from shopclip.client.cli import format_table
-from shopclip.errors import InvalidInput, NotFound, NotReady
+from shopclip.errors import EXIT_CODES, InvalidInput, NotFound, NotReady
 
 CSV_TEXT = (",designation,description,productid,imageid\n"
             '0,Olivia: Personalisiertes Notizbuch,,3804725264,1263597046\n'

@@ -10,7 +10,7 @@ import pytest
 from test_indexer_sources import synthetic_drop
 
 from shopclip.cli import main
-from shopclip.errors import InvalidInput
+from shopclip.errors import Busy, InvalidInput, exit_code
 from shopclip.indexer.published import open_current
 from shopclip.indexer import job, publish
 
@@ -45,12 +45,12 @@ def test_busy_builder_gives_exit_status_6_and_a_json_line(tmp_path: Path) -> Non
     cfg = config(tmp_path)
     with publish.builder_lock(cfg.index_root):
         code, summary = job.run_once(cfg)
-    assert (code, summary["status"]) == (job.EXIT_BUSY, "busy") and "another index builder" in summary["error"]
+    assert (code, summary["status"]) == (exit_code(Busy), "busy") and "another index builder" in summary["error"]
 
 
 def test_missing_drops_directory_is_invalid_input(tmp_path: Path) -> None:
     code, summary = job.run_once(config(tmp_path))
-    assert (code, summary["status"]) == (job.EXIT_INVALID, "invalid-input") and "drops" in summary["error"]
+    assert (code, summary["status"]) == (exit_code(InvalidInput), "invalid-input") and "drops" in summary["error"]
 
 
 def test_every_loops_until_stopped_and_emits_one_line_per_run(tmp_path: Path) -> None:
@@ -125,7 +125,7 @@ def test_an_unreadable_drop_is_reported_without_blocking_the_others(tmp_path: Pa
     broken.mkdir(parents=True)
     (broken / "New_X_train.csv").write_text(",designation,productid\n0,a,1\n", encoding="utf-8")
     code, summary = job.run_once(config(tmp_path))
-    assert code == job.EXIT_INVALID and summary["status"] == "published-with-invalid-drops"
+    assert code == exit_code(InvalidInput) and summary["status"] == "published-with-invalid-drops"
     errors = {Path(d["source"]).name: d.get("error") for d in summary["drops"]}
     assert errors["good"] is None and "description" in errors["broken"]
     assert summary["build"]["vectors"] == 8

@@ -15,7 +15,8 @@ from test_indexer_sources import synthetic_drop
 from shopclip.errors import Busy
 from shopclip.indexer import publish
 from shopclip.indexer.ann import AnnParams
-from shopclip.indexer.build import BuildOptions, PublishRefused, build_and_publish
+from shopclip.errors import PublishRefused
+from shopclip.indexer.build import BuildOptions, build_and_publish
 from shopclip.indexer.catalogue import Catalogue
 from shopclip.indexer.ingest import ingest_folder
 from shopclip.indexer.published import open_current
