@@ -23,18 +23,12 @@ from shopclip.errors import InvalidInput, NotFound, PublishRefused
 from shopclip.indexer import ann, publish
 from shopclip.indexer.catalogue import Catalogue
 from shopclip.indexer.faults import crash_point
+from shopclip.indexer.publish import CODES_FILE, INDEX_FILE, NO_CODE, PRODUCTIDS_FILE, PRODUCTS_FILE, VECTORS_FILE
 from shopclip.model.embedder import Embedder
 from shopclip.products import ProductInput
 
 log = logging.getLogger(__name__)
 
-INDEX_FILE = "index.faiss"
-VECTORS_FILE = "vectors.npy"
-PRODUCTIDS_FILE = "productids.npy"
-CODES_FILE = "codes.npy"
-PRODUCTS_FILE = "products.arrow"
-NO_CODE = -1
-"""codes.npy value of unlabelled products."""
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,15 @@ VERSIONS_DIR = "versions"
 LOCK_FILE = "build.lock"
 MANIFEST_FILE = "manifest.json"
 TMP_PREFIX = ".tmp-"
+# What a version holds beside its manifest: written by indexer/build.py, read by indexer/published.py (which,
+# on the server's side, must not import the builder).
+INDEX_FILE = "index.faiss"
+VECTORS_FILE = "vectors.npy"
+PRODUCTIDS_FILE = "productids.npy"
+CODES_FILE = "codes.npy"
+PRODUCTS_FILE = "products.arrow"
+NO_CODE = -1
+"""codes.npy value of unlabelled products."""
 
 
 def versions_dir(root: Path) -> Path:

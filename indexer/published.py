@@ -16,8 +16,8 @@ import numpy as np
 
 from shopclip.errors import InvalidInput, NotFound, NotReady
 from shopclip.indexer import ann, publish
+from shopclip.indexer.publish import CODES_FILE, INDEX_FILE, NO_CODE, PRODUCTIDS_FILE, PRODUCTS_FILE, VECTORS_FILE
 from shopclip.indexer.api import CatalogueProduct, Neighbor
-from shopclip.indexer.build import CODES_FILE, INDEX_FILE, NO_CODE, PRODUCTIDS_FILE, PRODUCTS_FILE, VECTORS_FILE
 
 
 class LoadedIndex:

@@ -90,3 +90,13 @@ async def calls_across(stub: classification_pb2_grpc.ClassificationServiceStub, 
     done.set()
     await asyncio.gather(*clients)
     return versions, failures
+
+
+def test_the_read_side_does_not_load_the_builder() -> None:
+    """The server imports indexer/published.py: the builder (catalogue, lancedb, the model) stays out."""
+    import subprocess
+    import sys
+
+    loaded = subprocess.run([sys.executable, "-c", "import sys, shopclip.indexer.published; print(sorted(sys.modules))"],
+                            capture_output=True, text=True, check=True).stdout
+    assert "shopclip.indexer.build" not in loaded and "lancedb" not in loaded and "torch" not in loaded
