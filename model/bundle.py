@@ -29,7 +29,7 @@ import torch
 from shopclip.atomic import json_default, replace_atomically, write_json_atomically
 from shopclip.errors import InvalidInput, NotFound
 from shopclip.model.clip import IMAGE_FEATURES, ShopClipModel, assemble
-from shopclip.model.config import SHOPCLIP_BACKBONE, ModelConfig
+from shopclip.model.config import OPEN_CLIP_PREFIX, SHOPCLIP_BACKBONE, ModelConfig
 from shopclip.model.embedder import Encoded, validate_product
 from shopclip.model.ensemble import EnsembleClassifier, ViewInputs
 from shopclip.model.knn import KnnParams, final_probabilities
@@ -304,13 +304,21 @@ class BundleEmbedder:
     def describe(self) -> dict[str, Any]:
         config = self.config
         classifier = config.get("classifier") or {}
-        return {"architecture": self.model.config.backbone, "text_towers": list(self.model.text_towers),
+        return {"architecture": public_backbone(self.model.config), "text_towers": list(self.model.text_towers),
                 "image_tower": self.model.config.image_tower, "embed_dim": self.dim,
                 "num_classes": len(self.codes), "fingerprint": self.fingerprint, "bundle": self.source,
                 "device": str(self.device), "versions": config.get("versions", {}),
                 "metrics": config.get("metrics", {}), "knn": self.knn.to_dict(),
                 "classifier_views": [view["name"] for view in classifier.get("views", [])],
                 "batch_sizes": {"text": self.text_batch_size, "image": self.image_batch_size}}
+
+
+def public_backbone(config: ModelConfig) -> str:
+    """The backbone as callers may see it: an open_clip checkpoint is named by its file, not by a host path."""
+    spec = config.open_clip
+    if spec is None or spec.checkpoint is None:
+        return config.backbone if spec is None or not spec.arch.startswith("local-dir:") else "open_clip:local-dir"
+    return f"{OPEN_CLIP_PREFIX}{spec.arch}={Path(spec.checkpoint).name}"
 
 
 def _spread(features: dict[str, list[torch.Tensor]], rows: list[int], count: int) -> dict[str, np.ndarray]:

@@ -217,3 +217,14 @@ def test_frozen_package_towers_are_rebuilt_at_load_not_copied(tmp_path: Path) ->
         assert not any(key.startswith("image_tower.trunk.") for key in weights.keys())
     assert (light / MODEL_FILE).stat().st_size < (full / MODEL_FILE).stat().st_size / 2
     np.testing.assert_allclose(load_bundle_embedder(light, device="cpu").embed(PRODUCTS), reference, atol=1e-5)
+
+
+def test_getinfo_architecture_never_shows_a_host_path() -> None:
+    from shopclip.model.bundle import public_backbone
+    from shopclip.model.config import ModelConfig
+
+    assert public_backbone(ModelConfig()) == "shopclip"
+    assert public_backbone(ModelConfig(backbone="open_clip:ViT-B-32=/srv/models/secret/vit.bin")) == \
+        "open_clip:ViT-B-32=vit.bin"
+    assert public_backbone(ModelConfig(backbone="open_clip:local-dir:/srv/models/clip")) == "open_clip:local-dir"
+    assert public_backbone(ModelConfig(backbone="open_clip:ViT-B-32")) == "open_clip:ViT-B-32"
