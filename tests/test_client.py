@@ -7,11 +7,10 @@ import asyncio
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import grpc
 import pytest
-from test_client_support import FakeEmbedding, UNKNOWN_PRODUCTID, fake_server, self_signed_certificate
+from test_client_support import FakeEmbedding, UNKNOWN_PRODUCTID, fake_server
 
 from shopclip.client import (AsyncShopclipClient, ClassifyResult, Neighbor, Prediction, ProductInput, RetryPolicy,
                              ShopclipClient, ShopclipRpcError)
@@ -171,12 +170,10 @@ def test_bearer_token_is_sent_on_every_call(server):
     assert [m.get("authorization") for m in recorder.metadata] == ["Bearer s3cret"] * 2
 
 
-def test_tls_with_a_root_certificate(tmp_path: Path):
-    key, cert = self_signed_certificate(tmp_path)
-    (tmp_path / "ca.pem").write_bytes(cert)
-    credentials = grpc.ssl_server_credentials([(key, cert)])
+def test_tls_with_a_root_certificate(tls_certificate):
+    credentials = grpc.ssl_server_credentials([(tls_certificate.key_pem, tls_certificate.cert_pem)])
     with fake_server(credentials) as (target, _):
-        with ShopclipClient(target, tls_ca=tmp_path / "ca.pem", token="t") as client:
+        with ShopclipClient(target, tls_ca=tls_certificate.cert, token="t") as client:
             assert client.info().architecture == "fake"
         with ShopclipClient(target, retry=FAST_RETRY, timeout=2) as plaintext, pytest.raises(ShopclipRpcError):
             plaintext.info()

@@ -4,11 +4,10 @@ method, the async client under concurrency (micro-batched server side), bearer t
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import grpc
 import pytest
-from test_client_support import running_server, self_signed_certificate
+from test_client_support import running_server
 
 from shopclip.client import AsyncShopclipClient, ProductInput, ShopclipClient, ShopclipRpcError
 from shopclip.client.retry import NO_RETRY
@@ -79,15 +78,11 @@ def test_server_validation_reaches_the_caller_with_the_field(target):
     assert "top_k" in top_k.value.details
 
 
-def test_token_and_tls(tmp_path: Path):
-    key, cert = self_signed_certificate(tmp_path)
-    (tmp_path / "key.pem").write_bytes(key)
-    (tmp_path / "cert.pem").write_bytes(cert)
-    with running_server(token="s3cret", tls_cert=str(tmp_path / "cert.pem"),
-                        tls_key=str(tmp_path / "key.pem")) as address:
-        with ShopclipClient(address, tls_ca=tmp_path / "cert.pem", token="s3cret") as client:
+def test_token_and_tls(tls_certificate):
+    with running_server(token="s3cret", tls_cert=str(tls_certificate.cert), tls_key=str(tls_certificate.key)) as address:
+        with ShopclipClient(address, tls_ca=tls_certificate.cert, token="s3cret") as client:
             assert client.classify(TITLES[1]).predictions
-        with ShopclipClient(address, tls_ca=tmp_path / "cert.pem", token="wrong") as client, \
+        with ShopclipClient(address, tls_ca=tls_certificate.cert, token="wrong") as client, \
                 pytest.raises(ShopclipRpcError) as refused:
             client.info()
         with ShopclipClient(address, token="s3cret", retry=NO_RETRY, timeout=2) as plaintext, \

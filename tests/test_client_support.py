@@ -10,15 +10,12 @@ interoperability tests.
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from concurrent import futures
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import grpc
 
@@ -142,20 +139,6 @@ def fake_server(credentials: grpc.ServerCredentials | None = None) -> Iterator[t
         yield f"127.0.0.1:{port}", recorder
     finally:
         server.stop(grace=None)
-
-
-def self_signed_certificate(directory: Path) -> tuple[bytes, bytes]:
-    """(key PEM, certificate PEM) for localhost made with the openssl binary (no Python crypto deps)."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        import pytest
-
-        pytest.skip("openssl binary not found")
-    key, cert = directory / "key.pem", directory / "cert.pem"
-    subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                    "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], check=True, capture_output=True)
-    return key.read_bytes(), cert.read_bytes()
 
 
 @contextmanager

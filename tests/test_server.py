@@ -523,10 +523,10 @@ def test_bearer_token_is_required_except_for_health() -> None:
     assert health == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_tls_with_a_self_signed_certificate(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from test_server_support import make_config, self_signed_certificate
+def test_tls_with_a_self_signed_certificate(tls_certificate) -> None:  # type: ignore[no-untyped-def]
+    from test_server_support import make_config
 
-    cert, key = self_signed_certificate(tmp_path)
+    cert, key = tls_certificate.cert, tls_certificate.key
 
     async def scenario() -> tuple[classification_pb2.ClassifyResponse, grpc.StatusCode]:
         server, port = await app.create_server(make_config(tls_cert=str(cert), tls_key=str(key)))

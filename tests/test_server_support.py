@@ -4,22 +4,18 @@ whose published version a test can flip, crafted images, a self-signed certifica
 from __future__ import annotations
 
 import asyncio
-import shutil
 import struct
-import subprocess
 import threading
 import time
 import zlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import grpc
 import grpc.aio
 import numpy as np
-import pytest
 
 from shopclip.errors import NotFound
 from shopclip.indexer.api import CatalogueProduct, Neighbor
@@ -145,17 +141,6 @@ def jpeg_bytes(size: tuple[int, int] = (32, 24)) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", size, (200, 30, 30)).save(buffer, format="JPEG")
     return buffer.getvalue()
-
-
-def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
-    """(cert, key) for CN=localhost with SANs localhost and 127.0.0.1, made by the openssl CLI."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl CLI not available")
-    cert, key = directory / "server.crt", directory / "server.key"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
-    return cert, key
 
 
 def make_config(**overrides: Any) -> ServerConfig:
