@@ -101,11 +101,13 @@ class Engine:
 
     def swap_index(self, index: PublishedIndex) -> None:
         """Serve `index` from the next batch on; refuses vectors from another model (they are not comparable)."""
-        model = index.manifest.get("model", {})
-        if model.get("fingerprint", self.embedder.fingerprint) != self.embedder.fingerprint \
-                or model.get("dim", self.embedder.dim) != self.embedder.dim:
-            raise NotReady(f"index {index.version} was built with model {model.get('fingerprint')} "
-                           f"(dim {model.get('dim')}), this server runs {self.embedder.fingerprint} "
+        model = index.manifest.get("model") or {}
+        if "fingerprint" not in model or "dim" not in model:  # no proof the vectors are this model's
+            raise NotReady(f"index {index.version}: its manifest does not say which model built it "
+                           f"(model.fingerprint and model.dim): rebuild the index")
+        if model["fingerprint"] != self.embedder.fingerprint or model["dim"] != self.embedder.dim:
+            raise NotReady(f"index {index.version} was built with model {model['fingerprint']} "
+                           f"(dim {model['dim']}), this server runs {self.embedder.fingerprint} "
                            f"(dim {self.embedder.dim}): rebuild the index")
         self._index = index
 

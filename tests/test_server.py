@@ -499,6 +499,20 @@ def test_an_index_of_another_model_is_not_swapped_in() -> None:
     assert asyncio.run(scenario()) == "v1"
 
 
+@pytest.mark.parametrize("model_section", [None, {}, {"fingerprint": "x"}])
+def test_an_index_whose_manifest_does_not_name_its_model_is_refused(model_section) -> None:
+    from shopclip.errors import NotReady
+    from shopclip.server.engine import Engine
+
+    embedder = load_embedder(FAKE_BUNDLE)
+    engine = Engine(embedder, abstain_threshold=0.5, index_required=True)
+    index = MemoryIndex("v1", catalogue_rows(), embedder)
+    index.manifest["model"] = model_section
+    with pytest.raises(NotReady, match="does not say which model"):
+        engine.swap_index(index)
+    assert engine.index is None
+
+
 # ------------------------------------------------------------------ auth, TLS, metrics
 
 

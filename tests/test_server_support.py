@@ -52,7 +52,7 @@ class MemoryIndex:
     def __init__(self, version: str, rows: Sequence[CatalogueRow], embedder: FakeEmbedder | None = None) -> None:
         embedder = embedder or load_embedder(FAKE_BUNDLE)
         self.version = version
-        self.manifest = {"version": version, "model": {"fingerprint": embedder.fingerprint},
+        self.manifest = {"version": version, "model": {"fingerprint": embedder.fingerprint, "dim": embedder.dim},
                          "index": {"kind": "flat"}}
         self._rows = list(rows)
         self._by_id = {row.productid: i for i, row in enumerate(self._rows)}
