@@ -114,7 +114,7 @@ def baseline_features(products, cache: Path) -> dict[str, np.ndarray]:
 
     from shopclip.model.clip import IMAGE_FEATURES, build_model
     from shopclip.model.config import ModelConfig
-    from shopclip.training.encoding import FeatureStore, ProductInputs, TowerCache, feature_signature
+    from shopclip.training.encoding import FeatureStore, ProductInputs, TowerCache, feature_signatures
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model = build_model(ModelConfig(text_towers=["use", "e5"], e5_max_tokens=512,
@@ -122,7 +122,7 @@ def baseline_features(products, cache: Path) -> dict[str, np.ndarray]:
     model.freeze_towers()
     inputs = ProductInputs(products, model.codes)
     tower_cache = TowerCache.build(model, inputs, torch.device("cpu"), 16, 1,
-                                   FeatureStore(cache, feature_signature(model)))
+                                   FeatureStore(cache, feature_signatures(model)))
     all_rows = torch.arange(len(products))
     features = tower_cache.features(all_rows)
     return {"use": features["use"], "e5": features["e5"], "image": features[IMAGE_FEATURES],

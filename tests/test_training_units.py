@@ -201,3 +201,31 @@ def test_batched_knn_votes_match_the_vote_of_each_query() -> None:
         expected = reference_vote(kept, scores[row].tolist(), codes, 0.1)
         assert np.allclose(votes[row], expected, atol=1e-6)
     assert np.allclose(votes[4], 1 / len(codes))
+
+
+def test_feature_signatures_change_only_on_the_side_that_changed(tmp_path) -> None:  # noqa: ANN001
+    """Each frozen side keys its cache by what decides it: an image option keeps the text features and back."""
+    from dataclasses import replace
+
+    from shopclip.model.clip import assemble
+    from shopclip.model.config import ModelConfig
+    from shopclip.training.encoding import FeatureStore, feature_signatures
+
+    def signatures(config: ModelConfig) -> dict[str, str]:
+        return feature_signatures(assemble(config, load_pretrained=False))
+
+    base = ModelConfig(text_towers=["use", "ngram"], codes=[1, 2])
+    reference = signatures(base)
+    assert set(reference) == {"use", "image"}
+    bigger_images = signatures(replace(base, image_size=256))
+    assert bigger_images["use"] == reference["use"] and bigger_images["image"] != reference["image"]
+    float_text = signatures(replace(base, tower_precision="float32" if "bfloat16" in str(
+        assemble(base, load_pretrained=False).text_towers["use"].compute_dtype) else "bfloat16"))
+    assert float_text["use"] != reference["use"] and float_text["image"] == reference["image"]
+    assert signatures(replace(base, codes=[1, 2, 3])) == reference  # the label map decides no tower output
+
+    store = FeatureStore(tmp_path, {"use": reference["use"]})
+    store.save("use", {7: np.ones(3, dtype=np.float32)})
+    store.save("image", {7: np.ones(3, dtype=np.float32)})  # no signature for it: never stored
+    assert list(store.load("use")) == [7] and store.load("image") == {}
+    assert FeatureStore(tmp_path, {"use": bigger_images["image"]}).load("use") == {}

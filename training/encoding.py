@@ -10,7 +10,7 @@ raw inputs or from the cache, with gradients when training.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,29 +98,43 @@ class ImageBatches(torch.utils.data.Dataset):
         return Batch(rows=rows_tensor, pixels=pixels, image_ok=ok)
 
 
-FEATURE_CODE = ("text.py", "preprocess.py", "use_tower.py", "e5_tower.py", "image_tower.py", "open_clip_backbone.py",
-                "precision.py")
-"""The model modules that decide what a frozen tower outputs for a product (cleaning, decoding, forward)."""
+TEXT_FEATURE_CODE = ("text.py", "use_tower.py", "e5_tower.py", "packed_linear.py", "precision.py",
+                     "open_clip_backbone.py")
+"""The model modules that decide what a frozen text tower outputs for a product (cleaning, tokenising, forward)."""
+IMAGE_FEATURE_CODE = ("preprocess.py", "image_tower.py", "open_clip_backbone.py")
+"""Likewise for the frozen image trunk (decoding, cropping, forward)."""
+IMAGE_CONFIG = ("backbone", "image_tower", "image_size", "image_pretrained")
+"""The ModelConfig fields the image trunk's outputs depend on (text towers: every field but the image ones)."""
 
 
-def feature_signature(model) -> str:
-    """Identifies what frozen towers compute: the model config (label map aside), the dtypes they compute in,
-    the code of FEATURE_CODE and the versions of the packages the weights come from."""
-    import hashlib
-    import json
-
+def feature_signatures(model) -> dict[str, str]:
+    """Per feature key (each pretrained text tower, "image"): a digest of what decides those outputs, so a change
+    to one side (an e5 option, the image crop) recomputes that side only. Text: the model config without the
+    label map and the image fields, the dtypes the towers compute in, TEXT_FEATURE_CODE; image: IMAGE_CONFIG and
+    IMAGE_FEATURE_CODE; both: the versions of the packages the weights come from."""
     import shopclip.model as model_package
     from shopclip.model.bundle import library_versions
 
+    config = model.config.to_dict()
     # "auto" precisions resolve per machine: the dtypes the towers really compute in are part of the key.
     dtypes = {name: str(tower.compute_dtype) for name, tower in model.text_towers.items()
               if hasattr(tower, "compute_dtype")}
-    described = {"config": {k: v for k, v in model.config.to_dict().items() if k != "codes"},
-                 "versions": library_versions(), "dtypes": dtypes}
-    digest = hashlib.sha256(json.dumps(described, sort_keys=True).encode())
+    text_config = {k: v for k, v in config.items() if k != "codes" and (k == "backbone" or k not in IMAGE_CONFIG)}
     folder = Path(model_package.__file__).parent
-    for name in FEATURE_CODE:
-        digest.update((folder / name).read_bytes())
+    text = _digest({"config": text_config, "dtypes": dtypes, "versions": library_versions()},
+                   [folder / name for name in TEXT_FEATURE_CODE])
+    image = _digest({"config": {k: config[k] for k in IMAGE_CONFIG}, "versions": library_versions()},
+                    [folder / name for name in IMAGE_FEATURE_CODE])
+    return {**{name: text for name in model.pretrained_text_towers()}, IMAGE_FEATURES: image}
+
+
+def _digest(described: dict, files: Sequence[Path]) -> str:
+    import hashlib
+    import json
+
+    digest = hashlib.sha256(json.dumps(described, sort_keys=True).encode())
+    for path in files:
+        digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
 
@@ -128,15 +142,17 @@ class FeatureStore:
     """Frozen towers' outputs per productid on disk (`TrainConfig.feature_cache`): one npz per feature key
     and signature, so folds of a benchmark and repeated runs compute each product's tower outputs once."""
 
-    def __init__(self, folder: str | Path, signature: str) -> None:
-        self.folder, self.signature = Path(folder), signature
+    def __init__(self, folder: str | Path, signatures: Mapping[str, str]) -> None:
+        """`signatures` from `feature_signatures`: a key without one is never stored."""
+        self.folder, self.signatures = Path(folder), dict(signatures)
 
-    def _path(self, key: str) -> Path:
-        return self.folder / f"{key}-{self.signature}.npz"
+    def _path(self, key: str) -> Path | None:
+        signature = self.signatures.get(key)
+        return None if signature is None else self.folder / f"{key}-{signature}.npz"
 
     def load(self, key: str) -> dict[int, np.ndarray]:
         path = self._path(key)
-        if not path.is_file():
+        if path is None or not path.is_file():
             return {}
         with np.load(path) as stored:
             return dict(zip(stored["productids"].tolist(), stored["features"]))
@@ -144,7 +160,7 @@ class FeatureStore:
     def save(self, key: str, features: dict[int, np.ndarray]) -> None:
         from shopclip.atomic import replace_atomically
 
-        if not features:
+        if not features or self._path(key) is None:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         ids = np.array(sorted(features), dtype=np.int64)

@@ -39,7 +39,7 @@ from shopclip.model.knn import KnnParams
 from shopclip.training.config import TrainConfig
 from shopclip.training.data import fingerprint, load_products, split_products
 from shopclip.training.encoding import (Batch, Embeddings, FeatureStore, ImageBatches, ProductInputs, TowerCache,
-                                        embed, encode_rows, feature_signature, live_tower_features, needs_pixels)
+                                        embed, encode_rows, feature_signatures, live_tower_features, needs_pixels)
 from shopclip.training.ensemble import ViewSpec, choose_views, fit_views, select_combiner, view_names
 from shopclip.training.metrics import K_GRID, TEMPERATURE_GRID, knn_probabilities, nearest, scores
 from shopclip.training.tune_e5 import E5Tuning, TuneSettings, tuned_view
@@ -151,7 +151,7 @@ class Trainer:
         """The products the model and views learn from: the training split, then training + validation."""
         if config.ngram_idf:
             self.model.fit_text_statistics([self.inputs.texts[i] for i in self.fit_rows.tolist()])
-        store = FeatureStore(config.feature_cache, feature_signature(self.model)) if config.feature_cache else None
+        store = FeatureStore(config.feature_cache, feature_signatures(self.model)) if config.feature_cache else None
         self.cache = TowerCache.build(self.model, self.inputs, self.device, config.text_batch,
                                       config.image_batch_for(self.device), store) if self.frozen else None
         self.tuning = None
