@@ -28,11 +28,10 @@ EFFORT_LADDER_STEPS = 6
 class AnnParams:
     kind: str = "auto"
     approx_threshold: int = 10_000
-    """`auto` picks exact search below this many vectors and IVF above. bench/index.py, dim 256, 2 cores: at 20k
-    flat answers a query in 0.74 ms (p50) against 0.09 ms for IVF at recall@10 1.0; at 85k, the Rakuten
-    catalogue's size, 4.0 ms against 0.16 ms, and a batch of 16 Classify queries would cost the flat index as
-    much as the model's forward. IVF over HNSW: at 1M, IVF builds in ~10 s vs ~280 s, with equal or better
-    recall@10 and p99 ~1 ms for both. The recall check below still guards every approximate build."""
+    """`auto` picks exact search below this many vectors and IVF above: past it, exact search of a Classify
+    batch starts to cost as much as the model's forward, while IVF keeps recall@10 at 1.0 (bench/index.py;
+    figures in the README). IVF over HNSW: it builds far faster at a million vectors with equal or better
+    recall. The recall check below still guards every approximate build."""
     nlist: int | None = None
     """IVF lists; None = about sqrt(n)."""
     nprobe: int = 16
@@ -136,8 +135,8 @@ EXACT_CHUNK_ROWS = 65_536
 def exact_search(queries: np.ndarray, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(scores, rows), each (q, min(k, n)), best first: exhaustive inner product as one BLAS product per chunk.
 
-    Serves flat indexes: measured on one core, 16 queries against 2.8k / 10k vectors take 0.66 / 2.1 ms here
-    against 1.6 / 6.0 ms in faiss.IndexFlatIP (the wheel's small-batch path). Ties keep the lower row first.
+    Serves flat indexes: for small query batches one BLAS product beats faiss.IndexFlatIP's path in the
+    wheel (about 2.5x on one core when this was written). Ties keep the lower row first.
     """
     k = min(k, len(vectors))
     best_scores = np.empty((len(queries), 0), dtype=np.float32)

@@ -1,8 +1,8 @@
 """The top layers of e5-small fine-tuned for the catalogue's codes: a text view of their own.
 
 Frozen e5 + logistic regression reads a general-purpose sentence vector; fine-tuning lets the top layers
-learn which words of a listing decide its code (on ../shared/data, 4 tuned layers lift the e5 view by
-about 6 points of weighted F1, see bench/accuracy.py). Only the top is tuned, and it starts from the
+learn which words of a listing decide its code (bench/accuracy.py measures what it adds; figures in the
+README). Only the top is tuned, and it starts from the
 pretrained layers: it reads the frozen tower's hidden states at `start`, which serving computes anyway
 for the frozen e5 output, so the tuned view costs `layers` extra layers per product, not a second tower.
 

@@ -1,8 +1,8 @@
 """`PackedLinear`: an `nn.Linear` whose bfloat16 inference on CPU runs on weights packed once for oneDNN.
 
 `F.linear` on bfloat16 re-lays the weight into oneDNN's blocked format on every call; for a frozen tower
-that repacking is most of the cost (about half of a lone request's e5 forward, more on big batches, see
-bench/serve.py). Packing once and calling oneDNN's own linear skips it with identical results. Training,
+that repacking is a large share of the forward (bench/serve.py shows the whole effect). Packing once and
+calling oneDNN's own linear skips it with identical results. Training,
 float32, other devices and any torch without these ops take plain `F.linear`; the state dict is the
 `nn.Linear` one, so bundles and checkpoints do not change.
 """

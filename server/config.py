@@ -34,8 +34,7 @@ class ServerConfig:
     device: str | None = _opt(None, "torch device for the model (default: CUDA when available)")
     forward_workers: int = _opt(1, "forward passes that run at once, each on its own micro-batch; with "
                                    "--torch-threads 1 and one worker per core a small CPU answers a little more "
-                                   "under load and a lone request more slowly (2 cores: 299 vs 270-295 req/s at "
-                                   "concurrency 32, p50 8.2 vs 6.0 ms alone)")
+                                   "under load and a lone request more slowly (measure with bench/serve.py)")
     torch_threads: int | None = _opt(None, "intra-op CPU threads of the forward pass and FAISS searches "
                                            "(default: every core this process may use)")
     max_batch: int = _opt(32, "most products in one forward pass")
