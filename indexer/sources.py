@@ -105,7 +105,7 @@ def read_labelled_folder(path: str | Path, options: SourceOptions | None = None
         rows, rejects = _read_shared_layout(folder, options)
     else:
         rows, rejects = _read_challenge_layout(folder, options)
-    return _drop_duplicate_products(rows, rejects)
+    return _drop_duplicate_products(*_reject_unusable(rows, rejects))
 
 
 def detect_layout(path: str | Path) -> str | None:
@@ -387,6 +387,19 @@ def _merge_image_index(folder: Path, index_file: Path, rows: dict[int, SourceRow
 
 
 # ---------------------------------------------------------------- cross-file checks
+
+
+def _reject_unusable(rows: list[SourceRow], rejects: list[Reject]) -> tuple[list[SourceRow], list[Reject]]:
+    """A product with no text whose image cannot be used has nothing Classify could read: it is rejected here,
+    not accepted into the catalogue to fail later at embedding time."""
+    kept, rejects = [], list(rejects)
+    for row in rows:
+        if row.designation.strip() or row.description.strip() or row.image_path is not None:
+            kept.append(row)
+        else:
+            rejects.append(Reject(row.source_file, row.row_number, str(row.productid), "image",
+                                  f"no designation or description, and {row.image_note or 'no image file'}"))
+    return kept, rejects
 
 
 def _drop_duplicate_products(rows: list[SourceRow], rejects: list[Reject]

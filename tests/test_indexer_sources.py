@@ -110,6 +110,19 @@ def test_corrupt_and_oversized_images_keep_the_text(tmp_path: Path) -> None:
     assert "oversized" in ({r.productid: r for r in rows}[103].image_note or "")
 
 
+def test_a_product_with_no_text_and_no_usable_image_is_rejected_not_kept(tmp_path: Path) -> None:
+    """Classify would refuse it, so the catalogue must not hold it (it used to fail later, at embedding)."""
+    write_csv(tmp_path / "New_X_train.csv", ["", "designation", "description", "productid", "imageid"],
+              [[0, "", "", 201, 9201], [1, "", "", 202, 9202], [2, "Lampe", "", 203, 9203]])
+    write_csv(tmp_path / "New_y_train.csv", ["", "prdtypecode"], [[0, 10], [1, 10], [2, 10]])
+    write_jpeg(tmp_path / "images" / "image_9202_product_202.jpg")  # 201's image is missing, 203 has text
+    rows, rejects = read_labelled_folder(tmp_path)
+    assert sorted(r.productid for r in rows) == [202, 203]
+    (reject,) = rejects
+    assert (reject.productid, reject.field, reject.row_number) == ("201", "image", 1)
+    assert "no designation or description" in reject.reason and "missing" in reject.reason
+
+
 def test_missing_column_names_the_column(tmp_path: Path) -> None:
     write_csv(tmp_path / "X_train.csv", ["", "designation", "productid", "imageid"], [[0, "a", 1, 2]])
     with pytest.raises(InvalidInput) as info:
