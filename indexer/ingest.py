@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -70,16 +69,16 @@ def row_hash(row: SourceRow, content: str) -> str:
 
 def write_rejects(rejects: list[Reject], path: Path) -> None:
     """Rejects as csv (source_file,row_number,productid,field,reason), replaced atomically."""
+    from shopclip.atomic import replace_atomically
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="", encoding="utf-8", errors="replace") as out:
-        writer = csv.writer(out)
-        writer.writerow(["source_file", "row_number", "productid", "field", "reason"])
-        for reject in rejects:
-            writer.writerow([reject.source_file, reject.row_number, reject.productid, reject.field, reject.reason])
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
+    with replace_atomically(path) as temporary:
+        with temporary.open("w", newline="", encoding="utf-8", errors="replace") as out:
+            writer = csv.writer(out)
+            writer.writerow(["source_file", "row_number", "productid", "field", "reason"])
+            for reject in rejects:
+                writer.writerow([reject.source_file, reject.row_number, reject.productid, reject.field,
+                                 reject.reason])
 
 
 def _changed_rows(rows: list[SourceRow], catalogue: Catalogue, source_batch: str

@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
+from shopclip.atomic import fsync_directory, write_json_atomically, write_text_atomically
 from shopclip.errors import Busy
 from shopclip.indexer.faults import crash_point
 
@@ -62,31 +63,19 @@ def read_current(root: str | Path) -> str | None:
     return name or None
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def fsync_tree(path: Path) -> None:
     """Flush every file below `path`, then the directories, so a rename publishes durable contents."""
     for file in sorted(p for p in path.rglob("*") if p.is_file()):
         with file.open("rb") as handle:
             os.fsync(handle.fileno())
     for directory in sorted((p for p in path.rglob("*") if p.is_dir()), reverse=True):
-        _fsync_dir(directory)
-    _fsync_dir(path)
+        fsync_directory(directory)
+    fsync_directory(path)
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as out:
-        json.dump(data, out, indent=2, sort_keys=True)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
+    """Manifests and job state: sorted keys, so equal content gives equal files."""
+    write_json_atomically(path, data, sort_keys=True)
 
 
 @contextmanager
@@ -134,15 +123,9 @@ def commit_version(root: str | Path, staging: Path, manifest: dict, keep: int) -
     crash_point("publish-before-rename")
     final = versions_dir(root) / version
     os.replace(staging, final)
-    _fsync_dir(final.parent)
+    fsync_directory(final.parent)
     crash_point("publish-before-flip")
-    tmp_pointer = root / (CURRENT_FILE + ".tmp")
-    with tmp_pointer.open("w", encoding="utf-8") as out:
-        out.write(version + "\n")
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp_pointer, root / CURRENT_FILE)
-    _fsync_dir(root)
+    write_text_atomically(root / CURRENT_FILE, version + "\n")
     crash_point("publish-after-flip")
     prune_versions(root, keep)
     return final

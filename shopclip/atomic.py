@@ -67,7 +67,7 @@ def json_default(value: Any) -> Any:
     raise TypeError(f"not JSON-able: {type(value).__name__}")
 
 
-def write_json_atomically(path: str | os.PathLike, data: Any, indent: int | None = 2) -> None:
+def write_json_atomically(path: str | os.PathLike, data: Any, indent: int | None = 2, sort_keys: bool = False) -> None:
     """JSON (numpy scalars, tuples and sets allowed) written with `replace_atomically`."""
-    text = json.dumps(data, indent=indent, default=json_default)
+    text = json.dumps(data, indent=indent, sort_keys=sort_keys, default=json_default)
     write_text_atomically(path, text + "\n")
