@@ -429,11 +429,7 @@ class E5Tower(nn.Module):
     def forward_from_layer(self, hidden: torch.Tensor, attention_mask: torch.Tensor, start: int) -> torch.Tensor:
         """Run `layers[start:]` on `hidden` (from `hidden_states(batch, start)`), pool and normalise:
         `forward_from_layer(hidden_states(b, k), b["attention_mask"], k)` equals `forward(b)`."""
-        key_mask = _key_mask(attention_mask)
-        hidden = hidden.to(self.compute_dtype)
-        for layer in self.layers[start:]:
-            hidden = layer(hidden, key_mask)
-        return F.normalize(_mean_pool(hidden.float(), attention_mask), dim=-1, eps=1e-6)
+        return run_layers(self.layers[start:], hidden, attention_mask)
 
     def freeze_bottom(self, layers: int) -> None:
         """Freeze the embeddings and `layers[:layers]`; the rest stays trainable."""
@@ -481,6 +477,16 @@ def _load_norm(norm: nn.LayerNorm, file: E5File, prefix: str) -> None:
 
 def _f32(file: E5File, name: str, shape: tuple[int, ...]) -> torch.Tensor:
     return torch.from_numpy(file.float32(name, shape).copy())
+
+
+def run_layers(layers: Sequence[E5Layer], hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """`layers` over `hidden` (in the layers' dtype), then the float32 L2-normalised mean over real tokens."""
+    key_mask = _key_mask(attention_mask)
+    if len(layers):  # none when the hidden states already come from the last layer
+        hidden = hidden.to(layers[0].qkv.weight.dtype)
+    for layer in layers:
+        hidden = layer(hidden, key_mask)
+    return F.normalize(_mean_pool(hidden.float(), attention_mask), dim=-1, eps=1e-6)
 
 
 def _key_mask(attention_mask: torch.Tensor) -> torch.Tensor | None:

@@ -7,7 +7,7 @@ pretrained layers: it reads the frozen tower's hidden states at `start`, which s
 for the frozen e5 output, so the tuned view costs `layers` extra layers per product, not a second tower.
 
 `E5TunedTop(hidden at start, attention mask)` -> (n, 384) L2-normalised pooled output; its classifier is
-stored in the ensemble as a `DenseView` over that output (`dense_view`), so the view needs no new
+stored in the ensemble as a `DenseView` over that output (`training.tune_e5.tuned_view`), so the view needs no new
 serving code. The bundle keeps these layers in model.safetensors (they are no package's weights).
 """
 
@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from shopclip.model.e5_tower import HIDDEN, LAYERS, E5Layer, E5Tower, _key_mask, _mean_pool
+from shopclip.model.e5_tower import HIDDEN, LAYERS, E5Layer, E5Tower, run_layers
 
 E5_TUNED = "e5_tuned"
 """Feature key and view name."""
@@ -50,11 +49,7 @@ class E5TunedTop(nn.Module):
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """`hidden` from `tower.hidden_states(batch, self.start)` -> (n, 384) float32 unit vectors."""
-        key_mask = _key_mask(attention_mask)
-        hidden = hidden.to(self.compute_dtype)
-        for layer in self.layers:
-            hidden = layer(hidden, key_mask)
-        return F.normalize(_mean_pool(hidden.float(), attention_mask), dim=-1, eps=1e-6)
+        return run_layers(self.layers, hidden, attention_mask)
 
     def logits(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.classifier(pooled.to(self.classifier.weight.dtype) * LOGIT_SCALE)
