@@ -276,8 +276,7 @@ class Trainer:
     # ------------------------------------------------------------------ tuned e5 top
 
     def tune_settings(self) -> TuneSettings:
-        return TuneSettings(epochs=self.config.e5_tune_epochs, lr=self.config.e5_tune_lr,
-                            head_lr=self.config.e5_tune_head_lr, seed=self.config.seed)
+        return TuneSettings(lr=self.config.e5_tune_lr, head_lr=self.config.e5_tune_head_lr, seed=self.config.seed)
 
     def _reset_tuned_top(self) -> None:
         """Back to the pretrained layers and a zero classifier, as `build_model` made it."""

@@ -34,8 +34,8 @@ LABEL_SMOOTHING = 0.1
 
 @dataclass(frozen=True)
 class TuneSettings:
-    epochs: int = 6
-    """Most epochs; validation chooses the best (on ../shared/data the curve flattens after 4-5)."""
+    """The optimiser's settings; how many epochs is each `tune` call's own (selection, then the refit)."""
+
     lr: float = 1e-4
     """Learning rate of the tuned layers (top layers take more than a full fine-tune's 1e-5..5e-5)."""
     head_lr: float = 2e-3
