@@ -316,9 +316,11 @@ class BundleEmbedder:
 def public_backbone(config: ModelConfig) -> str:
     """The backbone as callers may see it: an open_clip checkpoint is named by its file, not by a host path."""
     spec = config.open_clip
-    if spec is None or spec.checkpoint is None:
-        return config.backbone if spec is None or not spec.arch.startswith("local-dir:") else "open_clip:local-dir"
-    return f"{OPEN_CLIP_PREFIX}{spec.arch}={Path(spec.checkpoint).name}"
+    if spec is not None and spec.arch.startswith("local-dir:"):
+        return f"{OPEN_CLIP_PREFIX}local-dir"
+    if spec is not None and spec.checkpoint is not None:
+        return f"{OPEN_CLIP_PREFIX}{spec.arch}={Path(spec.checkpoint).name}"
+    return config.backbone
 
 
 def _spread(features: dict[str, list[torch.Tensor]], rows: list[int], count: int) -> dict[str, np.ndarray]:
