@@ -49,6 +49,7 @@ class E5Tuning:
     def __init__(self, model, inputs: ProductInputs, device: torch.device, batch_size: int = 64) -> None:
         self.model, self.inputs, self.device = model, inputs, device
         self.top: E5TunedTop = model.e5_tuned
+        self._bfloat16 = native_bfloat16()  # asked once, not per batch
         self.hidden: dict[int, torch.Tensor] = {}
         text_rows = torch.nonzero(inputs.has_text).flatten().tolist()
         with torch.inference_mode():
@@ -74,7 +75,7 @@ class E5Tuning:
         return hidden, mask
 
     def _autocast(self) -> torch.autocast:
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=native_bfloat16())
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._bfloat16)
 
     def tune(self, rows: torch.Tensor, settings: TuneSettings, epochs: int,
              val_rows: torch.Tensor | None = None) -> tuple[int, list[float]]:
