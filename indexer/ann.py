@@ -128,29 +128,6 @@ def set_search_effort(index, kind: str, effort: int) -> None:
         base.hnsw.efSearch = int(effort)
 
 
-EXACT_CHUNK_ROWS = 65_536
-"""Reference rows scored per matrix product in `exact_search`: bounds the scratch to queries x 64k floats."""
-
-
-def exact_search(queries: np.ndarray, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(scores, rows), each (q, min(k, n)), best first: exhaustive inner product as one BLAS product per chunk.
-
-    Serves flat indexes: for small query batches one BLAS product beats faiss.IndexFlatIP's path in the
-    wheel (about 2.5x on one core when this was written). Ties keep the lower row first.
-    """
-    k = min(k, len(vectors))
-    best_scores = np.empty((len(queries), 0), dtype=np.float32)
-    best_rows = np.empty((len(queries), 0), dtype=np.int64)
-    for start in range(0, len(vectors), EXACT_CHUNK_ROWS):
-        scores = np.asarray(queries @ np.asarray(vectors[start:start + EXACT_CHUNK_ROWS]).T, dtype=np.float32)
-        keep = min(k, scores.shape[1])
-        top = np.argpartition(-scores, keep - 1, axis=1)[:, :keep]
-        best_scores = np.concatenate([best_scores, np.take_along_axis(scores, top, axis=1)], axis=1)
-        best_rows = np.concatenate([best_rows, top + start], axis=1)
-    order = np.lexsort((best_rows, -best_scores), axis=1)[:, :k]
-    return np.take_along_axis(best_scores, order, axis=1), np.take_along_axis(best_rows, order, axis=1)
-
-
 def exact_neighbours(vectors: np.ndarray, queries: np.ndarray, k: int, use_gpu: bool = True) -> np.ndarray:
     """Ground truth ids (q, k) by exhaustive inner product."""
     import faiss

@@ -28,7 +28,7 @@ def _add_source_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--known-codes", type=Path,
                         help="file of accepted prdtypecodes (one per line); default: any positive code")
     parser.add_argument("--no-image-check", action="store_true",
-                        help="skip decoding images at ingest (size and presence are still checked)")
+                        help="skip decoding images at ingest (presence, size and header are still checked)")
 
 
 def _add_build_options(parser: argparse.ArgumentParser) -> None:
@@ -99,7 +99,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _source_options(args: argparse.Namespace):
     from shopclip.errors import InvalidInput
-    from shopclip.indexer.sources import SourceOptions
+    from shopclip.catalogue_files import SourceOptions
 
     codes = None
     if args.known_codes is not None:

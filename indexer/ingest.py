@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from shopclip.indexer.catalogue import METADATA_SCHEMA, Catalogue, utc_now
 from shopclip.indexer.faults import crash_point
-from shopclip.indexer.sources import Reject, SourceOptions, SourceRow, read_labelled_folder
+from shopclip.catalogue_files import Reject, SourceOptions, SourceRow, read_labelled_folder
 
 
 @dataclass(frozen=True)

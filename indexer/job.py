@@ -29,7 +29,7 @@ from shopclip.indexer import publish
 from shopclip.indexer.build import BuildOptions, build_under_lock, needs_build
 from shopclip.indexer.catalogue import DEFAULT_TABLE, Catalogue
 from shopclip.indexer.ingest import ingest_folder
-from shopclip.indexer.sources import SourceOptions, detect_layout
+from shopclip.catalogue_files import SourceOptions, detect_layout
 
 log = logging.getLogger(__name__)
 

@@ -18,6 +18,7 @@ from shopclip.errors import InvalidInput, NotFound, NotReady
 from shopclip.indexer import ann, publish
 from shopclip.indexer.publish import CODES_FILE, INDEX_FILE, NO_CODE, PRODUCTIDS_FILE, PRODUCTS_FILE, VECTORS_FILE
 from shopclip.indexer.api import CatalogueProduct, Neighbor
+from shopclip.model import knn
 
 
 class LoadedIndex:
@@ -87,7 +88,7 @@ class LoadedIndex:
             return [self._search_code(query, k, code, excluded) for query in queries]
         fetch = min(len(self), k + len(excluded))
         if self._kind == "flat":  # exact either way; BLAS is ~2.5x faster than the FAISS wheel here
-            scores, rows = ann.exact_search(queries, self._vectors, fetch)
+            scores, rows = knn.exact_search(queries, self._vectors, fetch)
         else:
             scores, rows = self._index.search(queries, fetch)
         return [self._hits(query_rows, query_scores, excluded, k) for query_rows, query_scores in zip(rows, scores)]
@@ -97,7 +98,7 @@ class LoadedIndex:
         rows = self._rows_by_code.get(int(code))
         if rows is None or code == NO_CODE:
             return []
-        scores, best = ann.exact_search(query[None, :], self._vectors[rows], k + len(excluded))
+        scores, best = knn.exact_search(query[None, :], self._vectors[rows], k + len(excluded))
         return self._hits(rows[best[0]], scores[0], excluded, k)
 
     def product(self, productid: int) -> CatalogueProduct:

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+from shopclip.input_policy import DEFAULT_LIMITS, ProductLimits
 from shopclip.model.embedder import Embedder, FakeEmbedder
 
 __all__ = ["Embedder", "FakeEmbedder", "load_embedder"]
 
 
-def load_embedder(spec: str, device: str | None = None) -> Embedder:
+def load_embedder(spec: str, device: str | None = None, limits: ProductLimits = DEFAULT_LIMITS) -> Embedder:
     """The one factory for embedders.
 
     `spec` is a model bundle directory, or `fake` / `fake:dim=64,classes=1200` for the deterministic
-    test double. `device` is `cpu`, `cuda` or None (CUDA when available).
+    test double. `device` is `cpu`, `cuda` or None (CUDA when available). `limits` is the input policy the
+    embedder checks products and decodes images under.
     """
     if spec == "fake" or spec.startswith("fake:"):
         options = dict(part.split("=", 1) for part in spec[5:].split(",") if part)
-        return FakeEmbedder(dim=int(options.get("dim", 32)), codes=range(int(options.get("classes", 27))))
+        return FakeEmbedder(dim=int(options.get("dim", 32)), codes=range(int(options.get("classes", 27))),
+                             limits=limits)
     from shopclip.model.bundle import load_bundle_embedder  # torch is imported only for real bundles
 
-    return load_bundle_embedder(spec, device=device)
+    return load_bundle_embedder(spec, device=device, limits=limits)

@@ -28,9 +28,10 @@ import torch
 
 from shopclip.atomic import json_default, replace_atomically, write_json_atomically
 from shopclip.errors import InvalidInput, NotFound
+from shopclip.input_policy import DEFAULT_LIMITS, ProductLimits, check_product
 from shopclip.model.clip import IMAGE_FEATURES, ShopClipModel, assemble
 from shopclip.model.config import OPEN_CLIP_PREFIX, SHOPCLIP_BACKBONE, ModelConfig
-from shopclip.model.embedder import Encoded, validate_product
+from shopclip.model.embedder import Encoded
 from shopclip.model.ensemble import EnsembleClassifier, ViewInputs
 from shopclip.model.knn import KnnParams, final_probabilities
 from shopclip.model.text import product_text
@@ -191,9 +192,10 @@ def load_bundle(path: str | os.PathLike, device: str | torch.device | None = Non
     return model.to(resolve_device(device)).eval(), config
 
 
-def load_bundle_embedder(path: str | os.PathLike, device: str | torch.device | None = None) -> "BundleEmbedder":
+def load_bundle_embedder(path: str | os.PathLike, device: str | torch.device | None = None,
+                         limits: ProductLimits = DEFAULT_LIMITS) -> "BundleEmbedder":
     model, config = load_bundle(path, device)
-    return BundleEmbedder(model, config, source=str(path), classifier=load_classifier(path, config))
+    return BundleEmbedder(model, config, source=str(path), classifier=load_classifier(path, config), limits=limits)
 
 
 def load_classifier(path: str | os.PathLike, config: dict[str, Any]) -> EnsembleClassifier | None:
@@ -208,7 +210,7 @@ class BundleEmbedder:
 
     def __init__(self, model: ShopClipModel, config: dict[str, Any], source: str = "",
                  text_batch_size: int | None = None, image_batch_size: int | None = None,
-                 classifier: EnsembleClassifier | None = None) -> None:
+                 classifier: EnsembleClassifier | None = None, limits: ProductLimits = DEFAULT_LIMITS) -> None:
         """Batch sizes are per modality; None picks the measured default for the model's device. Without a
         `classifier` (bundles from before the views), Classify is the head + k-NN vote of `final_probabilities`."""
         self.model = model.eval()
@@ -217,6 +219,7 @@ class BundleEmbedder:
         self.device = next(model.parameters()).device
         self.dim = model.config.embed_dim
         self.codes = list(model.codes)
+        self.limits = limits
         self.fingerprint = str(config["fingerprint"])
         self.knn = KnnParams.from_dict(config.get("knn"))
         self.classifier = classifier
@@ -234,11 +237,11 @@ class BundleEmbedder:
         Every product is validated and every image decoded before any forward pass, so a bad product
         fails the call fast and cheaply."""
         for i, product in enumerate(products):
-            validate_product(product, f"products[{i}].")
+            check_product(product, self.limits, f"products[{i}]")
         text_rows = [i for i, product in enumerate(products) if product.has_text]
         image_rows = [i for i, product in enumerate(products) if product.has_image]
-        pixels = [self.model.image_transform(products[i].image, train=False, field=f"products[{i}].image")
-                  for i in image_rows]
+        pixels = [self.model.image_transform(products[i].image, train=False, field=f"products[{i}].image",
+                                             limits=self.limits) for i in image_rows]
         texts = [product_text(products[i].designation, products[i].description) for i in text_rows]
         with torch.inference_mode():
             text_emb, text_features = self._encode_texts(texts, tuned=with_views)

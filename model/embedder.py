@@ -19,7 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from shopclip.errors import InvalidInput
+from shopclip.input_policy import DEFAULT_LIMITS, ProductLimits, check_text
 from shopclip.model.knn import KnnParams, final_probabilities
 from shopclip.products import ProductInput
 
@@ -48,6 +48,8 @@ class Embedder(Protocol):
     dim: int
     codes: Sequence[int]
     """Class index -> prdtypecode, the order of `classify_vectors` columns."""
+    limits: ProductLimits
+    """The input policy products are checked and images decoded under (the server passes its own)."""
 
     def embed(self, products: Sequence[ProductInput]) -> np.ndarray:
         """(n, dim) float32, L2-normalised. Raises InvalidInput naming the field of a bad product."""
@@ -71,11 +73,6 @@ class Embedder(Protocol):
         ...
 
 
-def validate_product(product: ProductInput, field_prefix: str = "") -> None:
-    if not product.has_text and not product.has_image:
-        raise InvalidInput(f"{field_prefix}designation", "a product needs a designation, a description or an image")
-
-
 class FakeEmbedder:
     """Deterministic, dependency-free stand-in with the real interface (tests and dry runs).
 
@@ -83,9 +80,11 @@ class FakeEmbedder:
     a product's code can be recovered from its neighbours, which makes k-NN tests meaningful.
     """
 
-    def __init__(self, dim: int = 32, codes: Sequence[int] = tuple(range(27))) -> None:
+    def __init__(self, dim: int = 32, codes: Sequence[int] = tuple(range(27)),
+                 limits: ProductLimits = DEFAULT_LIMITS) -> None:
         self.dim = dim
         self.codes = list(codes)
+        self.limits = limits
         self.fingerprint = f"fake-{dim}-{len(self.codes)}"
         self.knn = KnnParams()
         rng = np.random.default_rng(0)
@@ -98,7 +97,8 @@ class FakeEmbedder:
     def embed(self, products: Sequence[ProductInput]) -> np.ndarray:
         out = np.zeros((len(products), self.dim), dtype=np.float32)
         for i, product in enumerate(products):
-            validate_product(product, f"products[{i}].")
+            # Text rules only: the fake never decodes, so tests may hand it any bytes as an image.
+            check_text(product.designation, product.description, product.has_image, self.limits, f"products[{i}]")
             tokens = re.findall(r"\w+", f"{product.designation} {product.description}".lower())
             if product.image is not None:
                 tokens.append("image:" + hashlib.blake2b(product.image, digest_size=8).hexdigest())

@@ -1,4 +1,4 @@
-"""k-NN voting over labelled neighbours and its combination with the linear head.
+"""k-NN voting over labelled neighbours, its combination with the linear head, and exact neighbour search.
 
 Shared by evaluation (which tunes `KnnParams` on validation) and the server (which applies the
 bundle's tuned params), so both classify with exactly the same arithmetic.
@@ -95,3 +95,26 @@ def final_probabilities(head_probs: np.ndarray, knn_probs: np.ndarray | None, pa
     if knn_probs is None:
         return calibrate(head_probs, params.head_sharpness)
     return calibrate(combine(head_probs, knn_probs, params.weight), params.sharpness)
+
+
+EXACT_CHUNK_ROWS = 65_536
+"""Reference rows scored per matrix product in `exact_search`: bounds the scratch to queries x 64k floats."""
+
+
+def exact_search(queries: np.ndarray, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, rows), each (q, min(k, n)), best first: exhaustive inner product as one BLAS product per chunk.
+
+    Serves flat indexes: for small query batches one BLAS product beats faiss.IndexFlatIP's path in the
+    wheel (about 2.5x on one core when this was written). Ties keep the lower row first.
+    """
+    k = min(k, len(vectors))
+    best_scores = np.empty((len(queries), 0), dtype=np.float32)
+    best_rows = np.empty((len(queries), 0), dtype=np.int64)
+    for start in range(0, len(vectors), EXACT_CHUNK_ROWS):
+        scores = np.asarray(queries @ np.asarray(vectors[start:start + EXACT_CHUNK_ROWS]).T, dtype=np.float32)
+        keep = min(k, scores.shape[1])
+        top = np.argpartition(-scores, keep - 1, axis=1)[:, :keep]
+        best_scores = np.concatenate([best_scores, np.take_along_axis(scores, top, axis=1)], axis=1)
+        best_rows = np.concatenate([best_rows, top + start], axis=1)
+    order = np.lexsort((best_rows, -best_scores), axis=1)[:, :k]
+    return np.take_along_axis(best_scores, order, axis=1), np.take_along_axis(best_rows, order, axis=1)

@@ -26,6 +26,7 @@ from torch import nn
 
 from shopclip.model.config import OpenClipSpec
 from shopclip.model.image_tower import ImageTower, quiet_open_clip_init
+from shopclip.input_policy import DEFAULT_LIMITS, ProductLimits
 from shopclip.model.preprocess import ImageInput, prepare_image
 
 LOCAL_DIR_PREFIX = "local-dir:"
@@ -58,8 +59,9 @@ class OpenClipImageTransform:
         self._train, self._evaluate = train, evaluate
         self.preprocess_cfg = preprocess_cfg
 
-    def __call__(self, image: ImageInput, train: bool = False, field: str = "image") -> torch.Tensor:
-        prepared = prepare_image(image, field)
+    def __call__(self, image: ImageInput, train: bool = False, field: str = "image",
+                 limits: ProductLimits = DEFAULT_LIMITS) -> torch.Tensor:
+        prepared = prepare_image(image, field, limits)
         return (self._train if train else self._evaluate)(prepared)
 
     def to_dict(self) -> dict[str, Any]:

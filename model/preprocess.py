@@ -2,11 +2,10 @@
 
 Steps, in order, and why:
 
-1. **Decode safely** (`decode_image`). Input is whatever a client or a catalogue file sent.
-   Only JPEG, PNG and WebP are accepted; more than `MAX_IMAGE_BYTES` of input, or a header announcing
-   more than `MAX_IMAGE_PIXELS` pixels (a decompression bomb: a few KB of PNG that inflates to GBs),
-   is refused *before* pixels are decoded. Any failure raises `InvalidInput(field="image")`.
-   EXIF orientation is applied; animated files contribute their first frame.
+1. **Decode safely** (`decode_image`). Input is whatever a client or a catalogue file sent. Formats, the
+   byte limit and the decompression-bomb guard (a header announcing too many pixels is refused *before*
+   pixels are decoded) are `shopclip.input_policy`'s, with the limits the caller runs under. Any failure
+   raises `InvalidInput(field="image")`. EXIF orientation is applied; animated files contribute their first frame.
 2. **RGB on white** (`to_rgb`). CMYK, palette, grayscale (8 and 16 bit) and 1-bit images are converted
    to RGB; transparent pixels (RGBA, LA, palette or grayscale with a transparent colour) are composited
    on white, because catalogue images are product shots on a white background and a transparent
@@ -31,23 +30,17 @@ apply their transform afterwards.
 
 from __future__ import annotations
 
-import io
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 from torchvision import transforms as T
 
-from shopclip.errors import InvalidInput
+from shopclip.input_policy import ACCEPTED_FORMATS, DEFAULT_LIMITS, ProductLimits, open_image
 
-ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP")
-MAX_IMAGE_BYTES = 20 * 1024 * 1024
-MAX_IMAGE_PIXELS = 40_000_000
-"""About 6300x6300: far above catalogue images (500x500), far below what exhausts memory."""
 WHITE_THRESHOLD = 235
 """A pixel whose darkest channel is at or above this is background (JPEG noise around white is ~245-255)."""
 MIN_CONTENT_FRACTION = 0.005
@@ -61,38 +54,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 ImageInput = bytes | Image.Image
 
 
-def decode_image(data: bytes, field: str = "image") -> Image.Image:
+def decode_image(data: bytes, field: str = "image", limits: ProductLimits = DEFAULT_LIMITS) -> Image.Image:
     """Decode untrusted JPEG/PNG/WebP bytes into an RGB image on white (steps 1-2 above)."""
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise InvalidInput(field, f"expected encoded image bytes, got {type(data).__name__}")
-    if len(data) == 0:
-        raise InvalidInput(field, "empty image")
-    if len(data) > MAX_IMAGE_BYTES:
-        raise InvalidInput(field, f"image is {len(data)} bytes, the limit is {MAX_IMAGE_BYTES}")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
-            _check_pixel_count(image, field)
-            image.load()
-            image = ImageOps.exif_transpose(image)
-    except InvalidInput:
-        raise
-    except UnidentifiedImageError:
-        raise InvalidInput(field, f"not a decodable image (accepted: {', '.join(ACCEPTED_FORMATS)})") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise InvalidInput(field, f"image too large to decode safely: {exc}") from None
-    except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt files
-        raise InvalidInput(field, f"corrupt image: {exc}") from None
-    return to_rgb(image)
-
-
-def _check_pixel_count(image: Image.Image, field: str) -> None:
-    width, height = image.size
-    if width * height > MAX_IMAGE_PIXELS:
-        raise InvalidInput(field, f"image is {width}x{height} pixels, the limit is {MAX_IMAGE_PIXELS} pixels")
-    if width == 0 or height == 0:
-        raise InvalidInput(field, "image has no pixels")
+    return to_rgb(open_image(data, limits, field))
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -145,12 +109,12 @@ def pad_to_square(image: Image.Image) -> Image.Image:
     return square
 
 
-def prepare_image(image: ImageInput, field: str = "image") -> Image.Image:
+def prepare_image(image: ImageInput, field: str = "image", limits: ProductLimits = DEFAULT_LIMITS) -> Image.Image:
     """Steps 1-3: bytes or a PIL image -> RGB on white, cropped to its content box."""
     if isinstance(image, Image.Image):
         rgb = to_rgb(image)
     else:
-        rgb = decode_image(image, field)
+        rgb = decode_image(image, field, limits)
     return crop_to_content(rgb)
 
 
@@ -162,8 +126,9 @@ class ImageTransform:
     mean: Sequence[float] = IMAGENET_MEAN
     std: Sequence[float] = IMAGENET_STD
 
-    def __call__(self, image: ImageInput, train: bool = False, field: str = "image") -> torch.Tensor:
-        square = pad_to_square(prepare_image(image, field))
+    def __call__(self, image: ImageInput, train: bool = False, field: str = "image",
+                 limits: ProductLimits = DEFAULT_LIMITS) -> torch.Tensor:
+        square = pad_to_square(prepare_image(image, field, limits))
         return (self._train if train else self._eval)(square)
 
     @cached_property

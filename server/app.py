@@ -31,7 +31,6 @@ from shopclip.server.index_watch import IndexSource, IndexWatcher, PublishedInde
 from shopclip.server.metrics import ServerMetrics
 from shopclip.server.servicer import (ClassificationServicer, EmbeddingServicer, InfoServicer, RequestLimits,
                                       SearchServicer)
-from shopclip.server.validation import Limits
 from shopclip.v1 import (classification_pb2, classification_pb2_grpc, embedding_pb2, embedding_pb2_grpc, info_pb2,
                          info_pb2_grpc, search_pb2, search_pb2_grpc)
 
@@ -130,7 +129,7 @@ async def create_server(config: ServerConfig, index_source: IndexSource | None =
     # and a second team (loading elsewhere) made every forward ~50% slower on 2 cores (bench/serve.py).
     forward_executor = ThreadPoolExecutor(config.forward_workers, thread_name_prefix="shopclip-forward")
     embedder = await asyncio.get_running_loop().run_in_executor(forward_executor, load_embedder, config.bundle,
-                                                                config.device)
+                                                                config.device, config.product_limits)
     if index_source is None and config.index_root is not None:
         index_source = PublishedIndexSource(config.index_root)
     engine = Engine(embedder, abstain_threshold=config.abstain_threshold, index_required=index_source is not None)
@@ -206,9 +205,7 @@ def _bind(grpc_server: grpc.aio.Server, config: ServerConfig) -> int:
 
 def _limits(config: ServerConfig) -> RequestLimits:
     return RequestLimits(
-        product=Limits(max_image_bytes=config.max_image_bytes, max_image_pixels=config.max_image_pixels,
-                       max_designation_chars=config.max_designation_chars,
-                       max_description_chars=config.max_description_chars),
+        product=config.product_limits,
         max_classify_top_k=config.max_classify_top_k, max_search_top_k=config.max_search_top_k,
         batch_limit=config.batch_limit)
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shopclip.errors import InvalidInput
+from shopclip.input_policy import DEFAULT_LIMITS, ProductLimits
 
 ENV_PREFIX = "SHOPCLIP_"
 
@@ -41,10 +42,10 @@ class ServerConfig:
     max_wait_ms: float = _opt(1.0, "how long a forward waits for more requests to fill its batch")
     queue_size: int = _opt(1024, "products waiting for a forward before RESOURCE_EXHAUSTED")
     abstain_threshold: float = _opt(0.5, "Classify abstains when the top probability is below this")
-    max_image_bytes: int = _opt(10 * 1024 * 1024, "largest accepted encoded image")
-    max_image_pixels: int = _opt(40_000_000, "largest accepted image area (decompression-bomb guard)")
-    max_designation_chars: int = _opt(1_000, "longest accepted designation")
-    max_description_chars: int = _opt(20_000, "longest accepted description")
+    max_image_bytes: int = _opt(DEFAULT_LIMITS.max_image_bytes, "largest accepted encoded image")
+    max_image_pixels: int = _opt(DEFAULT_LIMITS.max_image_pixels, "largest accepted image area (decompression-bomb guard)")
+    max_designation_chars: int = _opt(DEFAULT_LIMITS.max_designation_chars, "longest accepted designation")
+    max_description_chars: int = _opt(DEFAULT_LIMITS.max_description_chars, "longest accepted description")
     max_classify_top_k: int = _opt(50, "largest Classify top_k")
     max_search_top_k: int = _opt(100, "largest SearchSimilar top_k")
     batch_limit: int = _opt(256, "most products in one ClassifyBatch or Embed call")
@@ -61,8 +62,8 @@ class ServerConfig:
     def __post_init__(self) -> None:
         if not self.bundle:
             raise InvalidInput("bundle", f"required: pass --bundle or set {ENV_PREFIX}BUNDLE")
-        for name in ("forward_workers", "max_batch", "queue_size", "max_image_bytes", "max_image_pixels",
-                     "max_designation_chars", "max_description_chars", "max_classify_top_k", "max_search_top_k",
+        self.product_limits  # noqa: B018 - validates the four product limits
+        for name in ("forward_workers", "max_batch", "queue_size", "max_classify_top_k", "max_search_top_k",
                      "batch_limit", "max_message_bytes"):
             if getattr(self, name) < 1:
                 raise InvalidInput(name, f"must be >= 1, got {getattr(self, name)}")
@@ -77,6 +78,13 @@ class ServerConfig:
             raise InvalidInput("port", f"must be in 0..65535, got {self.port}")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise InvalidInput("tls_cert", "TLS needs both --tls-cert and --tls-key")
+
+    @property
+    def product_limits(self) -> ProductLimits:
+        """The input policy requests are checked and images decoded under (ingest defaults to the same)."""
+        return ProductLimits(max_designation_chars=self.max_designation_chars,
+                             max_description_chars=self.max_description_chars,
+                             max_image_bytes=self.max_image_bytes, max_image_pixels=self.max_image_pixels)
 
     @property
     def forward_threads(self) -> int:

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 import grpc.aio
 
 from shopclip.errors import InvalidInput
+from shopclip.input_policy import ProductLimits, check_product
 from shopclip.products import ProductInput
 from shopclip.server.batching import MicroBatcher
 from shopclip.server.engine import Classification, Engine, Job, NeighborInfo, Outcome, Versions
-from shopclip.server.validation import Limits, check_count, check_product, check_top_k
+from shopclip.server.validation import check_count, check_top_k
 from shopclip.v1 import (classification_pb2, classification_pb2_grpc, embedding_pb2, embedding_pb2_grpc, info_pb2,
                          info_pb2_grpc, product_pb2, search_pb2, search_pb2_grpc)
 
@@ -29,7 +30,7 @@ INDEX_TYPES = {"flat": info_pb2.INDEX_TYPE_FLAT, "ivf": info_pb2.INDEX_TYPE_IVF,
 
 @dataclass(frozen=True)
 class RequestLimits:
-    product: Limits
+    product: ProductLimits
     max_classify_top_k: int
     max_search_top_k: int
     batch_limit: int

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from shopclip.indexer import ann
+from shopclip.model import knn
 
 
 def clustered(count: int, dim: int = 32, clusters: int = 40, seed: int = 0) -> np.ndarray:
@@ -79,16 +80,16 @@ def test_the_cli_help_states_the_auto_threshold_it_applies() -> None:
 
 @pytest.mark.parametrize("chunk_rows", [7, 65_536])
 def test_exact_search_matches_a_full_sort_across_chunks(monkeypatch: pytest.MonkeyPatch, chunk_rows: int) -> None:
-    monkeypatch.setattr(ann, "EXACT_CHUNK_ROWS", chunk_rows)
+    monkeypatch.setattr(knn, "EXACT_CHUNK_ROWS", chunk_rows)
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((50, 8)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     vectors[31] = vectors[4]  # a tie: the lower row comes first
     queries = np.concatenate([vectors[4:5], rng.standard_normal((3, 8)).astype(np.float32)])
-    scores, rows = ann.exact_search(queries, vectors, 6)
+    scores, rows = knn.exact_search(queries, vectors, 6)
     full = queries @ vectors.T
     expected_rows = np.stack([np.lexsort((np.arange(50), -row))[:6] for row in full])
     assert np.array_equal(rows, expected_rows)
     assert np.allclose(scores, np.take_along_axis(full, expected_rows, axis=1))
     assert list(rows[0][:2]) == [4, 31]
-    assert ann.exact_search(queries, vectors[:3], 6)[1].shape == (4, 3)  # k larger than the index
+    assert knn.exact_search(queries, vectors[:3], 6)[1].shape == (4, 3)  # k larger than the index

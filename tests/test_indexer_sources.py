@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from shopclip.errors import InvalidInput
-from shopclip.indexer.sources import SourceOptions, detect_layout, read_labelled_folder
+from shopclip.catalogue_files import SourceOptions, detect_layout, read_labelled_folder
+from shopclip.input_policy import ProductLimits, check_text
 
 
 def write_jpeg(path: Path, colour: tuple[int, int, int] = (200, 10, 10)) -> None:
@@ -87,7 +88,7 @@ def test_every_bad_row_is_rejected_with_its_reason_and_good_rows_survive(tmp_pat
     assert reasons[("X_train.csv", 2)][0] == "productid" and "missing" in reasons[("X_train.csv", 2)][1]
     assert "integer" in reasons[("X_train.csv", 3)][1]
     assert "duplicate" in reasons[("X_train.csv", 4)][1]
-    assert "too long" in reasons[("X_train.csv", 5)][1]
+    assert reasons[("X_train.csv", 5)] == ("designation", "3000 characters, at most 1000 accepted")
     assert "X/Y mismatch" in reasons[("X_train.csv", 6)][1]
     assert "X/Y mismatch" in reasons[("X_train.csv", 7)][1]  # its label row was itself rejected
     assert "X/Y mismatch" in reasons[("X_train.csv", 8)][1]
@@ -104,10 +105,30 @@ def test_corrupt_and_oversized_images_keep_the_text(tmp_path: Path) -> None:
     (tmp_path / "images" / "image_train" / "image_9001_product_101.jpg").write_bytes(b"\xff\xd8 not a jpeg")
     rows, _ = read_labelled_folder(tmp_path)
     row = {r.productid: r for r in rows}[101]
-    assert row.image_path is None and "corrupt" in (row.image_note or "") and row.designation
-    rows, _ = read_labelled_folder(tmp_path, SourceOptions(max_image_bytes=10))
+    assert row.image_path is None and "not a decodable image" in (row.image_note or "") and row.designation
+    rows, _ = read_labelled_folder(tmp_path, SourceOptions(limits=ProductLimits(max_image_bytes=10)))
     assert all(r.image_path is None for r in rows)
-    assert "oversized" in ({r.productid: r for r in rows}[103].image_note or "")
+    assert "at most 10 accepted" in ({r.productid: r for r in rows}[103].image_note or "")
+
+
+def test_ingest_refuses_what_classify_refuses(tmp_path: Path) -> None:
+    """One input policy: an image Pillow reads but Classify does not accept (GIF) and a description past
+    Classify's limit never reach the catalogue."""
+    limits = ProductLimits(max_description_chars=50)
+    write_csv(tmp_path / "New_X_train.csv", ["", "designation", "description", "productid", "imageid"],
+              [[0, "Lampe", "", 301, 9301], [1, "Chaise", "y" * 51, 302, 9302], [2, "", "", 303, 9303]])
+    write_csv(tmp_path / "New_y_train.csv", ["", "prdtypecode"], [[0, 10], [1, 10], [2, 10]])
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "images" / "image_9301_product_301.jpg", format="GIF")
+    Image.new("RGB", (8, 8)).save(tmp_path / "images" / "image_9303_product_303.jpg", format="GIF")
+    rows, rejects = read_labelled_folder(tmp_path, SourceOptions(limits=limits))
+    (lamp,) = rows
+    assert lamp.productid == 301 and lamp.image_path is None and "not a decodable image" in (lamp.image_note or "")
+    reasons = {reject.productid: (reject.field, reject.reason) for reject in rejects}
+    assert reasons["302"] == ("description", "51 characters, at most 50 accepted")
+    assert reasons["303"][0] == "image" and "not a decodable image" in reasons["303"][1]
+    for row in rows:  # what was kept, Classify takes
+        check_text(row.designation, row.description, row.image_path is not None, limits)
 
 
 def test_a_product_with_no_text_and_no_usable_image_is_rejected_not_kept(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from shopclip.errors import InvalidInput
+from shopclip.input_policy import ProductLimits
 from shopclip.model import preprocess
 from shopclip.model.preprocess import ImageTransform, content_box, crop_to_content, decode_image, prepare_image
 
@@ -117,11 +118,16 @@ def test_bad_bytes_raise_invalid_input_naming_the_field(data: bytes, reason: str
     assert reason in caught.value.message
 
 
-def test_oversized_input_is_refused_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_byte_limit_is_the_callers_not_a_fixed_cap() -> None:
+    """Preprocessing decodes under the limits the server or ingest runs with (it used to cap at 20 MiB
+    whatever --max-image-bytes said)."""
     data = encode(product_on_white(), "PNG")
-    monkeypatch.setattr(preprocess, "MAX_IMAGE_BYTES", len(data) - 1)
-    with pytest.raises(InvalidInput, match="bytes"):
-        decode_image(data)
+    with pytest.raises(InvalidInput, match=f"{len(data)} bytes, at most {len(data) - 1} accepted"):
+        decode_image(data, limits=ProductLimits(max_image_bytes=len(data) - 1))
+    assert decode_image(data, limits=ProductLimits(max_image_bytes=len(data))).size == product_on_white().size
+    tight = ProductLimits(max_image_pixels=10)
+    with pytest.raises(InvalidInput, match="pixels"):
+        ImageTransform(image_size=32)(data, limits=tight)
 
 
 def test_decompression_bomb_is_refused() -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from shopclip.indexer.sources import SourceRow
+from shopclip.catalogue_files import SourceRow
 from shopclip.model.knn import KnnParams, calibrate, final_probabilities, fit_sharpness, knn_votes
 from shopclip.training.baseline import TfidfSvcBaseline
 from shopclip.training.data import SPLITS, fingerprint, split_products

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from shopclip.indexer.sources import SourceRow
+from shopclip.catalogue_files import SourceRow
 
 from shopclip.model.text import product_text
 from shopclip.training.data import has_text

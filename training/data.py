@@ -1,6 +1,6 @@
 """Labelled products for training and evaluation: reading a folder, the split, the fingerprint.
 
-Rows come from `shopclip.indexer.sources.read_labelled_folder` (both catalogue layouts, validated the
+Rows come from `shopclip.catalogue_files.read_labelled_folder` (both catalogue layouts, validated the
 same way ingest validates them): one row per productid, text + image, text only or image only, all used.
 Unlabelled rows are dropped here: training and evaluation need a prdtypecode.
 
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from shopclip.errors import InvalidInput
-from shopclip.indexer.sources import SourceRow, read_labelled_folder
+from shopclip.catalogue_files import SourceRow, read_labelled_folder
 from shopclip.products import ProductInput
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from shopclip.errors import InvalidInput
-from shopclip.indexer.sources import SourceRow
+from shopclip.catalogue_files import SourceRow
 from shopclip.model.clip import IMAGE_FEATURES
 from shopclip.model.text import product_text
 from shopclip.training.data import has_image, has_text

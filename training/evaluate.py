@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from shopclip.errors import InvalidInput, NotFound
-from shopclip.indexer.sources import SourceRow
+from shopclip.catalogue_files import SourceRow
 from shopclip.model.knn import KnnParams
 from shopclip.training.baseline import TfidfSvcBaseline
 from shopclip.training.config import TrainConfig
@@ -163,7 +163,7 @@ def classify_products(embedder, products: list[SourceRow], references: np.ndarra
                       batch_size: int = 32) -> np.ndarray:
     """What the server answers for these products (Engine._classify's arithmetic): one forward pass from the
     raw product, exact search over `references` (a flat index), the k-NN vote, the embedder's classify."""
-    from shopclip.indexer.ann import exact_search
+    from shopclip.model.knn import exact_search
     from shopclip.model.knn import knn_votes
     from shopclip.training.data import product_input
 

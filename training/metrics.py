@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from shopclip.indexer.ann import exact_search
+from shopclip.model.knn import exact_search
 from shopclip.model.knn import knn_votes
 
 K_GRID = (5, 10, 20, 40)

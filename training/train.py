@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from shopclip.indexer.sources import SourceRow
+from shopclip.catalogue_files import SourceRow
 from shopclip.model.clip import IMAGE_FEATURES
 from shopclip.model.config import ModelConfig
 from shopclip.model.e5_tuned import E5_TUNED

@@ -26,11 +26,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from shopclip.errors import InvalidInput
+from shopclip.input_policy import DEFAULT_LIMITS, ProductLimits, check_image_file, check_text, has_content
 
-MAX_DESIGNATION_CHARS = 2_000
-MAX_DESCRIPTION_CHARS = 100_000
-MAX_IMAGE_BYTES = 10 * 1024 * 1024
-MAX_IMAGE_PIXELS = 40_000_000
 IMAGE_NAME = re.compile(r"^image_(\d+)_product_(\d+)\.jpe?g$", re.IGNORECASE)
 
 X_COLUMNS = ("designation", "description", "productid", "imageid")
@@ -82,13 +79,13 @@ class RowError(ValueError):
 
 @dataclass(frozen=True)
 class SourceOptions:
-    """Validation policy. `known_codes` None accepts any positive code (the catalogue keeps gaining types)."""
+    """What ingest accepts. `known_codes` None accepts any positive code (the catalogue keeps gaining types).
+    `limits` is the input policy Classify applies, so the catalogue holds nothing Classify would refuse."""
 
     known_codes: Collection[int] | None = None
     check_images: bool = True
-    max_designation_chars: int = MAX_DESIGNATION_CHARS
-    max_description_chars: int = MAX_DESCRIPTION_CHARS
-    max_image_bytes: int = MAX_IMAGE_BYTES
+    """Decode every image at ingest; off, only presence and size are checked."""
+    limits: ProductLimits = DEFAULT_LIMITS
 
 
 def read_labelled_folder(path: str | Path, options: SourceOptions | None = None
@@ -146,7 +143,8 @@ def _read_csv_records(path: Path, required: Collection[str], first_column_name: 
         raise InvalidInput(path.name, f"unreadable csv after record {number}: {exc}") from exc
 
 
-def _text_field(record: dict[str, str], name: str, limit: int) -> str:
+def _text_field(record: dict[str, str], name: str) -> str:
+    """The raw text of a csv column; its length is the input policy's to judge."""
     value = record.get(name, "")
     if value.lower() == "nan":  # pandas writes NaN descriptions this way
         value = ""
@@ -154,8 +152,6 @@ def _text_field(record: dict[str, str], name: str, limit: int) -> str:
         raise RowError(name, "bad encoding: not valid UTF-8")
     if "\x00" in value:
         raise RowError(name, "bad encoding: NUL character")
-    if len(value) > limit:
-        raise RowError(name, f"too long: {len(value)} characters, limit {limit}")
     return value
 
 
@@ -196,25 +192,11 @@ def _scan_images(folder: Path) -> dict[tuple[int, int], Path]:
 
 
 def image_problem(path: Path, options: SourceOptions) -> str | None:
-    """Why an image file cannot be used, or None when it can (cheap: header parse + PIL verify)."""
-    if not path.is_file():
-        return f"image file missing: {path.name}"
-    size = path.stat().st_size
-    if size > options.max_image_bytes:
-        return f"image oversized: {size} bytes, limit {options.max_image_bytes}"
-    if size == 0:
-        return f"image corrupt: empty file {path.name}"
-    if not options.check_images:
-        return None
-    from PIL import Image  # lazy: only ingest pays for it
-
+    """Why Classify could not take this image file, or None when it could."""
     try:
-        with Image.open(path) as image:
-            if image.width * image.height > MAX_IMAGE_PIXELS:
-                return f"image oversized: {image.width}x{image.height} pixels"
-            image.verify()
-    except Exception as exc:  # PIL raises many types for broken files
-        return f"image corrupt: {type(exc).__name__}: {exc}"
+        check_image_file(path, options.limits, decode=options.check_images)
+    except InvalidInput as problem:
+        return str(problem)
     return None
 
 
@@ -320,11 +302,13 @@ def _challenge_row(record: dict[str, str], code: int | None, number: int, source
                    options: SourceOptions) -> SourceRow:
     productid = _int_field(record, "productid")
     assert productid is not None
-    designation = _text_field(record, "designation", options.max_designation_chars)
-    description = _text_field(record, "description", options.max_description_chars)
+    designation = _text_field(record, "designation")
+    description = _text_field(record, "description")
     imageid = _int_field(record, "imageid", required=False)
-    if not (designation.strip() or description.strip() or imageid is not None):
-        raise RowError("designation", "no designation, description or image")
+    try:  # an image is only expected here; _reject_unusable judges again once it is known to be usable
+        check_text(designation, description, imageid is not None, options.limits, field="")
+    except InvalidInput as err:
+        raise RowError(err.field, err.message) from None
     return SourceRow(productid, imageid, designation, description, code, None, number, source)
 
 
@@ -394,7 +378,7 @@ def _reject_unusable(rows: list[SourceRow], rejects: list[Reject]) -> tuple[list
     not accepted into the catalogue to fail later at embedding time."""
     kept, rejects = [], list(rejects)
     for row in rows:
-        if row.designation.strip() or row.description.strip() or row.image_path is not None:
+        if has_content(row.designation, row.description, row.image_path is not None):
             kept.append(row)
         else:
             rejects.append(Reject(row.source_file, row.row_number, str(row.productid), "image",
