@@ -42,6 +42,29 @@ APP_SERVICES = tuple(module.DESCRIPTOR.services_by_name[name].full_name for modu
     (embedding_pb2, "EmbeddingService"), (info_pb2, "InfoService")))
 SERVICE_NAMES = APP_SERVICES + (HEALTH_SERVICE, reflection.SERVICE_NAME)
 """Every service this server exposes: health statuses and reflection are fed from this one tuple."""
+INDEX_HEALTH_SERVICE = "shopclip.index"
+"""A health-only name (not a gRPC service) for the published index behind the served one: NOT_SERVING while no
+index is loaded, or while the loaded one is no longer backed by a loadable published version (index root
+removed, its files changed, a newer version that fails to load). The services stay SERVING meanwhile: they
+answer from the copy in memory, so load balancers keep the server; monitoring watches this name."""
+HEALTH_REASON_KEY = "shopclip-reason"
+"""Trailing metadata of a health Check: why the service checked is NOT_SERVING (the protocol has no field)."""
+
+
+class HealthWithReasons(health.aio.HealthServicer):
+    """grpc.health.v1 whose Check also says why a service is not serving, in `HEALTH_REASON_KEY` trailers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reasons: dict[str, str] = {}
+
+    async def Check(self, request: health_pb2.HealthCheckRequest,  # noqa: N802 - the gRPC method name
+                    context: grpc.aio.ServicerContext) -> health_pb2.HealthCheckResponse:
+        reason = self.reasons.get(request.service)
+        if reason:  # metadata values are printable ASCII on one line
+            printable = reason.encode("ascii", "backslashreplace").decode().replace("\n", " ")[:2000]
+            context.set_trailing_metadata(((HEALTH_REASON_KEY, printable),))
+        return await super().Check(request, context)
 
 
 class ShopclipServer:
@@ -52,7 +75,7 @@ class ShopclipServer:
 
     def __init__(self, config: ServerConfig, grpc_server: grpc.aio.Server, engine: Engine,
                  batcher: MicroBatcher[Job, Outcome], forward_executor: ThreadPoolExecutor,
-                 health_servicer: health.aio.HealthServicer, metrics: ServerMetrics) -> None:
+                 health_servicer: HealthWithReasons, metrics: ServerMetrics) -> None:
         self.config = config
         self.grpc_server = grpc_server
         self.engine = engine
@@ -78,11 +101,18 @@ class ShopclipServer:
         await self.update_health()
 
     async def update_health(self) -> None:
-        """SERVING for every service once the engine is ready (no-op once draining)."""
+        """SERVING for every service once the engine is ready, and `INDEX_HEALTH_SERVICE` with the index watcher's
+        problem as its reason (no-op once draining)."""
         status = health_pb2.HealthCheckResponse.SERVING if self.engine.ready \
             else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ("",) + SERVICE_NAMES:
             await self.health.set(name, status)
+        if self.watcher is not None:
+            problem = self.watcher.problem or (None if self.engine.index is not None
+                                               else "no published index is loaded yet")
+            self.health.reasons[INDEX_HEALTH_SERVICE] = problem or ""
+            await self.health.set(INDEX_HEALTH_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING if problem
+                                  else health_pb2.HealthCheckResponse.SERVING)
         self.metrics.ready.set(1 if self.engine.ready else 0)
 
     async def stop(self, grace: float | None = None) -> None:
@@ -98,6 +128,9 @@ class ShopclipServer:
 
     async def on_index_swapped(self, index: PublishedIndex) -> None:
         self.metrics.set_index(index.version, len(index))
+        await self.update_health()
+
+    async def on_index_problem(self, problem: str | None) -> None:
         await self.update_health()
 
     async def wait_for_termination(self) -> None:
@@ -129,7 +162,7 @@ async def create_server(config: ServerConfig, index_source: IndexSource | None =
     # and a second team (loading elsewhere) made every forward ~50% slower on 2 cores (bench/serve.py).
     forward_executor = ThreadPoolExecutor(config.forward_workers, thread_name_prefix="shopclip-forward")
     embedder = await asyncio.get_running_loop().run_in_executor(forward_executor, load_embedder, config.bundle,
-                                                                config.device, config.product_limits)
+                                                                config.device, config.limits)
     if index_source is None and config.index_root is not None:
         index_source = PublishedIndexSource(config.index_root)
     engine = Engine(embedder, abstain_threshold=config.abstain_threshold, index_required=index_source is not None)
@@ -141,12 +174,13 @@ async def create_server(config: ServerConfig, index_source: IndexSource | None =
         on_batch=metrics.batch_size.observe, concurrency=config.forward_workers)
     metrics.track_queue_depth(lambda: batcher.depth)
     grpc_server = _grpc_server(config, metrics)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = HealthWithReasons()
     _add_servicers(grpc_server, engine, batcher, _limits(config), health_servicer)
 
     server = ShopclipServer(config, grpc_server, engine, batcher, forward_executor, health_servicer, metrics)
     if index_source is not None:
-        server.watcher = IndexWatcher(index_source, engine, config.poll_interval_s, on_swap=server.on_index_swapped)
+        server.watcher = IndexWatcher(index_source, engine, config.poll_interval_s, on_swap=server.on_index_swapped,
+                                      on_problem=server.on_index_problem)
         await _load_first_index(server.watcher)
     server.port = _bind(grpc_server, config)
     await server.start()
@@ -205,7 +239,7 @@ def _bind(grpc_server: grpc.aio.Server, config: ServerConfig) -> int:
 
 def _limits(config: ServerConfig) -> RequestLimits:
     return RequestLimits(
-        product=config.product_limits,
+        product=config.limits,
         max_classify_top_k=config.max_classify_top_k, max_search_top_k=config.max_search_top_k,
         batch_limit=config.batch_limit)
 

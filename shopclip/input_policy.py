@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from shopclip.errors import InvalidInput
 from shopclip.products import ProductInput
+from shopclip.settings import option
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -35,11 +36,11 @@ class ProductLimits:
     """Defaults sit far above real catalogue products (designations up to 250 characters, descriptions up
     to ~8,000, 500x500 JPEGs of a few dozen KB) and far below what exhausts memory."""
 
-    max_designation_chars: int = 1_000
-    max_description_chars: int = 20_000
-    max_image_bytes: int = 10 * 1024 * 1024
-    max_image_pixels: int = 40_000_000
-    """About 6300x6300: the decompression-bomb guard (a few KB of PNG can announce gigapixels)."""
+    max_designation_chars: int = option(1_000, "longest accepted designation")
+    max_description_chars: int = option(20_000, "longest accepted description")
+    max_image_bytes: int = option(10 * 1024 * 1024, "largest accepted encoded image")
+    max_image_pixels: int = option(40_000_000, "largest accepted image area (decompression-bomb guard)")
+    """About 6300x6300: a few KB of PNG can announce gigapixels."""
 
     def __post_init__(self) -> None:
         for name in ("max_designation_chars", "max_description_chars", "max_image_bytes", "max_image_pixels"):

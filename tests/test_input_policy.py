@@ -22,12 +22,7 @@ def jpeg(size: tuple[int, int] = (12, 8)) -> bytes:
 
 
 def test_the_server_defaults_are_the_policy_defaults() -> None:
-    assert ServerConfig(bundle="fake").product_limits == DEFAULT_LIMITS
-
-
-def test_a_server_limit_reaches_the_policy() -> None:
-    config = ServerConfig(bundle="fake", max_image_bytes=123, max_designation_chars=7)
-    assert config.product_limits == ProductLimits(max_image_bytes=123, max_designation_chars=7)
+    assert ServerConfig(bundle="fake").limits == DEFAULT_LIMITS
 
 
 @pytest.mark.parametrize("product, field", [

@@ -68,8 +68,14 @@ def test_the_token_never_shows_in_the_config_repr() -> None:
 
 
 def test_every_config_field_is_a_flag() -> None:
+    from shopclip.input_policy import ProductLimits
+
     args = vars(parse(["--bundle", "fake"]))
-    assert set(ServerConfig.__dataclass_fields__) <= set(args)
+    nested = set(ProductLimits.__dataclass_fields__)  # `limits` is flattened into its own flags
+    assert (set(ServerConfig.__dataclass_fields__) - {"limits"}) | nested <= set(args)
+    config = ServerConfig.from_sources(vars(parse(["--bundle", "fake", "--max-image-bytes", "77"])),
+                                       {"SHOPCLIP_MAX_DESIGNATION_CHARS": "9"})
+    assert config.limits == ProductLimits(max_image_bytes=77, max_designation_chars=9)
 
 
 def test_serve_reports_serving_then_drains_on_sigterm() -> None:
