@@ -17,31 +17,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from shopclip.indexer.options import INDEX_KINDS, AnnParams
+
 log = logging.getLogger(__name__)
 
-INDEX_KINDS = ("auto", "flat", "ivf", "hnsw")
 EFFORT_LADDER_STEPS = 6
 """How many times the search effort may double while chasing the recall floor."""
-
-
-@dataclass(frozen=True)
-class AnnParams:
-    kind: str = "auto"
-    approx_threshold: int = 10_000
-    """`auto` picks exact search below this many vectors and IVF above: past it, exact search of a Classify
-    batch starts to cost as much as the model's forward, while IVF keeps recall@10 at 1.0 (bench/index.py;
-    figures in the README). IVF over HNSW: it builds far faster at a million vectors with equal or better
-    recall. The recall check below still guards every approximate build."""
-    nlist: int | None = None
-    """IVF lists; None = about sqrt(n)."""
-    nprobe: int = 16
-    hnsw_m: int = 32
-    ef_construction: int = 64
-    ef_search: int = 32
-    rerank_factor: int = 4
-    """The approximate stage returns rerank_factor * k candidates, re-ranked with exact inner products."""
-    use_gpu: bool = True
-    """Use FAISS GPU resources for IVF training and exact ground truth when a GPU is present."""
 
 
 @dataclass(frozen=True)

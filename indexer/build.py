@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -23,23 +23,13 @@ from shopclip.errors import InvalidInput, NotFound, PublishRefused
 from shopclip.indexer import ann, publish
 from shopclip.indexer.catalogue import Catalogue
 from shopclip.indexer.faults import crash_point
+from shopclip.indexer.options import BuildOptions
 from shopclip.indexer.publish import CODES_FILE, INDEX_FILE, NO_CODE, PRODUCTIDS_FILE, PRODUCTS_FILE, VECTORS_FILE
 from shopclip.model.embedder import Embedder
 from shopclip.products import ProductInput
 
 log = logging.getLogger(__name__)
 
-
-
-@dataclass(frozen=True)
-class BuildOptions:
-    ann: ann.AnnParams = field(default_factory=ann.AnnParams)
-    min_recall: float = 0.95
-    recall_queries: int = 1000
-    recall_k: int = 10
-    embed_batch: int = 32
-    commit_every: int = 2048
-    keep_versions: int = 3
 
 
 @dataclass(frozen=True)

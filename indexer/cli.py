@@ -1,7 +1,8 @@
 """`shopclip index ingest|build|run|status`: the catalogue and index commands.
 
-Locations default to `SHOPCLIP_CATALOGUE`, `SHOPCLIP_INDEX_ROOT` and `SHOPCLIP_BUNDLE` (the server reads the
-same two last variables), then to `./catalogue` and `./index`. Each command prints one JSON object on stdout
+Every option is a field of `Locations`, `SourceOptions` or `BuildOptions`: a flag, else a `SHOPCLIP_*`
+variable (`SHOPCLIP_INDEX_ROOT`, `SHOPCLIP_BUNDLE`, `SHOPCLIP_MAX_IMAGE_BYTES`... as the server reads them),
+else the field's default (see shopclip/settings.py). Each command prints one JSON object on stdout
 (machine-readable for schedulers) and logs progress on stderr. Heavy imports happen inside the handlers.
 """
 
@@ -10,46 +11,44 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
+from shopclip import settings
+from shopclip.catalogue_files import SourceOptions
+from shopclip.indexer.options import BuildOptions
+from shopclip.settings import option
 
 
-def _env(name: str, default: str | None = None) -> str | None:
-    return os.environ.get(name, default)
+
+@dataclass(frozen=True)
+class Locations:
+    """Where the catalogue, the published indexes and the model are; the server reads the same variables."""
+
+    catalogue: str = option("catalogue", "LanceDB URI: local directory, s3://..., memory://")
+    table: str = option("products", "catalogue table name")
+    index_root: Path = option(Path("index"), "where index versions are published")
+    bundle: str | None = option(None, "model bundle directory, or fake:dim=..,classes=..")
 
 
 def _add_catalogue(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--catalogue", default=_env("SHOPCLIP_CATALOGUE", "catalogue"),
-                        help="LanceDB URI: local directory (default ./catalogue), s3://..., memory://")
-    parser.add_argument("--table", default="products", help="catalogue table name")
+    settings.add_arguments(parser, Locations, skip=("index_root", "bundle"))
 
 
 def _add_source_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--known-codes", type=Path,
                         help="file of accepted prdtypecodes (one per line); default: any positive code")
-    parser.add_argument("--no-image-check", action="store_true",
-                        help="skip decoding images at ingest (presence, size and header are still checked)")
+    settings.add_arguments(parser.add_argument_group("what ingest accepts (the server's input policy)"),
+                           SourceOptions)
 
 
 def _add_build_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--index-root", type=Path, default=Path(_env("SHOPCLIP_INDEX_ROOT", "index")),
-                        help="where versions are published (default $SHOPCLIP_INDEX_ROOT or ./index)")
-    parser.add_argument("--bundle", default=_env("SHOPCLIP_BUNDLE"),
-                        help="model bundle directory, or fake:dim=..,classes=.. (default $SHOPCLIP_BUNDLE)")
-    parser.add_argument("--index", choices=("auto", "flat", "ivf", "hnsw"), default="auto",
-                        help="auto: exact below --approx-threshold vectors, IVF + exact re-rank above")
-    parser.add_argument("--approx-threshold", type=int,
-                        help="vectors from which auto builds IVF (default: AnnParams.approx_threshold in "
-                             "indexer/ann.py, 10000, measured there)")
-    parser.add_argument("--min-recall", type=float, default=0.95,
-                        help="refuse to publish an approximate index whose recall@10 vs exact is lower")
-    parser.add_argument("--nprobe", type=int, default=16, help="starting IVF nprobe (raised to meet recall)")
-    parser.add_argument("--ef-search", type=int, default=32, help="starting HNSW efSearch (raised likewise)")
-    parser.add_argument("--embed-batch", type=int, default=32, help="products per embedding call")
-    parser.add_argument("--commit-every", type=int, default=2048,
-                        help="rows per committed embedding chunk (what a killed build does not redo)")
-    parser.add_argument("--keep", type=int, default=3, help="published versions to keep")
-    parser.add_argument("--no-gpu", action="store_true", help="do not use FAISS GPU even when present")
+    settings.add_arguments(parser, Locations, skip=("catalogue", "table"))
+    settings.add_arguments(parser.add_argument_group("index build"), BuildOptions)
+
+
+def _locations(args: argparse.Namespace) -> Locations:
+    return settings.from_sources(Locations, args, os.environ)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -91,15 +90,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     status = commands.add_parser("status", help="published versions and catalogue state as JSON")
     _add_catalogue(status)
-    status.add_argument("--index-root", type=Path, default=Path(_env("SHOPCLIP_INDEX_ROOT", "index")))
-    status.add_argument("--bundle", default=_env("SHOPCLIP_BUNDLE"),
-                        help="also count rows this model has not embedded yet")
+    settings.add_arguments(status, Locations, skip=("catalogue", "table"))
     status.set_defaults(handler=_status)
 
 
-def _source_options(args: argparse.Namespace):
+def _source_options(args: argparse.Namespace) -> SourceOptions:
     from shopclip.errors import InvalidInput
-    from shopclip.catalogue_files import SourceOptions
 
     codes = None
     if args.known_codes is not None:
@@ -107,26 +103,19 @@ def _source_options(args: argparse.Namespace):
             codes = {int(line) for line in args.known_codes.read_text().split() if line.strip()}
         except (OSError, ValueError) as exc:
             raise InvalidInput("known-codes", f"cannot read integer codes from {args.known_codes}: {exc}") from exc
-    return SourceOptions(known_codes=codes, check_images=not args.no_image_check)
+    return settings.from_sources(SourceOptions, args, os.environ, known_codes=codes)
 
 
-def _build_options(args: argparse.Namespace):
-    from shopclip.indexer.ann import AnnParams
-    from shopclip.indexer.build import BuildOptions
-
-    threshold = AnnParams.approx_threshold if args.approx_threshold is None else args.approx_threshold
-    ann = AnnParams(kind=args.index, approx_threshold=threshold, nprobe=args.nprobe,
-                    ef_search=args.ef_search, use_gpu=not args.no_gpu)
-    return BuildOptions(ann=ann, min_recall=args.min_recall, embed_batch=args.embed_batch,
-                        commit_every=args.commit_every, keep_versions=args.keep)
+def _build_options(args: argparse.Namespace) -> BuildOptions:
+    return settings.from_sources(BuildOptions, args, os.environ)
 
 
-def _require_bundle(args: argparse.Namespace) -> str:
+def _require_bundle(locations: Locations) -> str:
     from shopclip.errors import InvalidInput
 
-    if not args.bundle:
+    if not locations.bundle:
         raise InvalidInput("bundle", "give --bundle (model bundle directory or fake:...) or set SHOPCLIP_BUNDLE")
-    return args.bundle
+    return locations.bundle
 
 
 def _print(data: dict) -> None:
@@ -137,8 +126,9 @@ def _ingest(args: argparse.Namespace) -> int:
     from shopclip.indexer.catalogue import Catalogue
     from shopclip.indexer.ingest import ingest_folder
 
+    where = _locations(args)
     rejects = args.rejects or Path(f"rejects-{args.folder.resolve().name}.csv")
-    summary = ingest_folder(args.folder, Catalogue(args.catalogue, args.table), rejects_path=rejects,
+    summary = ingest_folder(args.folder, Catalogue(where.catalogue, where.table), rejects_path=rejects,
                             source_batch=args.batch, options=_source_options(args))
     _print(summary.to_dict())
     return 0
@@ -160,7 +150,8 @@ def _remove(args: argparse.Namespace) -> int:
         raise InvalidInput("productids", f"productids are integers: {exc}") from None
     if not productids:
         raise InvalidInput("productids", "give productids or --from-file")
-    catalogue = Catalogue(args.catalogue, args.table)
+    where = _locations(args)
+    catalogue = Catalogue(where.catalogue, where.table)
     removed = catalogue.remove(productids)
     _print({"removed": len(removed), "not_found": sorted(set(productids) - set(removed)),
             "catalogue_version": catalogue.version})
@@ -173,9 +164,10 @@ def _build(args: argparse.Namespace) -> int:
     from shopclip.indexer.catalogue import Catalogue
     from shopclip.model import load_embedder
 
-    embedder = load_embedder(_require_bundle(args))
+    where = _locations(args)
+    embedder = load_embedder(_require_bundle(where))
     try:
-        result = build_and_publish(Catalogue(args.catalogue, args.table), args.index_root, embedder,
+        result = build_and_publish(Catalogue(where.catalogue, where.table), where.index_root, embedder,
                                    _build_options(args))
     except PublishRefused as exc:
         _print({"status": "refused", "error": str(exc)})
@@ -188,8 +180,9 @@ def _build(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from shopclip.indexer import job
 
-    config = job.JobConfig(drops=args.drops, catalogue_uri=args.catalogue, index_root=args.index_root,
-                           bundle=_require_bundle(args), table=args.table, build=_build_options(args),
+    where = _locations(args)
+    config = job.JobConfig(drops=args.drops, catalogue_uri=where.catalogue, index_root=where.index_root,
+                           bundle=_require_bundle(where), table=where.table, build=_build_options(args),
                            sources=_source_options(args))
     if args.once:
         code, summary = job.run_once(config)
@@ -202,16 +195,17 @@ def _status(args: argparse.Namespace) -> int:
     from shopclip.indexer import publish
     from shopclip.indexer.catalogue import Catalogue
 
-    current = publish.read_current(args.index_root)
-    catalogue = Catalogue(args.catalogue, args.table)
-    report = {"index_root": str(args.index_root), "current": current,
-              "versions": publish.list_versions(args.index_root),
-              "manifest": publish.read_manifest(args.index_root, current) if current else None,
+    where = _locations(args)
+    current = publish.read_current(where.index_root)
+    catalogue = Catalogue(where.catalogue, where.table)
+    report = {"index_root": str(where.index_root), "current": current,
+              "versions": publish.list_versions(where.index_root),
+              "manifest": publish.read_manifest(where.index_root, current) if current else None,
               "catalogue": {"uri": catalogue.uri, "rows": len(catalogue), "version": catalogue.version}}
-    if args.bundle:
+    if where.bundle:  # also count rows this model has not embedded yet
         from shopclip.model import load_embedder
 
-        fingerprint = load_embedder(args.bundle).fingerprint
+        fingerprint = load_embedder(where.bundle).fingerprint
         report["catalogue"]["stale_rows"] = catalogue.stale_rows(fingerprint).num_rows
     _print(report)
     return 0

@@ -26,7 +26,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from shopclip.errors import InvalidInput
-from shopclip.input_policy import DEFAULT_LIMITS, ProductLimits, check_image_file, check_text, has_content
+from shopclip.input_policy import ProductLimits, check_image_file, check_text, has_content
+from shopclip.settings import option
 
 IMAGE_NAME = re.compile(r"^image_(\d+)_product_(\d+)\.jpe?g$", re.IGNORECASE)
 
@@ -83,9 +84,10 @@ class SourceOptions:
     `limits` is the input policy Classify applies, so the catalogue holds nothing Classify would refuse."""
 
     known_codes: Collection[int] | None = None
-    check_images: bool = True
-    """Decode every image at ingest; off, only presence and size are checked."""
-    limits: ProductLimits = DEFAULT_LIMITS
+    """Not a flag itself: `--known-codes FILE` is read into it by the CLI."""
+    check_images: bool = option(True, "decode every image at ingest (off: presence, size and header only)",
+                                flag="image_check")
+    limits: ProductLimits = option(default_factory=ProductLimits)
 
 
 def read_labelled_folder(path: str | Path, options: SourceOptions | None = None

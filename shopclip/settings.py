@@ -37,12 +37,19 @@ def option(default: Any = MISSING, help: str = "", *, default_factory: Any = MIS
     return dataclasses.field(default=default, repr=not secret, metadata=metadata)
 
 
-def env_name(field_name: str) -> str:
-    return ENV_PREFIX + field_name.upper()
+def env_name(name: str) -> str:
+    """`SHOPCLIP_<NAME>` of a field or flag name (`index_root`, `index-root`)."""
+    return ENV_PREFIX + name.upper().replace("-", "_")
 
 
 def flag_name(field: Field) -> str:
-    return "--" + (field.metadata.get("flag") or field.name).replace("_", "-")
+    return "--" + _public_name(field).replace("_", "-")
+
+
+def _public_name(field: Field) -> str:
+    """The flag's name without dashes (a field may be spelled differently on the command line, e.g.
+    AnnParams.kind is `--index`); the environment variable follows it."""
+    return field.metadata.get("flag") or field.name
 
 
 def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type,
@@ -53,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls
         if field.name in skip:
             continue
         default = _default(field)
-        variable = f"env {env_name(field.name)}, " if field.metadata.get("env", True) else ""
+        variable = f"env {env_name(_public_name(field))}, " if field.metadata.get("env", True) else ""
         help_text = f"{field.metadata.get('help', '')} ({variable}default {_show(default)})"
         if kind is bool:
             parser.add_argument(flag_name(field), dest=field.name, action=argparse.BooleanOptionalAction,
@@ -78,8 +85,8 @@ def from_sources(cls: type, flags: Mapping[str, Any] | argparse.Namespace, env: 
             values[field.name] = from_sources(kind, flags, env)
         elif flags.get(field.name) is not None:
             values[field.name] = flags[field.name]
-        elif field.metadata.get("env", True) and (raw := env.get(env_name(field.name))) not in (None, ""):
-            values[field.name] = parse(field.name, kind, raw, source=env_name(field.name))
+        elif field.metadata.get("env", True) and (raw := env.get(env_name(_public_name(field)))) not in (None, ""):
+            values[field.name] = parse(field.name, kind, raw, source=env_name(_public_name(field)))
     return cls(**values)
 
 
