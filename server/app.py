@@ -3,6 +3,8 @@
 `create_server` loads the model (off the event loop), opens the published index when one exists, wires
 servicers, health, reflection, interceptors, batcher, index watcher and metrics, binds and starts.
 Health reports SERVING only once the model and (when an index root is configured) an index are loaded;
+the health name `shopclip.index` also says whether the published index still backs the one served (why not,
+in the Check's trailing metadata);
 `stop` flips it to NOT_SERVING first so load balancers drain the server, then lets in-flight calls finish.
 """
 

@@ -2,8 +2,15 @@
 
 The poll only asks the indexer for the current version string (cheap); a new version is opened in a
 worker thread while requests keep being served from the old one, then `Engine.swap_index` replaces
-one reference, so no request fails or mixes versions. A version that fails to load is logged and
-retried at the next poll; the old index stays in service.
+one reference, so no request fails or mixes versions. The served version lives in memory, so it keeps
+serving whatever happens on disk; the watcher says when the published index stops backing it:
+
+- a newly published version that fails to load (damaged files, another model), retried at every poll;
+- the index root or CURRENT removed, or the served version's files changed since they were read (a source
+  that can check, `CheckedSource`; the published index root can).
+
+That is `problem` (None while all is well): logged once when it appears or changes, once when it clears,
+and handed to `on_problem` (the server's health reports it).
 """
 
 from __future__ import annotations
@@ -11,8 +18,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
+from shopclip.errors import ShopclipError
 from shopclip.indexer.api import PublishedIndex
 from shopclip.server.engine import Engine
 
@@ -25,6 +33,14 @@ class IndexSource(Protocol):
         ...
 
     def open(self) -> PublishedIndex: ...
+
+
+@runtime_checkable
+class CheckedSource(IndexSource, Protocol):
+    def problem(self, served: PublishedIndex) -> str | None:
+        """Why `served` could not be loaded again from this source (removed, changed on disk); None while it
+        could, or once another version is current (which the watcher then loads)."""
+        ...
 
 
 class PublishedIndexSource:
@@ -43,28 +59,77 @@ class PublishedIndexSource:
 
         return open_current(self.root)
 
+    def problem(self, served: PublishedIndex) -> str | None:
+        from shopclip.indexer.published import backing_problem
+
+        return backing_problem(self.root, served)
+
 
 class IndexWatcher:
     def __init__(self, source: IndexSource, engine: Engine, interval_s: float,
-                 on_swap: Callable[[PublishedIndex], Awaitable[None]]) -> None:
+                 on_swap: Callable[[PublishedIndex], Awaitable[None]],
+                 on_problem: Callable[[str | None], Awaitable[None]] | None = None) -> None:
         self._source = source
         self._engine = engine
         self._interval_s = interval_s
         self._on_swap = on_swap
+        self._on_problem = on_problem
         self._task: asyncio.Task[None] | None = None
+        self.problem: str | None = None
+        """Why the published index no longer backs what is served, None while it does."""
 
     async def load_if_newer(self) -> bool:
-        """Load and swap in the current published version if it is not the one being served."""
+        """Swap in the current published version if it is not the one being served (True when swapped), else
+        check that the served one is still backed by the source. A version that fails to load becomes
+        `problem` rather than an exception: the old index stays in service and the next poll retries."""
         version = await asyncio.to_thread(self._source.current_version)
-        if version is None or version == self._served_version():
+        if version is not None and version != self._served_version():
+            return await self._swap_to(version)
+        await self._set_problem(await asyncio.to_thread(self._check_served, version))
+        return False
+
+    async def _swap_to(self, version: str) -> bool:
+        try:
+            index = await asyncio.to_thread(self._source.open)
+            if index.version == self._served_version():
+                return False
+            self._engine.swap_index(index)
+        except Exception as exc:  # noqa: BLE001 - any failure to load leaves the old index in service
+            await self._set_problem(f"cannot load published index version {version}: {exc}; "
+                                    f"{self._still_serving()}", exc)
             return False
-        index = await asyncio.to_thread(self._source.open)
-        if index.version == self._served_version():
-            return False
-        self._engine.swap_index(index)
         log.info("now serving index %s (%d vectors)", index.version, len(index))
+        await self._set_problem(None)
         await self._on_swap(index)
         return True
+
+    def _check_served(self, version: str | None) -> str | None:
+        """Runs off the event loop (a few stat calls on the published index)."""
+        served = self._engine.index
+        if served is None:
+            return None  # nothing loaded yet: health already says NOT_SERVING
+        if isinstance(self._source, CheckedSource):
+            problem = self._source.problem(served)
+        else:
+            problem = "the index source publishes no version any more" if version is None else None
+        return f"{problem}; {self._still_serving()}" if problem else None
+
+    def _still_serving(self) -> str:
+        served = self._served_version()
+        return f"still serving version {served} from memory" if served else "no index is served until one loads"
+
+    async def _set_problem(self, problem: str | None, error: Exception | None = None) -> None:
+        """Log and report a change of `problem`; the same problem seen again at the next poll stays quiet."""
+        if problem == self.problem:
+            return
+        previous, self.problem = self.problem, problem
+        if problem is None:
+            log.info("published index problem resolved (was: %s)", previous)
+        else:  # a traceback only for what is not a known failure (a bug deserves one)
+            unexpected = error is not None and not isinstance(error, ShopclipError)
+            log.warning("published index: %s", problem, exc_info=error if unexpected else None)
+        if self._on_problem is not None:
+            await self._on_problem(problem)
 
     def _served_version(self) -> str | None:
         index = self._engine.index
@@ -85,5 +150,5 @@ class IndexWatcher:
             await asyncio.sleep(self._interval_s)
             try:
                 await self.load_if_newer()
-            except Exception:  # noqa: BLE001 - keep serving the old index; retried at the next poll
-                log.exception("could not load the newly published index; still serving %s", self._served_version())
+            except Exception as exc:  # noqa: BLE001 - e.g. CURRENT unreadable: keep serving, say so, retry
+                await self._set_problem(f"cannot read the published index: {exc}; {self._still_serving()}", exc)
