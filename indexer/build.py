@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -116,16 +119,40 @@ def _vectors_of(products: pa.Table, dim: int) -> np.ndarray:
 
 
 def _write_index_files(staging: Path, products: pa.Table, vectors: np.ndarray, index) -> None:
+    """Every file goes through Python's writes, so a full disk or a file size limit fails as OSError with its
+    errno and the file's name (faiss's and numpy's own writers report a short write without the reason)."""
     import faiss
     import pyarrow.feather as feather
 
-    faiss.write_index(index, str(staging / INDEX_FILE))
-    np.save(staging / VECTORS_FILE, vectors)
-    np.save(staging / PRODUCTIDS_FILE, products.column("productid").to_numpy().astype(np.int64))
+    with _writing(staging / INDEX_FILE) as out:
+        out.write(faiss.serialize_index(index))
+    _save_array(staging / VECTORS_FILE, vectors)
+    _save_array(staging / PRODUCTIDS_FILE, products.column("productid").to_numpy().astype(np.int64))
     codes = products.column("prdtypecode").fill_null(NO_CODE).to_numpy().astype(np.int64)
-    np.save(staging / CODES_FILE, codes)
+    _save_array(staging / CODES_FILE, codes)
     metadata = products.drop_columns(["embedding"])
-    feather.write_feather(metadata, staging / PRODUCTS_FILE, compression="uncompressed")  # memory-mappable
+    with _writing(staging / PRODUCTS_FILE) as out:
+        feather.write_feather(metadata, out, compression="uncompressed")
+
+
+@contextmanager
+def _writing(path: Path) -> Iterator[BinaryIO]:
+    """`path` open for writing; a failed write raises OSError naming `path` (Python's write errors name none)."""
+    try:
+        with path.open("wb") as out:
+            yield out
+    except OSError as exc:
+        if exc.filename is None and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
+
+
+def _save_array(path: Path, array: np.ndarray) -> None:
+    """`np.save`'s format, written by `_writing`."""
+    array = np.ascontiguousarray(array)
+    with _writing(path) as out:
+        np.lib.format.write_array_header_1_0(out, np.lib.format.header_data_from_array_1_0(array))
+        out.write(memoryview(array).cast("B"))
 
 
 def _manifest(version: str, catalogue: Catalogue, embedder: Embedder, products: pa.Table, kind: str,
@@ -178,6 +205,7 @@ def build_under_lock(catalogue: Catalogue, index_root: str | Path, embedder: Emb
     """`build_and_publish` for a caller that already holds `publish.builder_lock(index_root)`."""
     options = options or BuildOptions()
     started = time.monotonic()
+    check_catalogue_not_behind(catalogue, index_root)
     embedded = embed_stale(catalogue, embedder, options)
     products = catalogue.embedded_products(embedder.fingerprint).sort_by("productid")
     if products.num_rows == 0:
@@ -185,15 +213,40 @@ def build_under_lock(catalogue: Catalogue, index_root: str | Path, embedder: Emb
     vectors = _vectors_of(products, embedder.dim)
     index, kind, recall = _index_and_check(vectors, options)
     version = publish.new_version_name(embedder.fingerprint)
-    staging = publish.start_version(index_root, version)
-    _write_index_files(staging, products, vectors, index)
-    crash_point("build-after-index-files")
-    manifest = _manifest(version, catalogue, embedder, products, kind, recall, options, embedded,
-                         time.monotonic() - started)
-    publish.commit_version(index_root, staging, manifest, options.keep_versions)
+    with publish.staged_version(index_root, version) as staging:
+        _write_index_files(staging, products, vectors, index)
+        crash_point("build-after-index-files")
+        manifest = _manifest(version, catalogue, embedder, products, kind, recall, options, embedded,
+                             time.monotonic() - started)
+        publish.commit_version(index_root, staging, manifest, options.keep_versions)
     log.info("published %s: %d vectors, %s, recall@%d %.4f", version, products.num_rows, kind, recall.k,
              recall.recall)
     return BuildResult(version=version, embedded=embedded, manifest=manifest)
+
+
+def check_catalogue_not_behind(catalogue: Catalogue, index_root: str | Path) -> None:
+    """Refuse a catalogue at an older Lance version than the one the live index was built from: the table lost
+    commits (its newest version files removed, or the whole table removed and re-created empty by the next
+    open), and an index built from it would silently drop products. Compares the same table at the same URI
+    only; a live version whose manifest cannot be read says nothing about the catalogue."""
+    current = publish.read_current(index_root)
+    if current is None:
+        return
+    try:
+        source = publish.read_manifest(index_root, current).get("catalogue") or {}
+    except (OSError, ValueError, AttributeError):
+        return
+    built_from = source.get("version")
+    if (source.get("uri"), source.get("table")) != (catalogue.uri, catalogue.table_name) \
+            or not isinstance(built_from, int):
+        return
+    if catalogue.version < built_from:
+        raise InvalidInput("catalogue", f"table {catalogue.table_name!r} at {catalogue.uri} is at version "
+                                        f"{catalogue.version}, older than version {built_from} that the live index "
+                                        f"{current} was built from: the table lost commits (files removed, or the "
+                                        "table re-created), so an index built from it would drop products; not "
+                                        "published. Restore the table, or publish a rebuilt catalogue to a new "
+                                        "index root")
 
 
 def needs_build(index_root: str | Path, catalogue: Catalogue, fingerprint: str) -> bool:

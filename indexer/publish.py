@@ -9,7 +9,9 @@ Layout::
 
 A version directory is written under a temporary name, every file fsync'd, then renamed into place and the
 parent fsync'd; only then is CURRENT flipped (temp file, fsync, rename, fsync). A builder killed at any point
-leaves CURRENT naming a complete older version. Readers only ever follow CURRENT.
+leaves CURRENT naming a complete older version. Readers only ever follow CURRENT. A build that fails (a full
+disk, a file size limit, a bug) removes what it wrote, so it neither keeps a full disk full nor
+leaves a complete-looking version that was never published.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from shopclip.atomic import fsync_directory, write_json_atomically, write_text_atomically
-from shopclip.errors import Busy
+from shopclip.errors import Busy, ShopclipError
 from shopclip.indexer.faults import crash_point
 
 CURRENT_FILE = "CURRENT"
@@ -112,6 +114,29 @@ def start_version(root: str | Path, version: str) -> Path:
     staging = parent / (TMP_PREFIX + version)
     staging.mkdir()
     return staging
+
+
+@contextmanager
+def staged_version(root: str | Path, version: str) -> Iterator[Path]:
+    """`start_version`'s directory, for the block to fill and hand to `commit_version`. When the block fails
+    before CURRENT names the version, the staging directory (or the version it was renamed to) is removed, and
+    a write failure (OSError: disk full, quota, file size limit) becomes one ShopclipError that says nothing
+    was published and which version stays current."""
+    root = Path(root)
+    previous = read_current(root)
+    staging = start_version(root, version)
+    try:
+        yield staging
+    except BaseException as exc:
+        if read_current(root) == version:  # it failed after the flip: the version is live, keep it
+            raise
+        for leftover in (staging, versions_dir(root) / version):
+            shutil.rmtree(leftover, ignore_errors=True)
+        if isinstance(exc, OSError):
+            reason = f"{exc.strerror}{f': {exc.filename}' if exc.filename else ''}" if exc.strerror else str(exc)
+            raise ShopclipError(f"index root {root}: could not write version {version} ({reason}); nothing was "
+                                f"published, {previous or 'no version'} stays current") from exc
+        raise
 
 
 def commit_version(root: str | Path, staging: Path, manifest: dict, keep: int) -> Path:
