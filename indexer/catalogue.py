@@ -5,19 +5,24 @@ Every write is one Lance commit, so a killed writer leaves the previous table ve
 all of a drop in one commit, the builder commits embeddings chunk by chunk (what is committed is kept, which
 makes an interrupted build resumable).
 
+A damaged table (data files truncated or removed, a version manifest cut short) fails every read that needs the
+lost files with InvalidInput naming the table, its location and the file, never with a partial answer.
+
 A row needs (re-)embedding when the model fingerprint that made its vector differs from the current model's,
 or when its content hash (text + image bytes) changed since. Label or metadata changes do not re-embed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timezone
 
 import numpy as np
 import pyarrow as pa
 
-from shopclip.errors import InvalidInput
+from shopclip.errors import InvalidInput, ShopclipError
 
 DEFAULT_TABLE = "products"
 
@@ -55,6 +60,14 @@ def _quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+_RUST_LOCATION = re.compile(r",\s*/\S+\.rs:\d+:\d+")
+
+
+def _lance_message(exc: Exception) -> str:
+    """Lance's error without the Rust source locations it appends."""
+    return _RUST_LOCATION.sub("", str(exc)).strip()
+
+
 class Catalogue:
     """The product table of one LanceDB database."""
 
@@ -67,29 +80,48 @@ class Catalogue:
             self._db = lancedb.connect(uri)
         except Exception as exc:  # lancedb raises plain ValueError/OSError for bad URIs
             raise InvalidInput("catalogue", f"cannot open LanceDB at {uri!r}: {exc}") from exc
+        if table in self._db:  # there, but unreadable: create_table would silently start an empty one over it
+            with self._errors("open"):
+                self._db.open_table(table)
         try:
             self._table = self._db.create_table(table, schema=SCHEMA, exist_ok=True)
         except ValueError as exc:  # lancedb's answer when an existing table has another schema
             raise InvalidInput("catalogue", f"table {table!r} at {uri} is not a shopclip catalogue: {exc}") from exc
 
+    @contextmanager
+    def _errors(self, action: str) -> Iterator[None]:
+        """Lance's failures (RuntimeError, OSError, ValueError: a missing or truncated file of the table, a full
+        disk) as one InvalidInput naming the table, where it lives and what Lance could not do."""
+        try:
+            yield
+        except ShopclipError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - lance's error types are not part of its API
+            raise InvalidInput("catalogue", f"table {self.table_name!r} at {self.uri}: cannot {action} "
+                                            f"({_lance_message(exc)}); the table is damaged or its storage "
+                                            "failed: restore it, or ingest into a new catalogue") from exc
+
     @property
     def version(self) -> int:
         """The Lance version: changes with every committed write."""
-        self._table.checkout_latest()
-        return int(self._table.version)
+        with self._errors("read its version"):
+            self._table.checkout_latest()
+            return int(self._table.version)
 
     def __len__(self) -> int:
-        return int(self._table.count_rows())
+        with self._errors("count its rows"):
+            return int(self._table.count_rows())
 
     def _select(self, columns: Sequence[str], where: str | None = None) -> pa.Table:
-        self._table.checkout_latest()
-        total = self._table.count_rows()
-        if total == 0:
-            return pa.table({name: pa.array([], SCHEMA.field(name).type) for name in columns})
-        query = self._table.search().select(list(columns)).limit(total)
-        if where:
-            query = query.where(where)
-        return query.to_arrow()
+        with self._errors("read it"):
+            self._table.checkout_latest()
+            total = self._table.count_rows()
+            if total == 0:
+                return pa.table({name: pa.array([], SCHEMA.field(name).type) for name in columns})
+            query = self._table.search().select(list(columns)).limit(total)
+            if where:
+                query = query.where(where)
+            return query.to_arrow()
 
     def row_states(self) -> pa.Table:
         """productid, row_hash, content_hash, created_at of every product (what ingest compares against)."""
@@ -99,8 +131,9 @@ class Catalogue:
         """Insert new products and update the metadata of known ones, in one commit (embeddings untouched)."""
         if rows.num_rows:
             rows = rows.select(METADATA_SCHEMA.names).cast(METADATA_SCHEMA)
-            self._table.merge_insert("productid").when_matched_update_all() \
-                .when_not_matched_insert_all().execute(rows)
+            with self._errors("write products"):
+                self._table.merge_insert("productid").when_matched_update_all() \
+                    .when_not_matched_insert_all().execute(rows)
 
     def remove(self, productids: Sequence[int]) -> list[int]:
         """Delete these products in one commit (the next build publishes an index without them); returns the
@@ -108,7 +141,8 @@ class Catalogue:
         wanted = sorted({int(pid) for pid in productids})
         present = self.products(wanted).column("productid").to_pylist() if wanted else []
         if present:
-            self._table.delete(f"productid IN ({','.join(str(pid) for pid in present)})")
+            with self._errors("delete products"):
+                self._table.delete(f"productid IN ({','.join(str(pid) for pid in present)})")
         return sorted(present)
 
     def stale_rows(self, fingerprint: str) -> pa.Table:
@@ -127,7 +161,8 @@ class Catalogue:
         rows = pa.Table.from_arrays(
             [pa.array(productids, pa.int64()), embeddings, pa.array([fingerprint] * len(productids), pa.string()),
              pa.array(content_hashes, pa.string()), pa.array(notes, pa.string())], schema=EMBEDDING_SCHEMA)
-        self._table.merge_insert("productid").when_matched_update_all().execute(rows)
+        with self._errors("write embeddings"):
+            self._table.merge_insert("productid").when_matched_update_all().execute(rows)
 
     def embedded_products(self, fingerprint: str) -> pa.Table:
         """Everything an index version needs, for the products that have a vector from this model."""
