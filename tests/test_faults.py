@@ -18,7 +18,6 @@ import asyncio
 import csv
 import errno
 import os
-import resource
 import shutil
 import signal
 import socket
@@ -272,12 +271,14 @@ def test_a_damaged_version_is_refused_naming_the_file(tmp_path: Path, embedded_c
 # ------------------------------------------------------------------ disk full during publish
 
 
-def limit_file_size(max_bytes: int) -> Callable[[], None]:
-    """preexec_fn: no file of the child may grow past `max_bytes` (Python ignores SIGXFSZ, so writes fail
-    with EFBIG the way they fail with ENOSPC on a full disk)."""
-    def apply() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
-    return apply
+def with_file_size_limit(max_bytes: int, command: list[str]) -> list[str]:
+    """`command` run with no file allowed to grow past `max_bytes` (Python ignores SIGXFSZ, so a write past it
+    fails with EFBIG the way it fails with ENOSPC on a full disk). A small Python sets the limit and execs the
+    command: a preexec_fn would fork this process, which has lancedb's runtime loaded."""
+    limit = ("import os, resource, sys; "
+             f"resource.setrlimit(resource.RLIMIT_FSIZE, ({max_bytes}, resource.getrlimit(resource.RLIMIT_FSIZE)[1])); "
+             "os.execv(sys.argv[1], sys.argv[1:])")
+    return [sys.executable, "-c", limit, *command]
 
 
 def build_command(catalogue: Catalogue, root: Path) -> list[str]:
@@ -287,12 +288,13 @@ def build_command(catalogue: Catalogue, root: Path) -> list[str]:
 
 def test_disk_full_while_writing_a_version_keeps_the_previous_one(tmp_path: Path, embedded_catalogue: Path) -> None:
     catalogue, root, first = published(tmp_path, embedded_catalogue)
-    full = subprocess.run(build_command(catalogue, root), capture_output=True, text=True,
-                          preexec_fn=limit_file_size(4096))  # every vector file of 60 products is larger
+    # Every vector file of 60 products is larger than 4 KiB.
+    full = subprocess.run(with_file_size_limit(4096, build_command(catalogue, root)), capture_output=True, text=True)
     assert full.returncode == 1, full.stderr
     error = full.stderr.strip().splitlines()[-1]
     assert "Traceback" not in full.stderr and error.startswith("shopclip index: error: index root")
-    assert "File too large" in error and f"nothing was published, {first} stays current" in error
+    assert f"File too large: {publish.versions_dir(root)}" in error, error  # the errno and the file
+    assert f"nothing was published, {first} stays current" in error
     assert publish.read_current(root) == first and publish.list_versions(root) == [first]
     assert leftovers(root) == []  # the failed build's files are gone: they would keep a full disk full
     assert len(open_current(root)) == PRODUCTS
@@ -453,13 +455,13 @@ def test_server_killed_under_load_restarts_on_the_last_published_version(
 
 def test_deadlines_shorter_than_the_batch_wait_expire_and_leave_no_work_behind(
         tmp_path: Path, embedded_catalogue: Path) -> None:
+    """In-process (a real server on a free port), so the batcher's queue and forwarded products can be read."""
     _, root, version = published(tmp_path, embedded_catalogue)
     config = ServerConfig(bundle=BUNDLE, index_root=str(root), host="127.0.0.1", port=0, max_wait_ms=1500,
                           max_batch=64, poll_interval_s=0.2)
 
     async def scenario() -> None:
         server, port = await create_server(config)
-        products_forwarded = lambda: server.metrics.registry.get_sample_value("shopclip_batch_size_sum") or 0.0
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
                 stub = classification_pb2_grpc.ClassificationServiceStub(channel)
@@ -468,14 +470,9 @@ def test_deadlines_shorter_than_the_batch_wait_expire_and_leave_no_work_behind(
                     products=[product_pb2.Product(designation=f"famille3 chaud{i}") for i in range(8)]), timeout=10)
                 assert {r.versions.index_version for r in warm.results} == {version}
                 for round_ in range(3):
-                    before = products_forwarded()
-                    codes = await asyncio.gather(*(status_of(stub.Classify(
-                        classify_request(f"famille7 essai{round_}-{i}"), timeout=0.2)) for i in range(16)))
-                    assert codes == [grpc.StatusCode.DEADLINE_EXCEEDED] * 16
-                    await wait_async(lambda: server.batcher.depth == 0, 5)  # dropped once the batch wait ends
-                    assert products_forwarded() == before  # none was computed for a caller who had left
-                answers = await asyncio.gather(*(stub.Classify(classify_request(f"famille11 sorte11 apres{i}"), timeout=10)
-                                                 for i in range(4)))
+                    await calls_that_expire(stub, server, f"essai{round_}")
+                answers = await asyncio.gather(*(stub.Classify(classify_request(f"famille11 sorte11 apres{i}"),
+                                                               timeout=10) for i in range(4)))
                 assert all(a.versions.index_version == version and {n.prdtypecode for n in a.neighbors} == {11}
                            for a in answers)
                 assert server.batcher.depth == 0
@@ -483,6 +480,19 @@ def test_deadlines_shorter_than_the_batch_wait_expire_and_leave_no_work_behind(
             await server.stop(0)
 
     asyncio.run(scenario())
+
+
+async def calls_that_expire(stub: classification_pb2_grpc.ClassificationServiceStub, server: object,
+                            tag: str) -> None:
+    """16 calls with a 0.2 s deadline while the batcher waits 1.5 s to fill: every one expires, and once the
+    wait ends they are dropped from the queue without a forward (no product computed for a caller who left)."""
+    forwarded = lambda: server.metrics.registry.get_sample_value("shopclip_batch_size_sum") or 0.0  # noqa: E731
+    before = forwarded()
+    codes = await asyncio.gather(*(status_of(stub.Classify(classify_request(f"famille7 {tag}-{i}"), timeout=0.2))
+                                   for i in range(16)))
+    assert codes == [grpc.StatusCode.DEADLINE_EXCEEDED] * 16
+    await wait_async(lambda: server.batcher.depth == 0, 5)
+    assert forwarded() == before
 
 
 async def status_of(call: object) -> grpc.StatusCode:
