@@ -67,7 +67,7 @@ def train_bundle(data: Path, bundle: Path, retrain: bool) -> None:
     _step(f"training a model bundle on {data} -> {bundle}")
     # The shipped default learns from every product; the quickstart keeps a test split out of training and
     # out of the catalogue, so that its Classify calls are about products the system has never seen.
-    train(data, bundle, config=TrainConfig(split_fractions=(0.15, QUICKSTART_TEST_FRACTION)))
+    train(data, bundle, config=TrainConfig(test_fraction=QUICKSTART_TEST_FRACTION))
 
 
 def held_out_ids(bundle: Path) -> list[int]:

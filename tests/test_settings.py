@@ -90,3 +90,20 @@ def test_ingest_takes_the_servers_limit_flags(monkeypatch: pytest.MonkeyPatch) -
     assert options.check_images is False
     monkeypatch.setenv("SHOPCLIP_INDEX_ROOT", "/srv/index")
     assert index_cli._locations(parser.parse_args(["index", "status"])).index_root == Path("/srv/index")
+
+
+def test_train_flags_are_the_train_config_fields() -> None:
+    from shopclip.errors import InvalidConfig
+    from shopclip.training import cli as train_cli
+    from shopclip.training.config import TrainConfig
+
+    parser = argparse.ArgumentParser()
+    train_cli.register(parser.add_subparsers())
+    base = ["train", "--data", "d", "--out", "o"]
+    args = parser.parse_args([*base, "--val-fraction", "0.2", "--sparse-c", "1,2", "--no-refit"])
+    assert settings.from_sources(TrainConfig, args, {"SHOPCLIP_EPOCHS": "3"}) == TrainConfig(
+        val_fraction=0.2, sparse_c=(1.0, 2.0), refit=False, epochs=3)
+    assert settings.from_sources(TrainConfig, parser.parse_args(base), {}) == TrainConfig()
+    with pytest.raises(InvalidConfig) as caught:
+        settings.from_sources(TrainConfig, parser.parse_args([*base, "--val-fraction", "1.5"]), {})
+    assert caught.value.field == "val_fraction"
