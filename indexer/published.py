@@ -20,7 +20,7 @@ import numpy as np
 from shopclip.errors import InvalidInput, NotFound, NotReady
 from shopclip.indexer import ann, publish
 from shopclip.indexer.publish import CODES_FILE, INDEX_FILE, NO_CODE, PRODUCTIDS_FILE, PRODUCTS_FILE, VECTORS_FILE
-from shopclip.indexer.api import CatalogueProduct, Neighbor
+from shopclip.indexer.api import CatalogueProduct, Neighbor, PublishedIndex
 from shopclip.model import knn
 
 T = TypeVar("T")
@@ -206,7 +206,7 @@ def open_current(index_root: str | Path) -> LoadedIndex:
     raise NotReady(f"index under {index_root} keeps changing; retry")
 
 
-def backing_problem(index_root: str | Path, served: object) -> str | None:
+def backing_problem(index_root: str | Path, served: PublishedIndex) -> str | None:
     """Why `served`, loaded from `index_root`, could not be loaded from there again (the root or CURRENT removed,
     its files changed since they were read), None while it could or once another version is current."""
     root = Path(index_root)
