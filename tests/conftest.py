@@ -1,40 +1,28 @@
-"""Fixtures shared across test modules."""
+"""Fixtures shared across test modules; what they are built from lives in the `support` package."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-
-@dataclass(frozen=True)
-class Certificate:
-    """A self-signed TLS certificate for localhost / 127.0.0.1 and its private key, as PEM files."""
-
-    cert: Path
-    key: Path
-
-    @property
-    def cert_pem(self) -> bytes:
-        return self.cert.read_bytes()
-
-    @property
-    def key_pem(self) -> bytes:
-        return self.key.read_bytes()
+from support.certs import Certificate, make_certificate, openssl_binary
+from support.catalogue import catalogue_rows, unlabelled_rows
 
 
 @pytest.fixture
 def tls_certificate(tmp_path: Path) -> Certificate:
-    """Made by the openssl binary (no Python crypto dependency); skips where there is none."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
+    """A self-signed certificate for localhost / 127.0.0.1; skips where there is no openssl binary."""
+    if openssl_binary() is None:
         pytest.skip("openssl binary not found")
-    certificate = Certificate(cert=tmp_path / "cert.pem", key=tmp_path / "key.pem")
-    subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                    "-keyout", str(certificate.key), "-out", str(certificate.cert), "-days", "1",
-                    "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
-                   check=True, capture_output=True)
-    return certificate
+    return make_certificate(tmp_path / "tls")
+
+
+@pytest.fixture(scope="session")
+def published_index(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 - support.index.PublishedCatalogue
+    """The server tests' catalogue (labelled `catalogue_rows()` plus a few unlabelled products) ingested,
+    embedded by the fake bundle and published once per session by the real indexer. Read-only: a test that
+    publishes again builds its own with `support.index.build_catalogue_index`."""
+    from support.index import build_catalogue_index
+
+    return build_catalogue_index(tmp_path_factory.mktemp("published"), catalogue_rows() + unlabelled_rows())

@@ -10,7 +10,7 @@ import time
 
 import grpc
 import pytest
-from test_client_support import FakeEmbedding, UNKNOWN_PRODUCTID, fake_server
+from support.fakes import FakeEmbedding, UNKNOWN_PRODUCTID, fake_server
 
 from shopclip.client import (AsyncShopclipClient, ClassifyResult, Neighbor, Prediction, ProductInput, RetryPolicy,
                              ShopclipClient, ShopclipRpcError)

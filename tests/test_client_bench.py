@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from support.catalogue import FAKE_BUNDLE
+
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "serve.py"
 
 
@@ -34,7 +36,7 @@ def test_generated_products_when_the_data_file_is_absent(bench, tmp_path):
 
 def test_fake_bundle_run_reports_both_sides_and_the_targets(bench, tmp_path, capsys):
     out = tmp_path / "figures.json"
-    code = bench.main(["--bundle", "fake:dim=16,classes=5", "--data", str(tmp_path / "none.csv"), "--products", "32",
+    code = bench.main(["--bundle", FAKE_BUNDLE, "--data", str(tmp_path / "none.csv"), "--products", "32",
                        "--batch-sizes", "1", "4", "--concurrency", "1", "4", "--seconds", "0.3",
                        "--json-out", str(out)])
     assert code == 0
@@ -58,7 +60,7 @@ def test_a_run_where_every_call_fails_exits_non_zero(bench, tmp_path, monkeypatc
         raise bench.ShopclipRpcError(grpc.StatusCode.UNAVAILABLE, "refused", "Classify")
 
     monkeypatch.setattr(bench.AsyncShopclipClient, "classify", refused)
-    code = bench.main(["--bundle", "fake:dim=16,classes=5", "--data", str(tmp_path / "none.csv"), "--products", "8",
+    code = bench.main(["--bundle", FAKE_BUNDLE, "--data", str(tmp_path / "none.csv"), "--products", "8",
                        "--batch-sizes", "1", "--concurrency", "1", "--seconds", "0.2"])
     assert code == 1
     assert "no Classify call succeeded at concurrency [1]" in capsys.readouterr().err

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_client_support import UNKNOWN_PRODUCTID, fake_server
+from support.fakes import UNKNOWN_PRODUCTID, fake_server
 
 from shopclip.cli import main
 from shopclip.client.cli import format_table

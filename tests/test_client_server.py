@@ -1,5 +1,6 @@
-"""The typed client end to end against the real server (create_server with a fake embedder): every
-method, the async client under concurrency (micro-batched server side), bearer token and TLS."""
+"""The typed client end to end against the real server (create_server with a fake embedder, serving the real
+published index of `published_index`): every method, the async client under concurrency (micro-batched server
+side), bearer token and TLS."""
 
 from __future__ import annotations
 
@@ -7,17 +8,17 @@ import asyncio
 
 import grpc
 import pytest
-from test_client_support import running_server
-
 from shopclip.client import AsyncShopclipClient, ProductInput, ShopclipClient, ShopclipRpcError
 from shopclip.client.retry import NO_RETRY
+from support.catalogue import catalogue_title, productid_of
+from support.server import serving
 
 TITLES = ["Lot de 2 coussins déco", "Figurine Star Wars collector", "Piscine tubulaire 3m", "Roman policier poche"]
 
 
 @pytest.fixture(scope="module")
-def target():
-    with running_server(abstain_threshold=0.0) as address:
+def target(published_index):
+    with serving(abstain_threshold=0.0, index_root=published_index.index_root) as address:
         yield address
 
 
@@ -27,7 +28,15 @@ def test_every_method_round_trips(target):
         single = client.classify(ProductInput(designation=TITLES[0], description="Housse 40x40"), top_k=3)
         batch = client.classify_batch(TITLES, top_k=2)
         embedded = client.embed(TITLES[:2])
-    assert info.embed_dim == 32 and len(info.prdtypecodes) == 27
+        by_text = client.search(catalogue_title(11, 2), top_k=3)
+        by_id = client.search(productid=productid_of(7, 1), top_k=2, prdtypecode=7)
+    assert info.embed_dim == 32 and len(info.prdtypecodes) == 27 and info.index_size > 0
+    assert by_text.neighbors[0].productid == productid_of(11, 2) and len(by_text.neighbors) == 3
+    assert by_text.neighbors[0].designation == catalogue_title(11, 2)
+    assert by_text.neighbors[0].imageid == productid_of(11, 2) + 1
+    assert len(by_id.neighbors) == 2 and {n.prdtypecode for n in by_id.neighbors} == {7}
+    assert productid_of(7, 1) not in [n.productid for n in by_id.neighbors]
+    assert by_text.versions.index_version == info.versions.index_version != ""
     assert single.versions.model_fingerprint == info.versions.model_fingerprint
     assert len(single.predictions) == 3 and single.code in info.prdtypecodes
     probabilities = [p.probability for p in single.predictions]
@@ -79,14 +88,25 @@ def test_server_validation_reaches_the_caller_with_the_field(target):
 
 
 def test_token_and_tls(tls_certificate):
-    with running_server(token="s3cret", tls_cert=str(tls_certificate.cert), tls_key=str(tls_certificate.key)) as address:
+    with serving(token="s3cret", tls_cert=str(tls_certificate.cert), tls_key=str(tls_certificate.key)) as address:
         with ShopclipClient(address, tls_ca=tls_certificate.cert, token="s3cret") as client:
             assert client.classify(TITLES[1]).predictions
         with ShopclipClient(address, tls_ca=tls_certificate.cert, token="wrong") as client, \
                 pytest.raises(ShopclipRpcError) as refused:
             client.info()
+        with ShopclipClient(address, tls_ca=tls_certificate.cert) as client, \
+                pytest.raises(ShopclipRpcError) as tokenless:
+            client.classify(TITLES[1])
         with ShopclipClient(address, token="s3cret", retry=NO_RETRY, timeout=2) as plaintext, \
                 pytest.raises(ShopclipRpcError) as no_tls:
             plaintext.info()
-    assert refused.value.code == grpc.StatusCode.UNAUTHENTICATED
+    assert refused.value.code == tokenless.value.code == grpc.StatusCode.UNAUTHENTICATED
     assert no_tls.value.code == grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_tls_client_to_a_plaintext_server_is_unavailable(target, tls_certificate):
+    """The handshake cannot succeed: UNAVAILABLE within the deadline, not a hang or an UNKNOWN."""
+    with ShopclipClient(target, tls_ca=tls_certificate.cert, retry=NO_RETRY, timeout=5) as client, \
+            pytest.raises(ShopclipRpcError) as refused:
+        client.info()
+    assert refused.value.code == grpc.StatusCode.UNAVAILABLE

@@ -1,16 +1,18 @@
 """Engine.forward answers a whole batch with array arithmetic; each answer must equal what one product alone
-gets from the head, its own neighbours and the vote of `shopclip.model.knn`, recomputed here step by step."""
+gets from the head, its own neighbours and the vote of `shopclip.model.knn`, recomputed here step by step.
+The index is the real published one (`published_index`), with unlabelled products that are searchable but never
+vote."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_server_support import CODES_IN_INDEX, FAKE_BUNDLE, CatalogueRow, MemoryIndex, catalogue_rows
-
 from shopclip.model import load_embedder
 from shopclip.model.knn import KnnParams, final_probabilities, knn_votes
 from shopclip.products import ProductInput
 from shopclip.server.engine import Engine, Job
+from support.catalogue import CODES_IN_INDEX, FAKE_BUNDLE, unlabelled_rows
+from support.index import PublishedCatalogue
 
 
 def expected_answer(engine: Engine, product: ProductInput, top_k: int) -> tuple[list[tuple[int, float]], list[int]]:
@@ -25,16 +27,17 @@ def expected_answer(engine: Engine, product: ProductInput, top_k: int) -> tuple[
     return [(embedder.codes[i], float(probs[i])) for i in best], [n.productid for n in voters]
 
 
-def test_a_batched_forward_answers_each_product_as_if_it_were_alone() -> None:
+def test_a_batched_forward_answers_each_product_as_if_it_were_alone(published_index: PublishedCatalogue) -> None:
     embedder = load_embedder(FAKE_BUNDLE)
     embedder.knn = KnnParams(k=6, weight=0.4, temperature=0.1, sharpness=1.7)
-    unlabelled = [CatalogueRow(productid=90 + j, prdtypecode=None, designation=f"famille3 inconnu{j}")
-                  for j in range(3)]  # searchable, never voting
     engine = Engine(embedder, abstain_threshold=0.5, index_required=True)
-    engine.swap_index(MemoryIndex("v1", catalogue_rows() + unlabelled, embedder))
+    engine.swap_index(published_index.open_current())
     products = [ProductInput(f"famille{code} sorte{code} neuf") for code in CODES_IN_INDEX]
-    products += [ProductInput("famille3 inconnu1"), ProductInput("rien de connu")]
+    products += [ProductInput(unlabelled_rows()[1].designation), ProductInput("rien de connu")]
     jobs = [Job(product, top_k) for product, top_k in zip(products, (1, 3, 5, 2, 4, 3))] + [Job(products[0])]
+
+    nearest = engine.index.search(embedder.embed([products[4]]), embedder.knn.k)[0]
+    assert any(n.prdtypecode is None for n in nearest)  # unlabelled products are found, so not voting is tested
 
     outcomes = engine.forward(jobs)
 

@@ -16,9 +16,8 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-from test_client_support import running_server
-
 from shopclip.client import ProductInput, ShopclipClient
+from support.server import serving
 
 TITLE = "Lot de 2 coussins déco en velours"
 APP_SERVICES = {"shopclip.v1.ClassificationService", "shopclip.v1.SearchService", "shopclip.v1.EmbeddingService",
@@ -27,14 +26,14 @@ TOKEN = "interop-secret"
 
 
 @pytest.fixture(scope="module")
-def target() -> Iterator[str]:
-    with running_server() as address:
+def target(published_index) -> Iterator[str]:  # noqa: ANN001 - support.index.PublishedCatalogue
+    with serving(index_root=published_index.index_root) as address:
         yield address
 
 
 @pytest.fixture(scope="module")
 def protected_target() -> Iterator[str]:
-    with running_server(token=TOKEN) as address:
+    with serving(token=TOKEN) as address:
         yield address
 
 

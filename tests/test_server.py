@@ -1,28 +1,39 @@
-"""The real server on a free port, a real channel, the fake embedder from the same factory as real bundles.
+"""The real server on a free port, a real channel, the fake embedder from the same factory as real bundles, and
+a real flat index that the indexer built and published from a tiny catalogue (`published_index`, conftest.py).
 Assertions are on status codes and on answers recomputed independently from the embedder."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
 import threading
+import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import grpc
 import grpc.aio
 import numpy as np
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from test_server_support import (CODES_IN_INDEX, FAKE_BUNDLE, MemoryIndex, MemorySource, SlowEmbedder,
-                                 catalogue_rows, catalogue_title, jpeg_bytes, png_header, running_server)
 
+from shopclip.indexer.published import LoadedIndex
 from shopclip.model import load_embedder
 from shopclip.products import ProductInput
 from shopclip.server import app
 from shopclip.server.app import SERVICE_NAMES
+from shopclip.server.index_watch import PublishedIndexSource
 from shopclip.v1 import (classification_pb2, classification_pb2_grpc, embedding_pb2, embedding_pb2_grpc, info_pb2,
                          info_pb2_grpc, product_pb2, search_pb2, search_pb2_grpc)
+from support.catalogue import (CODES_IN_INDEX, FAKE_BUNDLE, catalogue_rows, catalogue_title, productid_of,
+                              unlabelled_rows)
+from support.embedders import SlowEmbedder, install_embedder
+from support.images import jpeg_bytes, png_header
+from support.index import PublishedCatalogue, build_catalogue_index
+from support.server import health_status, running_server, server_config, status_of, wait_until
 
 
 def classify_request(designation: str = "", top_k: int | None = None, **fields: object
@@ -31,14 +42,9 @@ def classify_request(designation: str = "", top_k: int | None = None, **fields: 
                                               top_k=top_k)
 
 
-async def status_of(call: object) -> tuple[grpc.StatusCode, str]:
-    with pytest.raises(grpc.aio.AioRpcError) as error:
-        await call
-    return error.value.code(), error.value.details()
-
-
-def with_index(version: str = "v1") -> MemorySource:
-    return MemorySource(MemoryIndex(version, catalogue_rows()))
+def indexed(published: PublishedCatalogue, **overrides: object) -> dict[str, object]:
+    """Server overrides that serve `published`'s index root."""
+    return {"index_root": published.index_root, **overrides}
 
 
 # ------------------------------------------------------------------ Classify
@@ -61,18 +67,18 @@ def test_classify_without_index_ranks_the_head_probabilities() -> None:
     asyncio.run(scenario())
 
 
-def test_classify_votes_with_labelled_neighbours_of_the_index() -> None:
+def test_classify_votes_with_labelled_neighbours_of_the_index(published_index: PublishedCatalogue) -> None:
     code = CODES_IN_INDEX[2]
 
     async def scenario() -> None:
-        async with running_server(with_index("v42")) as (_, channel):
+        async with running_server(**indexed(published_index)) as (_, channel):
             stub = classification_pb2_grpc.ClassificationServiceStub(channel)
             response = await stub.Classify(classify_request(f"famille{code} sorte{code} neuf"))
         assert response.predictions[0].prdtypecode == code
         assert len(response.predictions) == 5  # default top_k
         probabilities = [p.probability for p in response.predictions]
         assert probabilities == sorted(probabilities, reverse=True)
-        assert response.versions.index_version == "v42"
+        assert response.versions.index_version == published_index.version
         voters = response.neighbors
         assert 0 < len(voters) <= 10
         assert [n.similarity for n in voters] == sorted((n.similarity for n in voters), reverse=True)
@@ -92,11 +98,11 @@ def test_abstain_follows_the_configured_threshold(threshold: float, abstains: bo
     assert asyncio.run(scenario()) is abstains
 
 
-def test_classify_batch_answers_each_product_in_order() -> None:
+def test_classify_batch_answers_each_product_in_order(published_index: PublishedCatalogue) -> None:
     titles = [f"famille{code} sorte{code}" for code in CODES_IN_INDEX]
 
     async def scenario() -> classification_pb2.ClassifyBatchResponse:
-        async with running_server(with_index()) as (_, channel):
+        async with running_server(**indexed(published_index)) as (_, channel):
             stub = classification_pb2_grpc.ClassificationServiceStub(channel)
             return await stub.ClassifyBatch(classification_pb2.ClassifyBatchRequest(
                 products=[product_pb2.Product(designation=t) for t in titles], top_k=2))
@@ -193,7 +199,7 @@ def test_an_image_the_model_cannot_decode_fails_only_its_own_request(monkeypatch
                 raise InvalidInput("products[1].image", "truncated image data")
             return super().embed(products)
 
-    monkeypatch.setattr(app, "load_embedder", lambda spec, device=None: PickyEmbedder(0.05))
+    install_embedder(monkeypatch, PickyEmbedder(0.05))
 
     async def scenario() -> list[object]:
         async with running_server(max_wait_ms=50) as (_, channel):
@@ -213,12 +219,12 @@ def test_an_image_the_model_cannot_decode_fails_only_its_own_request(monkeypatch
 # ------------------------------------------------------------------ Search, Embed, GetInfo
 
 
-def test_search_by_productid_excludes_itself_and_filters_by_code() -> None:
+def test_search_by_productid_excludes_itself_and_filters_by_code(published_index: PublishedCatalogue) -> None:
     code = CODES_IN_INDEX[1]
-    query_id = 1000 * code + 2
+    query_id = productid_of(code, 2)
 
     async def scenario() -> tuple[search_pb2.SearchSimilarResponse, search_pb2.SearchSimilarResponse]:
-        async with running_server(with_index()) as (_, channel):
+        async with running_server(**indexed(published_index)) as (_, channel):
             stub = search_pb2_grpc.SearchServiceStub(channel)
             near = await stub.SearchSimilar(search_pb2.SearchSimilarRequest(productid=query_id, top_k=3))
             other = await stub.SearchSimilar(search_pb2.SearchSimilarRequest(
@@ -229,24 +235,24 @@ def test_search_by_productid_excludes_itself_and_filters_by_code() -> None:
     assert len(near.results) == 3 and query_id not in [r.productid for r in near.results]
     assert {r.prdtypecode for r in near.results} == {code}
     assert len(other.results) == 5 and {r.prdtypecode for r in other.results} == {CODES_IN_INDEX[0]}
-    assert near.versions.index_version == "v1"
+    assert near.versions.index_version == published_index.version
 
 
-def test_search_by_text_finds_the_matching_products() -> None:
+def test_search_by_text_finds_the_matching_products(published_index: PublishedCatalogue) -> None:
     async def scenario() -> search_pb2.SearchSimilarResponse:
-        async with running_server(with_index()) as (_, channel):
+        async with running_server(**indexed(published_index)) as (_, channel):
             stub = search_pb2_grpc.SearchServiceStub(channel)
             return await stub.SearchSimilar(search_pb2.SearchSimilarRequest(
                 product=product_pb2.Product(designation=catalogue_title(7, 3)), top_k=1))
 
     (hit,) = asyncio.run(scenario()).results
-    assert hit.productid == 7003 and hit.similarity == pytest.approx(1.0, abs=1e-5)
+    assert hit.productid == productid_of(7, 3) and hit.similarity == pytest.approx(1.0, abs=1e-5)
 
 
-def test_search_errors_not_found_and_unavailable() -> None:
+def test_search_errors_not_found_and_unavailable(published_index: PublishedCatalogue) -> None:
     async def scenario() -> list[tuple[grpc.StatusCode, str]]:
         out = []
-        async with running_server(with_index()) as (_, channel):
+        async with running_server(**indexed(published_index)) as (_, channel):
             stub = search_pb2_grpc.SearchServiceStub(channel)
             out.append(await status_of(stub.SearchSimilar(search_pb2.SearchSimilarRequest(productid=123456))))
             out.append(await status_of(stub.SearchSimilar(search_pb2.SearchSimilarRequest(productid=7001, top_k=101))))
@@ -279,42 +285,38 @@ def test_embed_returns_the_model_vectors() -> None:
     np.testing.assert_allclose(got, expected, atol=1e-6)
 
 
-def test_get_info_describes_model_and_index() -> None:
+def test_get_info_describes_model_and_index(published_index: PublishedCatalogue) -> None:
     async def scenario() -> info_pb2.GetInfoResponse:
-        async with running_server(with_index("v9"), abstain_threshold=0.3) as (_, channel):
+        async with running_server(**indexed(published_index, abstain_threshold=0.3)) as (_, channel):
             return await info_pb2_grpc.InfoServiceStub(channel).GetInfo(info_pb2.GetInfoRequest())
 
     info = asyncio.run(scenario())
     assert list(info.prdtypecodes) == list(range(27)) and info.embed_dim == 32
     assert info.architecture == "fake" and info.knn_k == 10
-    assert info.index_size == len(catalogue_rows()) and info.index_type == info_pb2.INDEX_TYPE_FLAT
-    assert info.versions.index_version == "v9" and info.abstain_threshold == pytest.approx(0.3)
+    assert info.index_size == len(catalogue_rows()) + len(unlabelled_rows())
+    assert info.index_type == info_pb2.INDEX_TYPE_FLAT
+    assert info.versions.index_version == published_index.version and info.abstain_threshold == pytest.approx(0.3)
 
 
 # ------------------------------------------------------------------ health, reflection
 
 
-async def health_status(channel: grpc.aio.Channel, service: str = "") -> int:
-    stub = health_pb2_grpc.HealthStub(channel)
-    return (await stub.Check(health_pb2.HealthCheckRequest(service=service))).status
-
-
-def test_health_waits_for_the_first_published_index() -> None:
+def test_health_waits_for_the_first_published_index(tmp_path: Path) -> None:
     async def scenario() -> None:
-        source = MemorySource()
-        async with running_server(source, poll_interval_s=0.05) as (server, channel):
+        index_root = str(tmp_path / "index")  # where build_catalogue_index(tmp_path) publishes
+        async with running_server(index_root=index_root, poll_interval_s=0.05) as (server, channel):
             assert await health_status(channel) == health_pb2.HealthCheckResponse.NOT_SERVING
             stub = classification_pb2_grpc.ClassificationServiceStub(channel)
             code, _ = await status_of(stub.Classify(classify_request("tasse")))
             assert code == grpc.StatusCode.UNAVAILABLE
-            source.current = MemoryIndex("v1", catalogue_rows())
+            published = await asyncio.to_thread(build_catalogue_index, tmp_path)
             for _ in range(200):
                 if await health_status(channel) == health_pb2.HealthCheckResponse.SERVING:
                     break
                 await asyncio.sleep(0.02)
             for name in SERVICE_NAMES:
                 assert await health_status(channel, name) == health_pb2.HealthCheckResponse.SERVING
-            assert (await stub.Classify(classify_request("tasse"))).versions.index_version == "v1"
+            assert (await stub.Classify(classify_request("tasse"))).versions.index_version == published.version
 
     asyncio.run(scenario())
 
@@ -332,7 +334,7 @@ def test_reflection_lists_every_service() -> None:
 
 
 def test_drain_finishes_in_flight_calls_and_reports_not_serving(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(app, "load_embedder", lambda spec, device=None: SlowEmbedder(0.3))
+    install_embedder(monkeypatch, SlowEmbedder(0.3))
 
     async def scenario() -> None:
         async with running_server() as (server, channel):
@@ -355,7 +357,7 @@ def test_drain_finishes_in_flight_calls_and_reports_not_serving(monkeypatch: pyt
 
 
 def test_full_queue_answers_resource_exhausted(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(app, "load_embedder", lambda spec, device=None: SlowEmbedder(0.2))
+    install_embedder(monkeypatch, SlowEmbedder(0.2))
 
     async def scenario() -> list[object]:
         async with running_server(max_batch=1, queue_size=1, max_wait_ms=0) as (_, channel):
@@ -371,7 +373,7 @@ def test_full_queue_answers_resource_exhausted(monkeypatch: pytest.MonkeyPatch) 
 
 def test_expired_request_never_reaches_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
     embedder = SlowEmbedder(0.3)
-    monkeypatch.setattr(app, "load_embedder", lambda spec, device=None: embedder)
+    install_embedder(monkeypatch, embedder)
 
     async def scenario() -> tuple[object, grpc.StatusCode]:
         async with running_server(max_batch=1, max_wait_ms=0) as (_, channel):
@@ -392,7 +394,7 @@ def test_expired_request_never_reaches_the_model(monkeypatch: pytest.MonkeyPatch
 def test_unexpected_errors_are_internal_with_a_generic_message(monkeypatch: pytest.MonkeyPatch,
                                                                caplog: pytest.LogCaptureFixture) -> None:
     embedder = SlowEmbedder(0.0, fail_with=RuntimeError("secret path /models/x.safetensors"))
-    monkeypatch.setattr(app, "load_embedder", lambda spec, device=None: embedder)
+    install_embedder(monkeypatch, embedder)
 
     async def scenario() -> tuple[grpc.StatusCode, str]:
         async with running_server() as (_, channel):
@@ -407,7 +409,7 @@ def test_unexpected_errors_are_internal_with_a_generic_message(monkeypatch: pyte
 
 def test_concurrent_classify_calls_share_forward_passes(monkeypatch: pytest.MonkeyPatch) -> None:
     embedder = SlowEmbedder(0.05)
-    monkeypatch.setattr(app, "load_embedder", lambda spec, device=None: embedder)
+    install_embedder(monkeypatch, embedder)
 
     async def scenario() -> list[classification_pb2.ClassifyResponse]:
         async with running_server(max_batch=32, max_wait_ms=5) as (_, channel):
@@ -425,7 +427,7 @@ def test_the_model_is_loaded_and_run_on_the_forward_thread(monkeypatch: pytest.M
     embedder = SlowEmbedder(0.0)
     threads: dict[str, set[str]] = {"load": set(), "forward": set()}
 
-    def load(spec: str, device: str | None = None) -> SlowEmbedder:
+    def load(spec: str, device: str | None = None, limits: object = None) -> SlowEmbedder:
         threads["load"].add(threading.current_thread().name)
         return embedder
 
@@ -449,9 +451,27 @@ def test_the_model_is_loaded_and_run_on_the_forward_thread(monkeypatch: pytest.M
 # ------------------------------------------------------------------ hot swap
 
 
-def test_hot_swap_under_concurrent_classify_has_zero_failures() -> None:
-    async def scenario() -> tuple[list[str], list[Exception], MemorySource]:
-        source = MemorySource(MemoryIndex("v1", catalogue_rows()), open_delay_s=0.3)
+class SlowPublishedSource(PublishedIndexSource):
+    """The published index root, each open `delay_s` late and recording the thread it ran on: shows that a slow
+    load runs off the event loop while the previous version keeps answering."""
+
+    def __init__(self, root: str, delay_s: float) -> None:
+        super().__init__(root)
+        self.delay_s = delay_s
+        self.opened_on_threads: list[str] = []
+
+    def open(self) -> LoadedIndex:
+        self.opened_on_threads.append(threading.current_thread().name)
+        time.sleep(self.delay_s)
+        return super().open()
+
+
+def test_hot_swap_under_concurrent_classify_has_zero_failures(tmp_path: Path) -> None:
+    published = build_catalogue_index(tmp_path)
+    first = published.version
+    source = SlowPublishedSource(published.index_root, delay_s=0.3)
+
+    async def scenario() -> tuple[list[str], list[Exception], int, str]:
         seen: list[str] = []
         failures: list[Exception] = []
         async with running_server(source, poll_interval_s=0.05) as (server, channel):
@@ -468,49 +488,69 @@ def test_hot_swap_under_concurrent_classify_has_zero_failures() -> None:
 
             clients = [asyncio.ensure_future(client(i)) for i in range(8)]
             await asyncio.sleep(0.2)
-            source.current = MemoryIndex("v2", catalogue_rows()[:-2])
-            await asyncio.sleep(0.1)
-            during_load = len(seen)
-            await asyncio.sleep(0.6)
+            dropped = [row.productid for row in catalogue_rows()[-2:]]
+            second = await asyncio.to_thread(published.publish_without, dropped)
+            await wait_until(lambda: len(source.opened_on_threads) >= 2)  # the load of `second` has begun
+            load_began = len(seen)
+            await wait_until(lambda: server.engine.index is not None and server.engine.index.version == second, 10)
+            await wait_until(lambda: bool(seen) and seen[-1] == second)
             stop.set()
             await asyncio.gather(*clients)
-            assert len(seen) > during_load  # served while v2 was loading (0.3 s, off the loop)
-            assert server.engine.index is not None and server.engine.index.version == "v2"
-        return seen, failures, source
+            assert len(server.engine.index) == len(catalogue_rows()) - 2
+        return seen, failures, load_began, second
 
-    seen, failures, source = asyncio.run(scenario())
+    seen, failures, load_began, second = asyncio.run(scenario())
     assert failures == []
-    assert "v1" in seen and "v2" in seen
-    assert seen[-1] == "v2" and seen.index("v2") > seen.index("v1")
-    assert all(name != "MainThread" for name in source.opened_on_threads)
+    assert first in seen[load_began:]  # served from the old version while the new one loaded (0.3 s, off the loop)
+    assert seen[-1] == second and seen.index(second) > seen.index(first)
+    assert seen[seen.index(second):].count(first) == 0  # never back to the old version once swapped
+    assert source.opened_on_threads and all(name != "MainThread" for name in source.opened_on_threads)
 
 
-def test_an_index_of_another_model_is_not_swapped_in() -> None:
-    async def scenario() -> str:
-        source = with_index("v1")
-        async with running_server(source, poll_interval_s=0.05) as (server, _):
-            foreign = MemoryIndex("v2", catalogue_rows())
-            foreign.manifest["model"]["fingerprint"] = "another-model"
-            source.current = foreign
-            await asyncio.sleep(0.3)
+def test_an_index_of_another_model_is_not_swapped_in(tmp_path: Path) -> None:
+    published = build_catalogue_index(tmp_path)
+    first = published.version
+
+    async def scenario() -> tuple[str, str, int]:
+        async with running_server(index_root=published.index_root, poll_interval_s=0.05) as (server, channel):
+            await asyncio.to_thread(published.publish, "fake:dim=32,classes=28")  # same dim, another model
+            await wait_until(lambda: server.watcher is not None and server.watcher.problem is not None, 10)
             assert server.engine.index is not None
-            return server.engine.index.version
+            stub = classification_pb2_grpc.ClassificationServiceStub(channel)
+            answered = (await stub.Classify(classify_request("famille3 sorte3"))).versions.index_version
+            return server.watcher.problem, answered, await health_status(channel, app.INDEX_HEALTH_SERVICE)
 
-    assert asyncio.run(scenario()) == "v1"
+    problem, answered, index_health = asyncio.run(scenario())
+    assert answered == first
+    assert "fake-32-28" in problem and published.version in problem
+    assert index_health == health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-@pytest.mark.parametrize("model_section", [None, {}, {"fingerprint": "x"}])
-def test_an_index_whose_manifest_does_not_name_its_model_is_refused(model_section) -> None:
+@pytest.mark.parametrize("model_section", ["missing", None, {}, {"fingerprint": "fake-32-27"}])
+def test_an_index_whose_manifest_does_not_name_its_model_is_refused(
+        published_index: PublishedCatalogue, tmp_path: Path, model_section: object) -> None:
+    """A version written by a builder that did not record its model (an old format, a hand-made index) on disk:
+    it loads, but the engine refuses to serve vectors nothing proves are its own."""
     from shopclip.errors import NotReady
     from shopclip.server.engine import Engine
 
-    embedder = load_embedder(FAKE_BUNDLE)
-    engine = Engine(embedder, abstain_threshold=0.5, index_required=True)
-    index = MemoryIndex("v1", catalogue_rows(), embedder)
-    index.manifest["model"] = model_section
+    directory = copy_current_version(published_index, tmp_path)
+    manifest = json.loads((directory / "manifest.json").read_text())
+    if model_section == "missing":
+        del manifest["model"]
+    else:
+        manifest["model"] = model_section
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    engine = Engine(load_embedder(FAKE_BUNDLE), abstain_threshold=0.5, index_required=True)
     with pytest.raises(NotReady, match="does not say which model"):
-        engine.swap_index(index)
+        engine.swap_index(LoadedIndex(directory))
     assert engine.index is None
+
+
+def copy_current_version(published: PublishedCatalogue, tmp_path: Path) -> Path:
+    """A copy of `published`'s live version directory (so a test may damage it)."""
+    source = Path(published.index_root) / "versions" / published.version
+    return Path(shutil.copytree(source, tmp_path / published.version))
 
 
 # ------------------------------------------------------------------ auth, TLS, metrics
@@ -537,13 +577,51 @@ def test_bearer_token_is_required_except_for_health() -> None:
     assert health == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_tls_with_a_self_signed_certificate(tls_certificate) -> None:  # type: ignore[no-untyped-def]
-    from test_server_support import make_config
+def app_calls(channel: grpc.aio.Channel) -> dict[str, Callable[..., object]]:
+    """One valid call of each RPC the services expose, by method name, taking call options (metadata=...)."""
+    classify = classification_pb2_grpc.ClassificationServiceStub(channel)
+    search = search_pb2_grpc.SearchServiceStub(channel)
+    product = product_pb2.Product(designation="tasse")
+    return {
+        "Classify": lambda **kw: classify.Classify(classification_pb2.ClassifyRequest(product=product), **kw),
+        "ClassifyBatch": lambda **kw: classify.ClassifyBatch(
+            classification_pb2.ClassifyBatchRequest(products=[product]), **kw),
+        "SearchSimilar": lambda **kw: search.SearchSimilar(search_pb2.SearchSimilarRequest(product=product), **kw),
+        "Embed": lambda **kw: embedding_pb2_grpc.EmbeddingServiceStub(channel).Embed(
+            embedding_pb2.EmbedRequest(products=[product]), **kw),
+        "GetInfo": lambda **kw: info_pb2_grpc.InfoServiceStub(channel).GetInfo(info_pb2.GetInfoRequest(), **kw),
+    }
 
+
+@pytest.mark.parametrize("authorization", [None, "Bearer nope", "s3cret", "Bearer s3cret2", "Bearer  s3cret",
+                                           "Basic s3cret", "Bearer "])
+def test_every_rpc_refuses_a_missing_or_wrong_token(published_index: PublishedCatalogue,
+                                                    authorization: str | None) -> None:
+    """No token, a wrong one, the right secret without its scheme or with another, a longer one: UNAUTHENTICATED
+    on every RPC of every service, and the right token still answers each of them afterwards."""
+    refused_metadata = () if authorization is None else (("authorization", authorization),)
+
+    async def scenario() -> tuple[dict[str, grpc.StatusCode], list[str]]:
+        async with running_server(**indexed(published_index, token="s3cret")) as (_, channel):
+            calls = app_calls(channel)
+            refused = {name: (await status_of(call(metadata=refused_metadata, timeout=10)))[0]
+                       for name, call in calls.items()}
+            accepted = [type(await call(metadata=(("authorization", "Bearer s3cret"),), timeout=10)).__name__
+                        for call in calls.values()]
+        return refused, accepted
+
+    refused, accepted = asyncio.run(scenario())
+    assert set(refused) == {"Classify", "ClassifyBatch", "SearchSimilar", "Embed", "GetInfo"}
+    assert set(refused.values()) == {grpc.StatusCode.UNAUTHENTICATED}
+    assert accepted == ["ClassifyResponse", "ClassifyBatchResponse", "SearchSimilarResponse", "EmbedResponse",
+                        "GetInfoResponse"]
+
+
+def test_tls_with_a_self_signed_certificate(tls_certificate) -> None:  # type: ignore[no-untyped-def]
     cert, key = tls_certificate.cert, tls_certificate.key
 
     async def scenario() -> tuple[classification_pb2.ClassifyResponse, grpc.StatusCode]:
-        server, port = await app.create_server(make_config(tls_cert=str(cert), tls_key=str(key)))
+        server, port = await app.create_server(server_config(tls_cert=str(cert), tls_key=str(key)))
         try:
             credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
             async with grpc.aio.secure_channel(f"localhost:{port}", credentials) as channel:
@@ -561,9 +639,62 @@ def test_tls_with_a_self_signed_certificate(tls_certificate) -> None:  # type: i
     assert plaintext_code == grpc.StatusCode.UNAVAILABLE
 
 
-def test_metrics_endpoint_counts_requests_batches_and_versions() -> None:
+def test_tls_client_to_a_plaintext_server_is_unavailable(tls_certificate) -> None:  # type: ignore[no-untyped-def]
+    """The handshake fails: UNAVAILABLE, quickly, and the server still answers plaintext callers."""
+    async def scenario() -> tuple[grpc.StatusCode, int]:
+        async with running_server() as (server, plain):
+            credentials = grpc.ssl_channel_credentials(root_certificates=tls_certificate.cert_pem)
+            async with grpc.aio.secure_channel(f"localhost:{server.port}", credentials) as channel:
+                stub = classification_pb2_grpc.ClassificationServiceStub(channel)
+                code, _ = await status_of(stub.Classify(classify_request("tasse"), timeout=5))
+            stub = classification_pb2_grpc.ClassificationServiceStub(plain)
+            return code, len((await stub.Classify(classify_request("tasse"), timeout=10)).predictions)
+
+    code, answered = asyncio.run(scenario())
+    assert code == grpc.StatusCode.UNAVAILABLE
+    assert answered == 5
+
+
+def test_tls_client_that_does_not_trust_the_certificate_is_unavailable(tls_certificate, tmp_path: Path
+                                                                       ) -> None:  # type: ignore[no-untyped-def]
+    """A client whose root is another CA refuses the server's certificate (no silent fallback to trust)."""
+    from support.certs import make_certificate
+
+    stranger = make_certificate(tmp_path / "stranger")
+    cert, key = tls_certificate.cert, tls_certificate.key
+
+    async def scenario() -> grpc.StatusCode:
+        async with running_server(tls_cert=str(cert), tls_key=str(key), token="s3cret") as (server, _):
+            credentials = grpc.ssl_channel_credentials(root_certificates=stranger.cert_pem)
+            async with grpc.aio.secure_channel(f"localhost:{server.port}", credentials) as channel:
+                stub = classification_pb2_grpc.ClassificationServiceStub(channel)
+                code, _ = await status_of(stub.Classify(classify_request("tasse"), timeout=5,
+                                                        metadata=(("authorization", "Bearer s3cret"),)))
+            return code
+
+    assert asyncio.run(scenario()) == grpc.StatusCode.UNAVAILABLE
+
+
+def test_token_over_tls_is_still_required(tls_certificate) -> None:  # type: ignore[no-untyped-def]
+    """TLS authenticates the server, not the caller: without the token a TLS call is UNAUTHENTICATED."""
+    cert, key = tls_certificate.cert, tls_certificate.key
+
+    async def scenario() -> tuple[grpc.StatusCode, int]:
+        async with running_server(tls_cert=str(cert), tls_key=str(key), token="s3cret") as (server, _):
+            credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+            async with grpc.aio.secure_channel(f"localhost:{server.port}", credentials) as channel:
+                stub = classification_pb2_grpc.ClassificationServiceStub(channel)
+                code, _ = await status_of(stub.Classify(classify_request("tasse"), timeout=10))
+                return code, await health_status(channel)
+
+    code, health = asyncio.run(scenario())
+    assert code == grpc.StatusCode.UNAUTHENTICATED
+    assert health == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_metrics_endpoint_counts_requests_batches_and_versions(published_index: PublishedCatalogue) -> None:
     async def scenario() -> str:
-        async with running_server(with_index("v5"), metrics_port=0) as (server, channel):
+        async with running_server(**indexed(published_index, metrics_port=0)) as (server, channel):
             stub = classification_pb2_grpc.ClassificationServiceStub(channel)
             await asyncio.gather(*(stub.Classify(classify_request(f"tasse {i}")) for i in range(3)))
             await status_of(stub.Classify(classify_request("")))
@@ -578,18 +709,17 @@ def test_metrics_endpoint_counts_requests_batches_and_versions() -> None:
     assert "shopclip_batch_size_sum 3.0" in text
     assert "shopclip_queue_depth 0.0" in text
     assert 'shopclip_model_info{architecture="fake",fingerprint="fake-32-27"} 1.0' in text
-    assert 'shopclip_index_info{version="v5"} 1.0' in text
+    assert f'shopclip_index_info{{version="{published_index.version}"}} 1.0' in text
     assert "shopclip_ready 1.0" in text
 
 
 def test_a_taken_port_is_a_clear_error() -> None:
     from shopclip.errors import InvalidInput
-    from test_server_support import make_config
 
     async def scenario() -> None:
         async with running_server() as (server, _):
             with pytest.raises(InvalidInput) as error:
-                await app.create_server(make_config(port=server.port))
+                await app.create_server(server_config(port=server.port))
             assert error.value.field == "port"
 
     asyncio.run(scenario())

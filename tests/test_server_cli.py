@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from shopclip.errors import InvalidInput
 from shopclip.server import cli
 from shopclip.server.config import ServerConfig
+from support.catalogue import FAKE_BUNDLE
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -79,7 +80,7 @@ def test_every_config_field_is_a_flag() -> None:
 
 
 def test_serve_reports_serving_then_drains_on_sigterm() -> None:
-    env = {**os.environ, "SHOPCLIP_BUNDLE": "fake:dim=16,classes=5", "SHOPCLIP_PORT": "0",
+    env = {**os.environ, "SHOPCLIP_BUNDLE": FAKE_BUNDLE, "SHOPCLIP_PORT": "0",
            "SHOPCLIP_HOST": "127.0.0.1"}
     process = subprocess.Popen([sys.executable, "-m", "shopclip.cli", "serve"], env=env, stderr=subprocess.PIPE,
                                text=True)

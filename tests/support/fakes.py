@@ -1,15 +1,10 @@
-"""Servers for client tests.
-
-`fake_server`: a tiny in-process shopclip server built on the generated base classes, with answers
-derived from each request (so a test can tell that its fields arrived), a record of what was received,
-and scripted failures. No model, no index: it tests the client, not the server.
-`running_server`: the real grpc.aio server (`create_server`) with a fake embedder, for end-to-end and
-interoperability tests.
-"""
+"""Fake shopclip servicers for client tests: a tiny in-process server on the generated base classes, with
+answers derived from each request (so a test can tell that its fields arrived), a record of what was received,
+and scripted failures. No model, no index: it tests the client, not the server (`support.server` runs the real
+one)."""
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +17,6 @@ import grpc
 from shopclip.v1 import (classification_pb2, classification_pb2_grpc, embedding_pb2, embedding_pb2_grpc, info_pb2,
                          info_pb2_grpc, product_pb2, search_pb2, search_pb2_grpc)
 
-FAKE_BUNDLE = "fake:dim=32,classes=27"
 UNKNOWN_PRODUCTID = 404
 VERSIONS = product_pb2.Versions(model_fingerprint="fp-test", index_version="v7")
 CODES = (10, 40, 50, 60, 1140, 1160, 1180, 1280, 2280, 2705)
@@ -141,24 +135,3 @@ def fake_server(credentials: grpc.ServerCredentials | None = None) -> Iterator[t
         server.stop(grace=None)
 
 
-@contextmanager
-def running_server(**overrides: object) -> Iterator[str]:
-    """The real server (create_server, fake embedder) on a free port of 127.0.0.1, its event loop in a
-    background thread; yields the target. `overrides` are ServerConfig fields (token, tls_cert, ...)."""
-    from shopclip.server.app import create_server  # the server's dependencies load only for these tests
-    from shopclip.server.config import ServerConfig
-
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="shopclip-test-server", daemon=True)
-    thread.start()
-    config = ServerConfig(bundle=FAKE_BUNDLE, host="127.0.0.1", port=0, **overrides)  # type: ignore[arg-type]
-    try:
-        server, port = asyncio.run_coroutine_threadsafe(create_server(config), loop).result(timeout=60)
-        try:
-            yield f"127.0.0.1:{port}"
-        finally:
-            asyncio.run_coroutine_threadsafe(server.stop(0), loop).result(timeout=30)
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
-        loop.close()

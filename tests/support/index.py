@@ -1,0 +1,90 @@
+"""The server tests' index: rows written as a catalogue drop, then the indexer's real path (ingest into a LanceDB
+catalogue, embed with the fake bundle, build the flat FAISS index, publish atomically under an index root).
+
+So what a test serves is a production `LoadedIndex` with a production manifest, never a double; a test that
+flips the served version publishes another version with the same publisher."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from support.catalogue import FAKE_BUNDLE, CatalogueRow, catalogue_rows
+
+X_HEADER = ["", "designation", "description", "productid", "imageid"]
+
+
+def write_drop(folder: Path, rows: Sequence[CatalogueRow]) -> Path:
+    """A challenge-layout drop of text-only rows: labelled rows in New_X/New_y, unlabelled ones in an X file
+    with no Y file (how the catalogue receives products of no known type)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    labelled = [row for row in rows if row.prdtypecode is not None]
+    unlabelled = [row for row in rows if row.prdtypecode is None]
+    _write_csv(folder / "New_X_train.csv", X_HEADER, _x_records(labelled))
+    _write_csv(folder / "New_y_train.csv", ["", "prdtypecode"],
+               [[i, row.prdtypecode] for i, row in enumerate(labelled)])
+    if unlabelled:
+        _write_csv(folder / "Unlabelled_X_catalogue.csv", X_HEADER, _x_records(unlabelled))
+    return folder
+
+
+def _x_records(rows: Sequence[CatalogueRow]) -> list[list[object]]:
+    return [[i, row.designation, "", row.productid, row.imageid] for i, row in enumerate(rows)]
+
+
+def _write_csv(path: Path, header: list[str], records: Iterable[list[object]]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as out:
+        writer = csv.writer(out)
+        writer.writerow(header)
+        writer.writerows(records)
+
+
+@dataclass
+class PublishedCatalogue:
+    """A catalogue and the index root its versions are published under."""
+
+    root: Path
+    catalogue: object  # shopclip.indexer.catalogue.Catalogue (lancedb loads lazily)
+    version: str
+    """The version published last (what CURRENT names)."""
+
+    @property
+    def index_root(self) -> str:
+        return str(self.root / "index")
+
+    def publish(self, bundle: str = FAKE_BUNDLE) -> str:
+        """Build and publish the catalogue as it is now, embedded by `bundle`; returns the new version."""
+        from shopclip.indexer.build import BuildOptions, build_and_publish
+        from shopclip.model import load_embedder
+
+        options = BuildOptions(embed_batch=16, commit_every=64)
+        self.version = build_and_publish(self.catalogue, self.index_root, load_embedder(bundle), options).version
+        return self.version
+
+    def publish_without(self, productids: Sequence[int]) -> str:
+        """Remove products from the catalogue, then publish the smaller catalogue as a new version."""
+        self.catalogue.remove(list(productids))
+        return self.publish()
+
+    def open_current(self):  # noqa: ANN201 - shopclip.indexer.published.LoadedIndex
+        """A fresh load of the live version, as the server's index watcher loads it."""
+        from shopclip.indexer.published import open_current
+
+        return open_current(self.index_root)
+
+
+def build_catalogue_index(root: Path, rows: Sequence[CatalogueRow] | None = None,
+                          bundle: str = FAKE_BUNDLE) -> PublishedCatalogue:
+    """Ingest `rows` (default `catalogue_rows()`) under `root` and publish their first index version."""
+    from shopclip.indexer.catalogue import Catalogue
+    from shopclip.indexer.ingest import ingest_folder
+
+    catalogue = Catalogue(str(root / "catalogue"))
+    summary = ingest_folder(write_drop(root / "drop", catalogue_rows() if rows is None else rows), catalogue)
+    if summary.rejected:
+        raise AssertionError(f"the test catalogue lost {summary.rejected} rows at ingest")
+    published = PublishedCatalogue(root=root, catalogue=catalogue, version="")
+    published.publish(bundle)
+    return published
