@@ -175,8 +175,10 @@ def test_tls_with_a_root_certificate(tls_certificate):
     with fake_server(credentials) as (target, _):
         with ShopclipClient(target, tls_ca=tls_certificate.cert, token="t") as client:
             assert client.info().architecture == "fake"
-        with ShopclipClient(target, retry=FAST_RETRY, timeout=2) as plaintext, pytest.raises(ShopclipRpcError):
+        with ShopclipClient(target, retry=FAST_RETRY, timeout=2) as plaintext, \
+                pytest.raises(ShopclipRpcError) as refused:
             plaintext.info()
+    assert refused.value.code == grpc.StatusCode.UNAVAILABLE  # a handshake failure, never an answer
 
 
 def test_env_provides_defaults_and_arguments_win(monkeypatch, server):

@@ -48,5 +48,5 @@ def test_a_batched_forward_answers_each_product_as_if_it_were_alone(published_in
         assert [code for code, _ in got.predictions] == [code for code, _ in predictions]
         assert [p for _, p in got.predictions] == pytest.approx([p for _, p in predictions], abs=1e-6)
         assert [n.productid for n in got.neighbors] == voter_ids
-        assert all(n.designation for n in got.neighbors)  # metadata of each voter, from one batched lookup
+        assert got.neighbors and all(n.designation for n in got.neighbors)  # each voter's metadata, one lookup
         assert got.abstain == (predictions[0][1] < 0.5)

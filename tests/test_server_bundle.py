@@ -11,33 +11,23 @@ import grpc
 import grpc.aio
 import numpy as np
 import pytest
+
 from shopclip.model import load_embedder
 from shopclip.products import ProductInput
 from shopclip.v1 import (classification_pb2, classification_pb2_grpc, embedding_pb2, embedding_pb2_grpc, info_pb2,
                          info_pb2_grpc, product_pb2)
+from support.bundles import TINY_BUNDLE_CODES, tiny_bundle
 from support.catalogue import catalogue_rows
 from support.images import jpeg_bytes, png_header
 from support.index import PublishedCatalogue, build_catalogue_index
 from support.server import running_server
 
-CODES = list(range(100, 160))
+CODES = list(TINY_BUNDLE_CODES)
 
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> str:
-    import torch
-
-    from shopclip.model.bundle import save_bundle
-    from shopclip.model.clip import build_model
-    from shopclip.model.config import ModelConfig
-    from shopclip.model.knn import KnnParams
-
-    torch.manual_seed(3)
-    model = build_model(ModelConfig(text_towers=["ngram"], ngram_buckets=2**10, ngram_dim=16, image_size=64,
-                                    image_pretrained=False, embed_dim=32, codes=CODES)).eval()
-    out = save_bundle(Path(tmp_path_factory.mktemp("bundle")) / "b", model,
-                      metadata={"knn": KnnParams(k=4, weight=0.2).to_dict(), "metrics": {"test_weighted_f1": 0.61}})
-    return str(out)
+    return tiny_bundle(Path(tmp_path_factory.mktemp("bundle")), metrics={"test_weighted_f1": 0.61})
 
 
 @pytest.fixture(scope="module")
