@@ -7,6 +7,7 @@
 - `support.certs`: the one self-signed TLS certificate helper (`tests/conftest.py` wraps it as a fixture);
 - `support.images`: the one JPEG maker and the crafted images (PNG headers, CMYK, 16-bit, animations, bombs);
 - `support.embedders`: the fake embedder slowed down or made to fail, for batching and error tests;
+- `support.bundles`: a small real model bundle (random weights) whose preprocessing decodes images;
 - `support.fakes`: fake shopclip servicers for client tests (no model, no index).
 
 Modules import what they need lazily where it is heavy, so a client test does not load the server.
