@@ -9,10 +9,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import grpc.aio
+from google.protobuf.message import DecodeError
 
 from shopclip.errors import DeadlineExpired, InvalidInput, NotFound, NotReady, Overloaded
 from shopclip.server.metrics import ServerMetrics
@@ -39,6 +41,27 @@ def status_for(exc: Exception) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, "internal server error"
 
 
+@dataclass(frozen=True)
+class UndecodableRequest:
+    """A request whose bytes protobuf cannot parse (bad UTF-8 from a non-Python client, a truncated field).
+    grpc would answer UNKNOWN before any handler ran; as a value it reaches the error table instead."""
+
+    reason: str
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except DecodeError as exc:
+            return UndecodableRequest(str(exc))
+
+    return deserialize
+
+
 class ErrorTableInterceptor(grpc.aio.ServerInterceptor):
     """Maps exceptions of unary-unary handlers through `STATUS_CODES` and measures every call."""
 
@@ -57,7 +80,7 @@ class ErrorTableInterceptor(grpc.aio.ServerInterceptor):
             return cached[1]
         wrapped = grpc.unary_unary_rpc_method_handler(
             self._guard(details.method, handler.unary_unary),
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer)
         self._wrapped[details.method] = (handler, wrapped)
         return wrapped
@@ -69,6 +92,8 @@ class ErrorTableInterceptor(grpc.aio.ServerInterceptor):
             started = time.perf_counter()
             code = grpc.StatusCode.CANCELLED  # unless the call ends below
             try:
+                if isinstance(request, UndecodableRequest):
+                    raise InvalidInput("request", f"does not decode: {request.reason}")
                 response = await behaviour(request, context)
                 code = grpc.StatusCode.OK
                 return response

@@ -692,13 +692,6 @@ UNDECODABLE: dict[str, tuple[str, bytes]] = {
 }
 """Request bytes the protobuf runtime cannot read. A Python client cannot send these (it refuses surrogates),
 but any other client can, e.g. a Go, Java or C++ one relaying unvalidated text."""
-UNDECODABLE_BUG = ("product bug found by this fuzzer: a request message that does not decode is answered UNKNOWN "
-                   "(\"Unexpected <class 'google.protobuf.message.DecodeError'>: Error parsing message ...\", from "
-                   "grpc's own deserializer, before server/errors.py's table runs) instead of INVALID_ARGUMENT, and "
-                   "is missing from shopclip_requests_total")
-
-
-@pytest.mark.xfail(strict=True, reason=UNDECODABLE_BUG)
 @pytest.mark.parametrize("case", sorted(UNDECODABLE))
 def test_an_undecodable_request_is_invalid_argument(fake: Endpoint, case: str) -> None:
     method, payload = UNDECODABLE[case]
