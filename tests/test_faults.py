@@ -15,7 +15,6 @@ index root, a real LanceDB catalogue; the model is the fake embedder (no weights
 from __future__ import annotations
 
 import asyncio
-import csv
 import errno
 import os
 import shutil
@@ -33,6 +32,9 @@ import grpc
 import grpc.aio
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from support import index as support_index
+from support.catalogue import CatalogueRow, catalogue_title
 
 from shopclip.cli import main
 from shopclip.errors import InvalidInput, ShopclipError
@@ -61,18 +63,9 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 def write_drop(root: Path, productids: range) -> Path:
     """A text-only drop in the challenge layout; titles of one code share two words (the fake embedder then
     puts them close together, so neighbours and votes are meaningful)."""
-    root.mkdir(parents=True, exist_ok=True)
-    with (root / "New_X_train.csv").open("w", newline="", encoding="utf-8") as x, \
-            (root / "New_y_train.csv").open("w", newline="", encoding="utf-8") as y:
-        x_rows, y_rows = csv.writer(x), csv.writer(y)
-        x_rows.writerow(["", "designation", "description", "productid", "imageid"])
-        y_rows.writerow(["", "prdtypecode"])
-        for row, productid in enumerate(productids):
-            code = CODES[productid % len(CODES)]
-            x_rows.writerow([row, f"famille{code} sorte{code} modele{productid}", f"description {productid}",
-                             productid, 5000 + productid])
-            y_rows.writerow([row, code])
-    return root
+    codes = [CODES[productid % len(CODES)] for productid in productids]
+    return support_index.write_drop(root, [CatalogueRow(productid, code, catalogue_title(code, productid))
+                                           for productid, code in zip(productids, codes)])
 
 
 @pytest.fixture(scope="module")
