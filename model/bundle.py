@@ -28,7 +28,7 @@ import torch
 
 from shopclip.atomic import json_default, replace_atomically, write_json_atomically
 from shopclip.errors import InvalidInput, NotFound
-from shopclip.input_policy import DEFAULT_LIMITS, ProductLimits, check_product
+from shopclip.input_policy import DEFAULT_LIMITS, ProductLimits, check_text
 from shopclip.model.clip import IMAGE_FEATURES, ShopClipModel, assemble
 from shopclip.model.config import OPEN_CLIP_PREFIX, SHOPCLIP_BACKBONE, ModelConfig
 from shopclip.model.embedder import Encoded
@@ -236,8 +236,8 @@ class BundleEmbedder:
 
         Every product is validated and every image decoded before any forward pass, so a bad product
         fails the call fast and cheaply."""
-        for i, product in enumerate(products):
-            check_product(product, self.limits, f"products[{i}]")
+        for i, product in enumerate(products):  # images are checked by the policy as they are decoded below
+            check_text(product.designation, product.description, product.has_image, self.limits, f"products[{i}]")
         text_rows = [i for i, product in enumerate(products) if product.has_text]
         image_rows = [i for i, product in enumerate(products) if product.has_image]
         pixels = [self.model.image_transform(products[i].image, train=False, field=f"products[{i}].image",
