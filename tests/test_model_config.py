@@ -36,3 +36,35 @@ def test_the_train_command_answers_a_bad_tower_in_one_line(tmp_path, capsys) -> 
     assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "b"), "--text-towers", "nosuchtower"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "text_towers" in err[0] and "nosuchtower" in err[0]
+
+
+TRAIN = ["train", "--data", "d", "--out", "o"]
+
+
+def test_model_flags_and_variables_reach_the_model_config() -> None:
+    from shopclip.cli import build_parser
+    from shopclip.training.cli import train_configs
+
+    args = build_parser().parse_args([*TRAIN, "--text-towers", "ngram,use", "--embed-dim", "64",
+                                      "--no-image-pretrained", "--clip", "open_clip:ViT-B-32=/m.pt"])
+    model, _ = train_configs(args, {"SHOPCLIP_NGRAM_DIM": "32", "SHOPCLIP_EMBED_DIM": "999",
+                                    "SHOPCLIP_TOWER_PRECISION": "float32", "SHOPCLIP_TEXT_TOWERS": "e5"})
+    assert model == ModelConfig(backbone="open_clip:ViT-B-32=/m.pt", text_towers=["ngram", "use"], embed_dim=64,
+                                image_pretrained=False, ngram_dim=32, tower_precision="float32")
+    assert train_configs(build_parser().parse_args(TRAIN), {})[0] == ModelConfig()
+    from_env, _ = train_configs(build_parser().parse_args(TRAIN), {"SHOPCLIP_TEXT_TOWERS": "use, ngram"})
+    assert from_env.text_towers == ["use", "ngram"]
+
+
+@pytest.mark.parametrize(("argv", "env", "field"), [
+    (["--e5-max-tokens", "2"], {}, "e5_max_tokens"),
+    ([], {"SHOPCLIP_EMBED_DIM": "0"}, "embed_dim"),
+    ([], {"SHOPCLIP_NGRAM_DIM": "wide"}, "ngram_dim"),
+    ([], {"SHOPCLIP_CLIP": "open_clip:"}, "clip"),
+])
+def test_a_bad_model_option_exits_with_one_line_naming_it(argv, env, field, monkeypatch, capsys) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert main([*TRAIN, *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and field in err[0]

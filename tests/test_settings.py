@@ -54,6 +54,7 @@ def test_fields_without_option_are_not_flags() -> None:
     destinations = {action.dest for action in parser_for(Outer)._actions}
     assert {"name", "ratio", "folder", "candidates", "fast", "depth"} <= destinations
     assert "internal" not in destinations and "inner" not in destinations
+    assert settings.from_sources(Outer, parser_for(Outer).parse_args([]), {"SHOPCLIP_INTERNAL": "9"}).internal == 7
 
 
 @pytest.mark.parametrize("env, field", [({"SHOPCLIP_DEPTH": "deep"}, "depth"), ({"SHOPCLIP_SPEED": "maybe"}, "fast"),

@@ -1,5 +1,5 @@
-"""`shopclip train` and `shopclip evaluate`: training flags are `TrainConfig`'s fields (shopclip.settings),
-model flags map onto `ModelConfig`.
+"""`shopclip train` and `shopclip evaluate`: model flags are `ModelConfig`'s fields and training flags
+`TrainConfig`'s (shopclip.settings), so each is also a SHOPCLIP_* variable and neither default is restated here.
 
 Only argparse here; torch and the model load inside the handlers.
 """
@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Mapping
 
 from shopclip import settings
 from shopclip.model.config import ModelConfig
-from shopclip.model.precision import PRECISIONS
 from shopclip.training.config import TrainConfig
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     _register_train(subparsers)
@@ -30,19 +31,8 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", required=True, help="labelled catalogue folder")
     parser.add_argument("--out", required=True, help="bundle directory to write (also holds checkpoint.pt)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    model_defaults = ModelConfig()
-    model = parser.add_argument_group("model")
-    model.add_argument("--clip", dest="backbone", default=model_defaults.backbone,
-                       help="'shopclip' (USE + n-gram text towers, EfficientNet-Lite0) or "
-                            "'open_clip:ARCH=/path/to/checkpoint' for any open_clip model")
-    model.add_argument("--text-towers", default=",".join(model_defaults.text_towers),
-                       help="comma-separated text towers (shopclip backbone)")
-    for flag in ("embed_dim", "e5_max_tokens", "e5_tuned_layers", "ngram_buckets", "ngram_dim", "image_size"):
-        model.add_argument("--" + flag.replace("_", "-"), type=int, default=getattr(model_defaults, flag))
-    model.add_argument("--tower-precision", choices=PRECISIONS, default=model_defaults.tower_precision,
-                       help="what the pretrained text towers compute in (auto: bfloat16 where native)")
-    model.add_argument("--no-image-pretrained", dest="image_pretrained", action="store_false",
-                       help="random image tower instead of ImageNet weights (tests)")
+    settings.add_arguments(parser.add_argument_group("model (ModelConfig; each flag is also a SHOPCLIP_* variable)"),
+                           ModelConfig)
     run = parser.add_argument_group("training (TrainConfig; each flag is also a SHOPCLIP_* variable)")
     settings.add_arguments(run, TrainConfig)
     parser.set_defaults(handler=run_train)
@@ -62,15 +52,16 @@ def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run_evaluate)
 
 
+def train_configs(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[ModelConfig, TrainConfig]:
+    """The run's ModelConfig and TrainConfig: flags, else SHOPCLIP_* variables, else the fields' defaults.
+    A bad value raises InvalidInput (InvalidConfig when out of range) naming its field, before torch loads."""
+    return settings.from_sources(ModelConfig, args, env), settings.from_sources(TrainConfig, args, env)
+
+
 def run_train(args: argparse.Namespace) -> int:
+    model_config, config = train_configs(args, os.environ)
     from shopclip.training.train import train
 
-    model_config = ModelConfig(backbone=args.backbone, text_towers=[t for t in args.text_towers.split(",") if t],
-                               ngram_buckets=args.ngram_buckets, ngram_dim=args.ngram_dim,
-                               image_pretrained=args.image_pretrained, image_size=args.image_size,
-                               embed_dim=args.embed_dim, e5_max_tokens=args.e5_max_tokens,
-                               e5_tuned_layers=args.e5_tuned_layers, tower_precision=args.tower_precision)
-    config = settings.from_sources(TrainConfig, args, os.environ)
     bundle = train(args.data, args.out, model_config, config, resume=args.resume)
     print(f"bundle written to {bundle}")
     return 0
