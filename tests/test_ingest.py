@@ -100,3 +100,22 @@ def test_killed_ingest_leaves_the_previous_table(tmp_path: Path) -> None:
                            catalogue_uri, "--rejects", str(tmp_path / "r.csv")], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert '"added": 30' in done.stdout and len(Catalogue(catalogue_uri)) == 35
+
+
+def test_a_relative_folder_in_the_working_directory_is_ingested_with_the_default_locations(
+        tmp_path: Path, monkeypatch, capsys) -> None:
+    import json
+
+    from shopclip.cli import main
+
+    synthetic_drop(tmp_path / "drop", range(1, 7))
+    monkeypatch.chdir(tmp_path)
+    assert main(["index", "ingest", "./drop"]) == 0  # default catalogue ./catalogue, rejects ./rejects-drop.csv
+    first = json.loads(capsys.readouterr().out)
+    assert (first["added"], first["source_batch"]) == (6, "drop") and Path("rejects-drop.csv").exists()
+    image_uris = [uri for uri in Catalogue("catalogue").products(range(1, 7)).column("image_uri").to_pylist() if uri]
+    assert image_uris and all(Path(uri).is_absolute() and Path(uri).exists() for uri in image_uris)
+    monkeypatch.chdir(tmp_path / "drop")  # the same folder spelled '.': the same rows, nothing to update
+    assert main(["index", "ingest", ".", "--catalogue", "../catalogue", "--rejects", "../rejects-drop.csv"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert (again["added"], again["updated"], again["unchanged"], again["source_batch"]) == (0, 0, 6, "drop")
