@@ -20,7 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from shopclip.input_policy import DEFAULT_LIMITS, ProductLimits, check_text
-from shopclip.model.knn import KnnParams, final_probabilities
+from shopclip.model.knn import KnnParams, final_probabilities, knn_votes
 from shopclip.products import ProductInput
 
 
@@ -71,6 +71,26 @@ class Embedder(Protocol):
     def describe(self) -> dict:
         """JSON-able facts for GetInfo and manifests: architecture, dims, versions, metrics."""
         ...
+
+
+def knn_params(embedder: Embedder) -> KnnParams:
+    """The embedder's tuned k-NN vote (a bundle's), else the defaults."""
+    return getattr(embedder, "knn", None) or KnnParams()
+
+
+def classify_with_neighbors(embedder: Embedder, encoded: Encoded, neighbor_codes: np.ndarray | None = None,
+                            neighbor_scores: np.ndarray | None = None, labelled: np.ndarray | None = None
+                            ) -> np.ndarray:
+    """What Classify answers for `encoded` products, (n, len(codes)): the k-NN vote of their (n, k) neighbours'
+    codes and similarities (best first; `labelled` masks padding) over the embedder's codes at its tuned
+    temperature, then `embedder.classify`; without neighbours (no index) the embedder's views alone.
+
+    The one owner of that arithmetic: the server calls it with the published index's hits, evaluation with an
+    exact search of its reference products, so what `shopclip evaluate` scores is what `serve` answers.
+    """
+    votes = None if neighbor_codes is None else knn_votes(neighbor_codes, neighbor_scores, embedder.codes,
+                                                          knn_params(embedder).temperature, labelled)
+    return embedder.classify(encoded, votes)
 
 
 class FakeEmbedder:

@@ -16,8 +16,8 @@ import numpy as np
 
 from shopclip.errors import NotReady
 from shopclip.indexer.api import Neighbor, PublishedIndex
-from shopclip.model.embedder import Embedder, Encoded
-from shopclip.model.knn import KnnParams, knn_votes
+from shopclip.model.embedder import Embedder, Encoded, classify_with_neighbors, knn_params
+from shopclip.model.knn import KnnParams
 from shopclip.products import ProductInput
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ class Engine:
     def __init__(self, embedder: Embedder, *, abstain_threshold: float, index_required: bool) -> None:
         """`index_required`: the server was given an index root, so it is not ready until an index is loaded."""
         self.embedder = embedder
-        self.knn: KnnParams = getattr(embedder, "knn", None) or KnnParams()
+        self.knn: KnnParams = knn_params(embedder)
         self.abstain_threshold = abstain_threshold
         self._index_required = index_required
         self._index: PublishedIndex | None = None
@@ -129,12 +129,12 @@ class Engine:
         """The embedder's classification given the k-NN vote, as arrays over the whole batch (one search, one
         vote, one metadata lookup): done product by product it cost ~7 ms per 16 products."""
         voters: list[list[Neighbor]] = [[] for _ in top_ks]
-        votes = None
+        neighbors: tuple[np.ndarray, ...] = ()  # no index: the embedder's views alone
         if index is not None:
             voters = [[n for n in hits if n.prdtypecode in self._known_codes]
                       for hits in index.search(encoded.vectors, self.knn.k)]
-            votes = self._votes(voters)
-        probs = self.embedder.classify(encoded, votes)
+            neighbors = self._voter_arrays(voters)
+        probs = classify_with_neighbors(self.embedder, encoded, *neighbors)
         ranked = np.argsort(-probs, axis=1, kind="stable")
         described = describe_neighbor_lists(index, voters) if index is not None else voters
         codes = np.asarray(self.embedder.codes)
@@ -146,8 +146,9 @@ class Engine:
                                           abstain=predictions[0][1] < self.abstain_threshold))
         return results
 
-    def _votes(self, voters: Sequence[Sequence[Neighbor]]) -> np.ndarray:
-        """k-NN vote of each row's voters, padded into (n, k) arrays for `knn_votes`."""
+    @staticmethod
+    def _voter_arrays(voters: Sequence[Sequence[Neighbor]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(codes, scores, present) of each row's voters, padded into (n, k) arrays for the vote."""
         width = max(1, max(len(row) for row in voters))
         codes = np.zeros((len(voters), width), dtype=np.int64)
         scores = np.zeros((len(voters), width), dtype=np.float64)
@@ -156,7 +157,7 @@ class Engine:
             codes[i, :len(row)] = [n.prdtypecode for n in row]
             scores[i, :len(row)] = [n.score for n in row]
             present[i, :len(row)] = True
-        return knn_votes(codes, scores, self.embedder.codes, self.knn.temperature, present)
+        return codes, scores, present
 
     def search_vector(self, vector: np.ndarray, top_k: int, code: int | None,
                       exclude: Sequence[int] = ()) -> tuple[list[NeighborInfo], Versions]:

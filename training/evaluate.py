@@ -161,18 +161,18 @@ def _method_probs(test: Embeddings, references: np.ndarray, reference_codes: np.
 
 def classify_products(embedder, products: list[SourceRow], references: np.ndarray, reference_codes: np.ndarray,
                       batch_size: int = 32) -> np.ndarray:
-    """What the server answers for these products (Engine._classify's arithmetic): one forward pass from the
-    raw product, exact search over `references` (a flat index), the k-NN vote, the embedder's classify."""
+    """What the server answers for these products: one forward pass from the raw product, exact search over
+    `references` (a flat index), then `classify_with_neighbors`, the arithmetic Engine._classify runs."""
+    from shopclip.model.embedder import classify_with_neighbors, knn_params
     from shopclip.model.knn import exact_search
-    from shopclip.model.knn import knn_votes
     from shopclip.training.data import product_input
 
+    references = np.asarray(references, dtype=np.float32)
     out = []
     for start in range(0, len(products), batch_size):
         encoded = embedder.encode([product_input(p) for p in products[start:start + batch_size]])
-        scores, rows = exact_search(encoded.vectors, np.asarray(references, dtype=np.float32), embedder.knn.k)
-        out.append(embedder.classify(encoded, knn_votes(reference_codes[rows], scores, embedder.codes,
-                                                        embedder.knn.temperature)))
+        scores, rows = exact_search(encoded.vectors, references, knn_params(embedder).k)
+        out.append(classify_with_neighbors(embedder, encoded, reference_codes[rows], scores))
     return np.concatenate(out) if out else np.zeros((0, len(embedder.codes)), dtype=np.float32)
 
 
