@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from shopclip.errors import InvalidInput
 from shopclip.input_policy import (DEFAULT_LIMITS, ProductLimits, check_image_file, check_product, check_text,
                                    has_content, open_image)
 from shopclip.products import ProductInput
 from shopclip.server.config import ServerConfig
-
-
-def jpeg(size: tuple[int, int] = (12, 8)) -> bytes:
-    buffer = io.BytesIO()
-    Image.effect_noise(size, 60).convert("RGB").save(buffer, format="JPEG")  # noise: mostly pixel data
-    return buffer.getvalue()
+from support.images import jpeg_bytes
 
 
 def test_the_server_defaults_are_the_policy_defaults() -> None:
@@ -31,7 +24,7 @@ def test_the_server_defaults_are_the_policy_defaults() -> None:
     (ProductInput(designation="ok", description="y" * 21), "products[2].description"),
     (ProductInput(image=b""), "products[2].image"),
     (ProductInput(image=b"GIF89a" + b"\0" * 40), "products[2].image"),
-    (ProductInput(image=jpeg((40, 40))), "products[2].image"),  # 1600 pixels > 1000
+    (ProductInput(image=jpeg_bytes((40, 40))), "products[2].image"),  # 1600 pixels > 1000
 ])
 def test_each_rule_names_the_field(product: ProductInput, field: str) -> None:
     limits = ProductLimits(max_designation_chars=10, max_description_chars=20, max_image_pixels=1000)
@@ -41,8 +34,8 @@ def test_each_rule_names_the_field(product: ProductInput, field: str) -> None:
 
 
 def test_a_product_within_the_limits_passes() -> None:
-    check_product(ProductInput(designation="Lampe", image=jpeg()), DEFAULT_LIMITS, "product")
-    check_product(ProductInput(image=jpeg()), DEFAULT_LIMITS, "product")
+    check_product(ProductInput(designation="Lampe", image=jpeg_bytes()), DEFAULT_LIMITS, "product")
+    check_product(ProductInput(image=jpeg_bytes()), DEFAULT_LIMITS, "product")
 
 
 def test_catalogue_rows_are_named_by_bare_columns() -> None:
@@ -61,7 +54,7 @@ def test_a_limit_below_one_is_refused(name: str) -> None:
 
 
 def test_a_truncated_image_passes_the_header_check_and_fails_the_decode(tmp_path: Path) -> None:
-    data = jpeg((256, 256))
+    data = jpeg_bytes((256, 256), noise=True)  # mostly pixel data: half the file is half the pixels
     truncated = data[:len(data) // 2]
     path = tmp_path / "image.jpg"
     path.write_bytes(truncated)
@@ -74,7 +67,7 @@ def test_a_truncated_image_passes_the_header_check_and_fails_the_decode(tmp_path
 
 def test_an_oversized_file_is_refused_unread(tmp_path: Path) -> None:
     path = tmp_path / "image.jpg"
-    path.write_bytes(jpeg())
+    path.write_bytes(jpeg_bytes())
     with pytest.raises(InvalidInput, match="at most 10 accepted"):
         check_image_file(path, ProductLimits(max_image_bytes=10))
     with pytest.raises(InvalidInput, match="missing"):

@@ -3,17 +3,16 @@ tokenizer and preprocessing; tested with a tiny randomly initialised open_clip m
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
 import open_clip
 import pytest
 import torch
-from PIL import Image
 
 from shopclip.model.clip import build_model
 from shopclip.model.config import ModelConfig
+from support.images import jpeg_bytes
 
 TINY_ARCH = "shopclip-test-tiny-vit"
 TINY_CFG = {
@@ -38,12 +37,8 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, tor
     return checkpoint, reference
 
 
-def jpeg(size: tuple[int, int] = (60, 40)) -> bytes:
-    image = Image.new("RGB", size, (250, 250, 250))
-    image.paste((30, 90, 160), (10, 5, 50, 35))
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG")
-    return buffer.getvalue()
+PRODUCT_PHOTO = jpeg_bytes((60, 40), (30, 90, 160), box=(10, 5, 50, 35))
+"""A product on white: shopclip's decode crops the white border, then open_clip's transform resizes the rest."""
 
 
 def test_one_option_loads_the_checkpoint_with_open_clips_tokenizer_and_transform(tiny_checkpoint) -> None:
@@ -55,7 +50,7 @@ def test_one_option_loads_the_checkpoint_with_open_clips_tokenizer_and_transform
     tokens = model.tokenize(texts)
     assert torch.equal(tokens["open_clip.ids"], open_clip.get_tokenizer(TINY_ARCH)(texts))
     _, _, open_clip_eval = open_clip.create_model_and_transforms(TINY_ARCH)
-    pixels = model.preprocess_image(jpeg())
+    pixels = model.preprocess_image(PRODUCT_PHOTO)
     assert pixels.shape == (3, 32, 32)
     with torch.inference_mode():
         assert torch.allclose(model.encode_text(tokens), reference.encode_text(tokens["open_clip.ids"], normalize=True),
@@ -64,14 +59,14 @@ def test_one_option_loads_the_checkpoint_with_open_clips_tokenizer_and_transform
                               atol=1e-5)
     # open_clip's own eval transform, applied after shopclip's decode + white-border crop
     from shopclip.model.preprocess import prepare_image
-    assert torch.allclose(pixels, open_clip_eval(prepare_image(jpeg())))
+    assert torch.allclose(pixels, open_clip_eval(prepare_image(PRODUCT_PHOTO)))
 
 
 def test_pretrained_open_clip_towers_freeze_and_cache(tiny_checkpoint) -> None:
     checkpoint, _ = tiny_checkpoint
     model = build_model(ModelConfig(backbone=f"open_clip:{TINY_ARCH}={checkpoint}", codes=[1, 2])).eval()
     tokens = model.tokenize(["sac à dos"])
-    pixels = model.preprocess_image(jpeg())[None]
+    pixels = model.preprocess_image(PRODUCT_PHOTO)[None]
     features = model.tower_features(tokens, pixels)
     assert set(features) == {"open_clip", "image"}
     with torch.inference_mode():

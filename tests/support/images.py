@@ -12,13 +12,23 @@ import zlib
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def jpeg_bytes(size: tuple[int, int] = (32, 24), color: tuple[int, ...] = (200, 30, 30), mode: str = "RGB") -> bytes:
-    """A plain JPEG; `mode="CMYK"` (with a 4-tuple colour, or the default padded) makes an Adobe CMYK JPEG."""
+def jpeg_bytes(size: tuple[int, int] = (32, 24), color: tuple[int, ...] = (200, 30, 30), mode: str = "RGB", *,
+               box: tuple[int, int, int, int] | None = None, noise: bool = False) -> bytes:
+    """A JPEG of one colour; `mode="CMYK"` (with a 4-tuple colour, or the default padded) makes an Adobe CMYK JPEG.
+
+    `box` (left, top, right, bottom) paints only that rectangle, on white: a catalogue photo of one product.
+    `noise` makes random pixels instead: mostly pixel data, so the file grows with the area and a cut loses pixels.
+    """
     from PIL import Image
 
     if mode == "CMYK" and len(color) == 3:
         color = (*color, 0)
-    return _save(Image.new(mode, size, color), "JPEG")
+    if noise:
+        return _save(Image.effect_noise(size, 60).convert(mode), "JPEG")
+    image = Image.new(mode, size, "white" if box else color)
+    if box:
+        image.paste(color, box)
+    return _save(image, "JPEG")
 
 
 def png_bytes(size: tuple[int, int] = (16, 12), mode: str = "RGB") -> bytes:
