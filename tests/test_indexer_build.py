@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_indexer_sources import synthetic_drop
 
 from shopclip.errors import InvalidInput, NotFound, NotReady
 from shopclip.indexer.ann import AnnParams
@@ -17,6 +16,7 @@ from shopclip.indexer.ingest import ingest_folder
 from shopclip.indexer.published import current_version, open_current
 from shopclip.model import load_embedder
 from shopclip.products import ProductInput
+from support.index import synthetic_drop
 
 
 class CountingEmbedder:

@@ -7,12 +7,12 @@ import threading
 from pathlib import Path
 
 import pytest
-from test_indexer_sources import synthetic_drop
 
 from shopclip.cli import main
 from shopclip.errors import Busy, InvalidInput, exit_code
 from shopclip.indexer.published import open_current
 from shopclip.indexer import job, publish
+from support.index import synthetic_drop
 
 
 def config(tmp_path: Path) -> job.JobConfig:

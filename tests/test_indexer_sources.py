@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 
 import pytest
@@ -12,19 +10,13 @@ from PIL import Image
 from shopclip.errors import InvalidInput
 from shopclip.catalogue_files import SourceOptions, detect_layout, read_labelled_folder
 from shopclip.input_policy import ProductLimits, check_text
+from support.images import jpeg_bytes
+from support.index import write_csv
 
 
 def write_jpeg(path: Path, colour: tuple[int, int, int] = (200, 10, 10)) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (16, 16), colour).save(path, format="JPEG")
-
-
-def write_csv(path: Path, header: list[str], rows: list[list[object]]) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(header)
-    writer.writerows(rows)
-    path.write_text(buffer.getvalue(), encoding="utf-8")
+    path.write_bytes(jpeg_bytes((16, 16), colour))
 
 
 def challenge_folder(root: Path, x_name: str = "New_X_train.csv", y_name: str | None = "New_y_train.csv") -> Path:
@@ -186,28 +178,3 @@ def test_real_shared_data_reads_without_rejects() -> None:
     assert rejects == []
     assert len(rows) == 548 + 1732 + 1052
     assert sum(1 for row in rows if row.image_path and row.designation) == 548
-
-
-VOCABULARY = {10: "livre roman auteur", 40: "jeu console manette", 1280: "jouet enfant peluche",
-              2583: "piscine pompe filtre"}
-
-
-def synthetic_drop(root: Path, productids: range | list[int], image_every: int = 3, labelled: bool = True,
-                   word: str = "") -> Path:
-    """A challenge-layout drop whose products share code-specific words (so fake embeddings cluster by code);
-    every `image_every`-th product has a real JPEG. Shared by the ingest, build, publish and job tests."""
-    root.mkdir(parents=True, exist_ok=True)
-    codes = sorted(VOCABULARY)
-    x_rows, y_rows = [], []
-    for index, productid in enumerate(productids):
-        code = codes[productid % len(codes)]
-        x_rows.append([index, f"{VOCABULARY[code]} {word} modèle {productid}", f"description {productid % 7}",
-                       productid, 5000 + productid])
-        y_rows.append([index, code])
-        if index % image_every == 0:
-            write_jpeg(root / "images" / f"image_{5000 + productid}_product_{productid}.jpg",
-                       (productid % 255, 40, 90))
-    write_csv(root / "New_X_train.csv", ["", "designation", "description", "productid", "imageid"], x_rows)
-    if labelled:
-        write_csv(root / "New_y_train.csv", ["", "prdtypecode"], y_rows)
-    return root

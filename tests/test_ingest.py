@@ -8,10 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from test_indexer_sources import synthetic_drop, write_csv
-
 from shopclip.indexer.catalogue import Catalogue
 from shopclip.indexer.ingest import ingest_folder
+from support.index import synthetic_drop, write_csv
 
 
 def test_first_ingest_adds_everything_and_a_second_changes_nothing(tmp_path: Path) -> None:

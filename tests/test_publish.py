@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_indexer_sources import synthetic_drop
 
 from shopclip.errors import Busy
 from shopclip.indexer import publish
@@ -21,6 +20,7 @@ from shopclip.indexer.catalogue import Catalogue
 from shopclip.indexer.ingest import ingest_folder
 from shopclip.indexer.published import open_current
 from shopclip.model import load_embedder
+from support.index import synthetic_drop
 
 BUNDLE = "fake:dim=16,classes=4"
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import grpc
 import grpc.aio
 import pytest
-from test_indexer_sources import synthetic_drop
 
 from shopclip.indexer.build import BuildOptions, build_and_publish
 from shopclip.indexer.catalogue import Catalogue
@@ -17,6 +16,7 @@ from shopclip.indexer.ingest import ingest_folder
 from shopclip.model import load_embedder
 from shopclip.v1 import (classification_pb2, classification_pb2_grpc, info_pb2, info_pb2_grpc, product_pb2,
                          search_pb2, search_pb2_grpc)
+from support.index import synthetic_drop
 from support.server import running_server
 
 BUNDLE = "fake:dim=32,classes=3000"  # codes 0..2999 cover the synthetic drop's prdtypecodes

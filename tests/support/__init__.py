@@ -2,7 +2,8 @@
 
 - `support.catalogue`: the one fake bundle spec (`FAKE_BUNDLE`) and the tiny catalogue the server tests index;
 - `support.index`: that catalogue through the indexer's real ingest, build and publish into an index root
-  (production manifests, production `LoadedIndex`), and a second publish to flip the served version;
+  (production manifests, production `LoadedIndex`), and a second publish to flip the served version; the drop
+  writers (`write_drop`, the indexer tests' `synthetic_drop`, `write_csv`);
 - `support.server`: the one running server (`create_server` on a free port), for async and sync callers;
 - `support.certs`: the one self-signed TLS certificate helper (`tests/conftest.py` wraps it as a fixture);
 - `support.images`: the one JPEG maker and the crafted images (PNG headers, CMYK, 16-bit, animations, bombs);

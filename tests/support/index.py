@@ -2,7 +2,8 @@
 catalogue, embed with the fake bundle, build the flat FAISS index, publish atomically under an index root).
 
 So what a test serves is a production `LoadedIndex` with a production manifest, never a double; a test that
-flips the served version publishes another version with the same publisher."""
+flips the served version publishes another version with the same publisher. `synthetic_drop` is the indexer
+tests' drop: any number of products, some with an image file."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from support.catalogue import FAKE_BUNDLE, CatalogueRow, catalogue_rows
+from support.images import jpeg_bytes
 
 X_HEADER = ["", "designation", "description", "productid", "imageid"]
 
@@ -22,19 +24,46 @@ def write_drop(folder: Path, rows: Sequence[CatalogueRow]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     labelled = [row for row in rows if row.prdtypecode is not None]
     unlabelled = [row for row in rows if row.prdtypecode is None]
-    _write_csv(folder / "New_X_train.csv", X_HEADER, _x_records(labelled))
-    _write_csv(folder / "New_y_train.csv", ["", "prdtypecode"],
-               [[i, row.prdtypecode] for i, row in enumerate(labelled)])
+    write_csv(folder / "New_X_train.csv", X_HEADER, _x_records(labelled))
+    write_csv(folder / "New_y_train.csv", ["", "prdtypecode"],
+              [[i, row.prdtypecode] for i, row in enumerate(labelled)])
     if unlabelled:
-        _write_csv(folder / "Unlabelled_X_catalogue.csv", X_HEADER, _x_records(unlabelled))
+        write_csv(folder / "Unlabelled_X_catalogue.csv", X_HEADER, _x_records(unlabelled))
     return folder
+
+
+VOCABULARY = {10: "livre roman auteur", 40: "jeu console manette", 1280: "jouet enfant peluche",
+              2583: "piscine pompe filtre"}
+
+
+def synthetic_drop(root: Path, productids: range | list[int], image_every: int = 3, labelled: bool = True,
+                   word: str = "") -> Path:
+    """A challenge-layout drop whose products share code-specific words (so fake embeddings cluster by code);
+    every `image_every`-th product has a real JPEG. Shared by the ingest, build, publish, job and server tests."""
+    root.mkdir(parents=True, exist_ok=True)
+    codes = sorted(VOCABULARY)
+    x_rows, y_rows = [], []
+    for index, productid in enumerate(productids):
+        code = codes[productid % len(codes)]
+        x_rows.append([index, f"{VOCABULARY[code]} {word} modèle {productid}", f"description {productid % 7}",
+                       productid, 5000 + productid])
+        y_rows.append([index, code])
+        if index % image_every == 0:
+            (root / "images").mkdir(exist_ok=True)
+            (root / "images" / f"image_{5000 + productid}_product_{productid}.jpg").write_bytes(
+                jpeg_bytes((16, 16), (productid % 255, 40, 90)))
+    write_csv(root / "New_X_train.csv", X_HEADER, x_rows)
+    if labelled:
+        write_csv(root / "New_y_train.csv", ["", "prdtypecode"], y_rows)
+    return root
 
 
 def _x_records(rows: Sequence[CatalogueRow]) -> list[list[object]]:
     return [[i, row.designation, "", row.productid, row.imageid] for i, row in enumerate(rows)]
 
 
-def _write_csv(path: Path, header: list[str], records: Iterable[list[object]]) -> None:
+def write_csv(path: Path, header: list[str], records: Iterable[list[object]]) -> None:
+    """A csv file as the catalogue receives them (header row, then records)."""
     with path.open("w", newline="", encoding="utf-8") as out:
         writer = csv.writer(out)
         writer.writerow(header)
