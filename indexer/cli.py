@@ -93,6 +93,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     settings.add_arguments(status, Locations, skip=("catalogue", "table"))
     status.set_defaults(handler=_status)
 
+    activate = commands.add_parser("activate", help="make a kept published version live again (rollback)",
+                                   description="Flip CURRENT to a kept, complete version (see `index status` for "
+                                               "the versions and the model that built each). Servers swap to it, "
+                                               "with its model when they follow models, at their next poll.")
+    activate.add_argument("version", help="version name as listed by `index status`")
+    settings.add_arguments(activate, Locations, skip=("catalogue", "table", "bundle"))
+    activate.set_defaults(handler=_activate)
+
 
 def _source_options(args: argparse.Namespace) -> SourceOptions:
     from shopclip.errors import InvalidInput
@@ -200,6 +208,8 @@ def _status(args: argparse.Namespace) -> int:
     catalogue = Catalogue(where.catalogue, where.table)
     report = {"index_root": str(where.index_root), "current": current,
               "versions": publish.list_versions(where.index_root),
+              "models": {version: publish.model_of(where.index_root, version)
+                         for version in publish.list_versions(where.index_root)},
               "manifest": publish.read_manifest(where.index_root, current) if current else None,
               "catalogue": {"uri": catalogue.uri, "rows": len(catalogue), "version": catalogue.version}}
     if where.bundle:  # also count rows this model has not embedded yet
@@ -208,4 +218,15 @@ def _status(args: argparse.Namespace) -> int:
         fingerprint = load_embedder(where.bundle).fingerprint
         report["catalogue"]["stale_rows"] = catalogue.stale_rows(fingerprint).num_rows
     _print(report)
+    return 0
+
+
+def _activate(args: argparse.Namespace) -> int:
+    from shopclip.indexer import publish
+
+    where = _locations(args)
+    previous = publish.read_current(where.index_root)
+    publish.activate_version(where.index_root, args.version)
+    _print({"index_root": str(where.index_root), "current": args.version, "previous": previous,
+            "model": publish.model_of(where.index_root, args.version)})
     return 0

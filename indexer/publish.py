@@ -12,6 +12,12 @@ parent fsync'd; only then is CURRENT flipped (temp file, fsync, rename, fsync). 
 leaves CURRENT naming a complete older version. Readers only ever follow CURRENT. A build that fails (a full
 disk, a file size limit, a bug) removes what it wrote, so it neither keeps a full disk full nor
 leaves a complete-looking version that was never published.
+
+Each manifest names the model that built its version (`model.fingerprint`, `model.bundle`), so a server
+following models serves a version with its own model. `activate_version` makes a kept version live again
+(CURRENT flip only): that is a rollback, within one poll of the servers. Pruning therefore keeps, beyond the
+newest versions, the newest version of each of the last models, so the previous model's index is still
+there to roll back to however many builds the new one has had.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from shopclip.atomic import fsync_directory, write_json_atomically, write_text_atomically
-from shopclip.errors import Busy, ShopclipError
+from shopclip.errors import Busy, NotFound, ShopclipError
 from shopclip.indexer.faults import crash_point
 
 CURRENT_FILE = "CURRENT"
@@ -43,6 +49,8 @@ CODES_FILE = "codes.npy"
 PRODUCTS_FILE = "products.arrow"
 NO_CODE = -1
 """codes.npy value of unlabelled products."""
+KEEP_MODELS = 2
+"""Models whose newest version pruning keeps: the serving one and the one a rollback would return to."""
 
 
 def versions_dir(root: Path) -> Path:
@@ -165,14 +173,45 @@ def list_versions(root: str | Path) -> list[str]:
                   if p.is_dir() and not p.name.startswith(TMP_PREFIX) and (p / MANIFEST_FILE).exists())
 
 
-def prune_versions(root: str | Path, keep: int) -> list[str]:
-    """Delete all but the newest `keep` versions (never the current one); returns what was removed."""
+def prune_versions(root: str | Path, keep: int, keep_models: int = KEEP_MODELS) -> list[str]:
+    """Delete all but the newest `keep` versions, the current one and the newest version of each of the last
+    `keep_models` models (the rollback targets); returns what was removed."""
     current = read_current(root)
     names = list_versions(root)
-    doomed = [name for name in names[:-keep] if name != current] if keep > 0 else []
+    kept = {current, *names[-keep:], *newest_version_per_model(root, names)[-keep_models:]} if keep > 0 else set()
+    doomed = [name for name in names if name not in kept] if keep > 0 else []
     for name in doomed:
         shutil.rmtree(versions_dir(Path(root)) / name, ignore_errors=True)
     return doomed
+
+
+def model_of(root: str | Path, version: str) -> str | None:
+    """Fingerprint of the model that built `version` (None for a manifest that does not say)."""
+    return (read_manifest(root, version).get("model") or {}).get("fingerprint")
+
+
+def newest_version_per_model(root: str | Path, names: list[str] | None = None) -> list[str]:
+    """For each model with a complete version, its newest one; ordered by that version, oldest first."""
+    newest: dict[str | None, str] = {}
+    for name in names if names is not None else list_versions(root):  # oldest first: later ones win
+        newest[model_of(root, name)] = name
+    return sorted(newest.values())
+
+
+def newest_version_built_by(root: str | Path, fingerprint: str) -> str | None:
+    """The newest complete version whose vectors `fingerprint`'s model made (what a rollback to it serves)."""
+    built = [name for name in list_versions(root) if model_of(root, name) == fingerprint]
+    return built[-1] if built else None
+
+
+def activate_version(root: str | Path, version: str) -> None:
+    """Make a kept, complete version live (a rollback): flip CURRENT to it under the builder lock, so no build
+    publishes over the flip. NotFound if `version` is not a complete version of `root`."""
+    with builder_lock(root):
+        kept = list_versions(root)
+        if version not in kept:
+            raise NotFound(f"index root {root}: no complete version {version!r} (kept: {', '.join(kept) or 'none'})")
+        write_text_atomically(Path(root) / CURRENT_FILE, version + "\n")
 
 
 def read_manifest(root: str | Path, version: str) -> dict:

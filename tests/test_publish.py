@@ -94,3 +94,45 @@ def test_recall_below_the_floor_refuses_to_publish(tmp_path: Path) -> None:
     with pytest.raises(PublishRefused, match="recall"):
         build_and_publish(catalogue, root, load_embedder(BUNDLE), impossible)
     assert publish.read_current(root) == first and publish.list_versions(root) == [first]
+
+
+def test_pruning_keeps_the_previous_models_newest_version_for_a_rollback(tmp_path: Path) -> None:
+    catalogue, root, first = published_catalogue(tmp_path)
+    old_model = publish.model_of(root, first)
+    options = BuildOptions(commit_every=8, keep_versions=2)
+    newer = [build_and_publish(catalogue, root, load_embedder("fake:dim=24,classes=4"), options).version
+             for _ in range(3)]
+    kept = publish.list_versions(root)
+    assert kept == [first, *newer[-2:]]  # two newest, plus the old model's newest: its rollback target
+    assert publish.newest_version_built_by(root, old_model) == first
+    assert publish.model_of(root, newer[-1]) == "fake-24-4"
+
+
+def test_activating_a_kept_version_makes_it_current_again(tmp_path: Path) -> None:
+    catalogue, root, first = published_catalogue(tmp_path)
+    second = build_and_publish(catalogue, root, load_embedder("fake:dim=24,classes=4"), BuildOptions()).version
+    publish.activate_version(root, first)
+    assert publish.read_current(root) == first
+    assert open_current(root).version == first
+    assert set(publish.list_versions(root)) == {first, second}  # nothing is deleted by a rollback
+
+
+def test_activating_an_unknown_version_is_not_found_and_changes_nothing(tmp_path: Path) -> None:
+    from shopclip.errors import NotFound
+
+    _, root, first = published_catalogue(tmp_path)
+    with pytest.raises(NotFound, match="no-such-version"):
+        publish.activate_version(root, "no-such-version")
+    assert publish.read_current(root) == first
+
+
+def test_index_activate_command_rolls_back_and_reports_one_line_errors(tmp_path: Path) -> None:
+    catalogue, root, first = published_catalogue(tmp_path)
+    build_and_publish(catalogue, root, load_embedder("fake:dim=24,classes=4"), BuildOptions())
+    command = [sys.executable, "-m", "shopclip.cli", "index", "activate", "--index-root", str(root)]
+    done = subprocess.run([*command, first], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["current"] == first and publish.read_current(root) == first
+    refused = subprocess.run([*command, "nope"], capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0
+    assert len(refused.stderr.strip().splitlines()) == 1 and "nope" in refused.stderr
