@@ -50,6 +50,9 @@ class Embedder(Protocol):
     """Class index -> prdtypecode, the order of `classify_vectors` columns."""
     limits: ProductLimits
     """The input policy products are checked and images decoded under (the server passes its own)."""
+    source: str
+    """What `load_embedder` was given (bundle directory, s3:// URI, fake:...): an index manifest records it, so a
+    server can load the model that an index it is handed was built with."""
 
     def embed(self, products: Sequence[ProductInput]) -> np.ndarray:
         """(n, dim) float32, L2-normalised. Raises InvalidInput naming the field of a bad product."""
@@ -106,6 +109,7 @@ class FakeEmbedder:
         self.codes = list(codes)
         self.limits = limits
         self.fingerprint = f"fake-{dim}-{len(self.codes)}"
+        self.source = f"fake:dim={dim},classes={len(self.codes)}"
         self.knn = KnnParams()
         rng = np.random.default_rng(0)
         self._head = rng.standard_normal((dim, len(self.codes))).astype(np.float32)

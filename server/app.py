@@ -23,16 +23,17 @@ from grpc_reflection.v1alpha import reflection
 
 from shopclip.errors import InvalidInput
 from shopclip.indexer.api import PublishedIndex
-from shopclip.model import load_embedder
+from shopclip.model import Embedder, load_embedder
 from shopclip.server.auth import BearerTokenInterceptor, server_credentials
 from shopclip.server.batching import MicroBatcher
 from shopclip.server.config import ServerConfig, usable_cores
 from shopclip.server.engine import Engine, Job, Outcome
 from shopclip.server.errors import ErrorTableInterceptor
-from shopclip.server.index_watch import IndexSource, IndexWatcher, PublishedIndexSource
+from shopclip.server.index_watch import IndexSource, IndexWatcher, ModelLoader, PublishedIndexSource
 from shopclip.server.metrics import ServerMetrics
 from shopclip.server.servicer import (ClassificationServicer, EmbeddingServicer, InfoServicer, RequestLimits,
                                       SearchServicer)
+from shopclip.products import ProductInput
 from shopclip.v1 import (classification_pb2, classification_pb2_grpc, embedding_pb2, embedding_pb2_grpc, info_pb2,
                          info_pb2_grpc, search_pb2, search_pb2_grpc)
 
@@ -51,6 +52,8 @@ removed, its files changed, a newer version that fails to load). The services st
 answer from the copy in memory, so load balancers keep the server; monitoring watches this name."""
 HEALTH_REASON_KEY = "shopclip-reason"
 """Trailing metadata of a health Check: why the service checked is NOT_SERVING (the protocol has no field)."""
+WARM_UP_PRODUCT = ProductInput(designation="warm-up")
+"""Run once through a newly loaded model before it serves (text only: every model reads text)."""
 
 
 class HealthWithReasons(health.aio.HealthServicer):
@@ -129,6 +132,7 @@ class ShopclipServer:
         self.metrics.close()
 
     async def on_index_swapped(self, index: PublishedIndex) -> None:
+        self.metrics.set_model(self.engine.embedder.fingerprint, self.engine.info().architecture)
         self.metrics.set_index(index.version, len(index))
         await self.update_health()
 
@@ -182,12 +186,14 @@ async def create_server(config: ServerConfig, index_source: IndexSource | None =
     server = ShopclipServer(config, grpc_server, engine, batcher, forward_executor, health_servicer, metrics)
     if index_source is not None:
         server.watcher = IndexWatcher(index_source, engine, config.poll_interval_s, on_swap=server.on_index_swapped,
-                                      on_problem=server.on_index_problem)
+                                      on_problem=server.on_index_problem,
+                                      load_model=_model_loader(config) if config.follow_model
+                                      else None)
         await _load_first_index(server.watcher)
     server.port = _bind(grpc_server, config)
     await server.start()
     log.info("serving %s on %s:%d (tls=%s, auth=%s, index=%s)", embedder.fingerprint, config.host, server.port,
-             config.tls, bool(config.token), engine.versions(engine.index).index_version or "none")
+             config.tls, bool(config.token), engine.versions().index_version or "none")
     return server, server.port
 
 
@@ -217,6 +223,22 @@ def _add_servicers(grpc_server: grpc.aio.Server, engine: Engine, batcher: MicroB
     info_pb2_grpc.add_InfoServiceServicer_to_server(InfoServicer(engine, batcher, limits), grpc_server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
     reflection.enable_server_reflection(SERVICE_NAMES, grpc_server)
+
+
+def _model_loader(config: ServerConfig) -> ModelLoader:
+    """Loads a model a published index names while the current one keeps serving: on a thread of its own (the
+    forward thread is the batcher's, busy serving), then one warm-up forward there, so lazy initialisation is
+    paid before the model takes its first batch rather than by it."""
+    def load_and_warm_up(bundle: str) -> Embedder:
+        embedder = load_embedder(bundle, config.device, config.limits)
+        embedder.embed([WARM_UP_PRODUCT])
+        return embedder
+
+    async def load(bundle: str) -> Embedder:
+        log.info("loading model %s for a newly published index", bundle)
+        return await asyncio.to_thread(load_and_warm_up, bundle)
+
+    return load
 
 
 def _grpc_server(config: ServerConfig, metrics: ServerMetrics) -> grpc.aio.Server:

@@ -46,6 +46,9 @@ class ServerConfig:
                                    "prefer the environment variable, flags show in `ps`", secret=True)
     metrics_port: int | None = option(None, "Prometheus metrics HTTP port (unset: no metrics endpoint)")
     poll_interval_s: float = option(5.0, "how often to look for a newly published index")
+    follow_model: bool = option(True, "when a newly published index was built with another model, load that "
+                                      "model (the bundle its manifest names) and serve the two together; "
+                                      "--no-follow-model keeps --bundle and refuses such an index")
     drain_grace_s: float = option(10.0, "on SIGTERM, how long in-flight requests may take to finish")
 
     def __post_init__(self) -> None:

@@ -1,16 +1,18 @@
 """What the server computes, without protobuf or grpc: embed, classify (the embedder's views + k-NN vote), search.
 
 `Engine.forward` is the micro-batched function: one call embeds every product of a batch, runs the
-linear head and one batched index search for the products being classified. It reads the current
-index once per batch, so every answer of a batch names the index version that produced it, and a hot
-swap (`Engine.swap_index`, a single reference assignment) never mixes two versions in one answer.
+linear head and one batched index search for the products being classified. The model and the index it
+serves are one immutable `Served` pair, read once per batch, so every answer of a batch names the model and
+index versions that produced it. A hot swap replaces that one reference: `swap_index` a new index of the
+same model, `swap_model` a new model together with an index built by it. No batch ever sees a model with an
+index of another model, and search by product reuses the pair its vector came from.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -56,10 +58,48 @@ class Job:
 
 
 @dataclass(frozen=True)
+class Served:
+    """A model and the index it answers with (None: the model's views alone), swapped as one reference."""
+
+    embedder: Embedder
+    index: PublishedIndex | None = None
+    knn: KnnParams = field(init=False)
+    known_codes: frozenset[int] = field(init=False)
+    description: dict = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Derived once per model, not per batch.
+        object.__setattr__(self, "knn", knn_params(self.embedder))
+        object.__setattr__(self, "known_codes", frozenset(int(code) for code in self.embedder.codes))
+        object.__setattr__(self, "description", self.embedder.describe())
+
+    @property
+    def versions(self) -> Versions:
+        return Versions(self.embedder.fingerprint, self.index.version if self.index is not None else "")
+
+
+def check_index_matches(index: PublishedIndex, embedder: Embedder) -> None:
+    """NotReady unless `index`'s vectors were made by `embedder` (vectors of another model are not comparable)."""
+    model = index.manifest.get("model") or {}
+    if "fingerprint" not in model or "dim" not in model:  # no proof the vectors are this model's
+        raise NotReady(f"index {index.version}: its manifest does not say which model built it "
+                       f"(model.fingerprint and model.dim): rebuild the index")
+    if model["fingerprint"] != embedder.fingerprint or model["dim"] != embedder.dim:
+        raise NotReady(f"index {index.version} was built with model {model['fingerprint']} "
+                       f"(dim {model['dim']}), this server runs {embedder.fingerprint} "
+                       f"(dim {embedder.dim}): rebuild the index")
+
+
+@dataclass(frozen=True)
 class Outcome:
     vector: np.ndarray
     classification: Classification | None
-    versions: Versions
+    served: Served
+    """The pair that computed it (a search by this vector must use the same index)."""
+
+    @property
+    def versions(self) -> Versions:
+        return self.served.versions
 
 
 @dataclass(frozen=True)
@@ -79,65 +119,71 @@ class EngineInfo:
 class Engine:
     def __init__(self, embedder: Embedder, *, abstain_threshold: float, index_required: bool) -> None:
         """`index_required`: the server was given an index root, so it is not ready until an index is loaded."""
-        self.embedder = embedder
-        self.knn: KnnParams = knn_params(embedder)
         self.abstain_threshold = abstain_threshold
         self._index_required = index_required
-        self._index: PublishedIndex | None = None
-        self._description = embedder.describe()
-        self._known_codes = frozenset(int(code) for code in embedder.codes)
+        self._served = Served(embedder)
+
+    @property
+    def served(self) -> Served:
+        return self._served
+
+    @property
+    def embedder(self) -> Embedder:
+        return self._served.embedder
+
+    @property
+    def knn(self) -> KnnParams:
+        return self._served.knn
 
     @property
     def index(self) -> PublishedIndex | None:
-        return self._index
+        return self._served.index
 
     @property
     def ready(self) -> bool:
-        return self._index is not None or not self._index_required
+        return self._served.index is not None or not self._index_required
 
     def require_ready(self) -> None:
         if not self.ready:
             raise NotReady("no published index loaded yet: retry shortly")
 
     def swap_index(self, index: PublishedIndex) -> None:
-        """Serve `index` from the next batch on; refuses vectors from another model (they are not comparable)."""
-        model = index.manifest.get("model") or {}
-        if "fingerprint" not in model or "dim" not in model:  # no proof the vectors are this model's
-            raise NotReady(f"index {index.version}: its manifest does not say which model built it "
-                           f"(model.fingerprint and model.dim): rebuild the index")
-        if model["fingerprint"] != self.embedder.fingerprint or model["dim"] != self.embedder.dim:
-            raise NotReady(f"index {index.version} was built with model {model['fingerprint']} "
-                           f"(dim {model['dim']}), this server runs {self.embedder.fingerprint} "
-                           f"(dim {self.embedder.dim}): rebuild the index")
-        self._index = index
+        """Serve `index` with the current model from the next batch on; refuses vectors of another model."""
+        served = self._served
+        check_index_matches(index, served.embedder)
+        self._served = replace(served, index=index)
 
-    def versions(self, index: PublishedIndex | None = None) -> Versions:
-        return Versions(self.embedder.fingerprint, index.version if index is not None else "")
+    def swap_model(self, embedder: Embedder, index: PublishedIndex) -> None:
+        """Serve `embedder` with `index` (built by it) from the next batch on, both in one assignment."""
+        check_index_matches(index, embedder)
+        self._served = Served(embedder, index)
+
+    def versions(self) -> Versions:
+        return self._served.versions
 
     def forward(self, jobs: Sequence[Job]) -> list[Outcome]:
         """The batch function (runs in the forward thread)."""
-        index = self._index
-        versions = self.versions(index)
-        encoded = self.embedder.encode([job.product for job in jobs])
+        served = self._served
+        encoded = served.embedder.encode([job.product for job in jobs])
         rows = [i for i, job in enumerate(jobs) if job.top_k is not None]
-        classifications = dict(zip(rows, self._classify(encoded.take(rows), [jobs[i].top_k for i in rows],
-                                                        index))) if rows else {}
-        return [Outcome(encoded.vectors[i], classifications.get(i), versions) for i in range(len(jobs))]
+        classifications = dict(zip(rows, self._classify(served, encoded.take(rows), [jobs[i].top_k for i in rows]))
+                               ) if rows else {}
+        return [Outcome(encoded.vectors[i], classifications.get(i), served) for i in range(len(jobs))]
 
-    def _classify(self, encoded: Encoded, top_ks: Sequence[int], index: PublishedIndex | None
-                  ) -> list[Classification]:
+    def _classify(self, served: Served, encoded: Encoded, top_ks: Sequence[int]) -> list[Classification]:
         """The embedder's classification given the k-NN vote, as arrays over the whole batch (one search, one
         vote, one metadata lookup): done product by product it cost ~7 ms per 16 products."""
+        index = served.index
         voters: list[list[Neighbor]] = [[] for _ in top_ks]
         neighbors: tuple[np.ndarray, ...] = ()  # no index: the embedder's views alone
         if index is not None:
-            voters = [[n for n in hits if n.prdtypecode in self._known_codes]
-                      for hits in index.search(encoded.vectors, self.knn.k)]
+            voters = [[n for n in hits if n.prdtypecode in served.known_codes]
+                      for hits in index.search(encoded.vectors, served.knn.k)]
             neighbors = self._voter_arrays(voters)
-        probs = classify_with_neighbors(self.embedder, encoded, *neighbors)
+        probs = classify_with_neighbors(served.embedder, encoded, *neighbors)
         ranked = np.argsort(-probs, axis=1, kind="stable")
         described = describe_neighbor_lists(index, voters) if index is not None else voters
-        codes = np.asarray(self.embedder.codes)
+        codes = np.asarray(served.embedder.codes)
         results = []
         for row, top_k in enumerate(top_ks):
             best = ranked[row, :top_k]
@@ -159,40 +205,43 @@ class Engine:
             present[i, :len(row)] = True
         return codes, scores, present
 
-    def search_vector(self, vector: np.ndarray, top_k: int, code: int | None,
+    def search_vector(self, outcome: Outcome, top_k: int, code: int | None,
                       exclude: Sequence[int] = ()) -> tuple[list[NeighborInfo], Versions]:
-        """Nearest catalogue products to one vector (runs off the event loop)."""
-        index = self._require_index()
-        found = index.search(vector[None, :], top_k, code=code, exclude=exclude)[0]
-        return describe_neighbors(index, found), self.versions(index)
+        """Nearest catalogue products to an embedded product, in the index of the model that embedded it
+        (runs off the event loop)."""
+        index = self._require_index(outcome.served)
+        found = index.search(outcome.vector[None, :], top_k, code=code, exclude=exclude)[0]
+        return describe_neighbors(index, found), outcome.versions
 
     def search_product(self, productid: int, top_k: int, code: int | None) -> tuple[list[NeighborInfo], Versions]:
         """Products similar to a catalogue product, itself excluded; NotFound for an unknown productid."""
-        index = self._require_index()
+        served = self._served
+        index = self._require_index(served)
         vector = index.vector(productid)
         found = index.search(np.asarray(vector, dtype=np.float32)[None, :], top_k, code=code,
                              exclude=[productid])[0]
-        return describe_neighbors(index, found), self.versions(index)
+        return describe_neighbors(index, found), served.versions
 
-    def _require_index(self) -> PublishedIndex:
-        index = self._index
-        if index is None:
+    @staticmethod
+    def _require_index(served: Served) -> PublishedIndex:
+        if served.index is None:
             raise NotReady("similar-product search needs a published index (serve with --index-root)")
-        return index
+        return served.index
 
     def info(self) -> EngineInfo:
-        index = self._index
+        served = self._served
+        index, embedder, description = served.index, served.embedder, served.description
         return EngineInfo(
-            versions=self.versions(index),
-            architecture=str(self._description.get("architecture", "")),
-            embed_dim=self.embedder.dim,
-            prdtypecodes=[int(c) for c in self.embedder.codes],
+            versions=served.versions,
+            architecture=str(description.get("architecture", "")),
+            embed_dim=embedder.dim,
+            prdtypecodes=[int(c) for c in embedder.codes],
             index_size=len(index) if index is not None else 0,
             index_type=str(index.manifest.get("index", {}).get("kind", "")) if index is not None else "",
-            metrics={k: float(v) for k, v in (self._description.get("metrics") or {}).items()
+            metrics={k: float(v) for k, v in (description.get("metrics") or {}).items()
                      if isinstance(v, (int, float)) and not isinstance(v, bool)},
             abstain_threshold=self.abstain_threshold,
-            knn_k=self.knn.k,
+            knn_k=served.knn.k,
         )
 
 

@@ -5,9 +5,16 @@ worker thread while requests keep being served from the old one, then `Engine.sw
 one reference, so no request fails or mixes versions. The served version lives in memory, so it keeps
 serving whatever happens on disk; the watcher says when the published index stops backing it:
 
-- a newly published version that fails to load (damaged files, another model), retried at every poll;
+- a newly published version that fails to load (damaged files, another model that cannot be loaded),
+  retried at every poll;
 - the index root or CURRENT removed, or the served version's files changed since they were read (a source
   that can check, `CheckedSource`; the published index root can).
+
+A version built with another model than the one served is served with that model when the watcher may
+follow models (`load_model`, the server's `--follow-model`): the manifest names the bundle, the watcher loads it
+off the event loop, checks it is the model the index names, and `Engine.swap_model` replaces model and index
+in one assignment. That is how a promoted champion (or a rollback) reaches a running server: publish an index
+built with it. Without `load_model` such a version is refused and the served pair stays.
 
 That is `problem` (None while all is well): logged once when it appears or changes, once when it clears,
 and handed to `on_problem` (the server's health reports it).
@@ -20,9 +27,13 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Protocol, runtime_checkable
 
-from shopclip.errors import ShopclipError
+from shopclip.errors import NotReady, ShopclipError
 from shopclip.indexer.api import PublishedIndex
-from shopclip.server.engine import Engine
+from shopclip.model.embedder import Embedder
+from shopclip.server.engine import Engine, check_index_matches
+
+ModelLoader = Callable[[str], Awaitable[Embedder]]
+"""Loads the model at a bundle location (as an index manifest records it), off the event loop."""
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +79,11 @@ class PublishedIndexSource:
 class IndexWatcher:
     def __init__(self, source: IndexSource, engine: Engine, interval_s: float,
                  on_swap: Callable[[PublishedIndex], Awaitable[None]],
-                 on_problem: Callable[[str | None], Awaitable[None]] | None = None) -> None:
+                 on_problem: Callable[[str | None], Awaitable[None]] | None = None,
+                 load_model: ModelLoader | None = None) -> None:
+        """`load_model`: follow the model a newly published index was built with (None: refuse such an index)."""
         self._source = source
+        self._load_model = load_model
         self._engine = engine
         self._interval_s = interval_s
         self._on_swap = on_swap
@@ -93,7 +107,12 @@ class IndexWatcher:
             index = await asyncio.to_thread(self._source.open)
             if index.version == self._served_version():
                 return False
-            self._engine.swap_index(index)
+            built_by = _built_by(index)  # None: swap_index refuses the index and says why
+            if self._load_model is not None and built_by is not None and built_by != self._engine.embedder.fingerprint:
+                self._engine.swap_model(await self._model_of(index), index)
+                log.info("now serving model %s (%s)", self._engine.embedder.fingerprint, _bundle_of(index))
+            else:
+                self._engine.swap_index(index)
         except Exception as exc:  # noqa: BLE001 - any failure to load leaves the old index in service
             await self._set_problem(f"cannot load published index version {version}: {exc}; "
                                     f"{self._still_serving()}", exc)
@@ -102,6 +121,16 @@ class IndexWatcher:
         await self._set_problem(None)
         await self._on_swap(index)
         return True
+
+    async def _model_of(self, index: PublishedIndex) -> Embedder:
+        """The model `index` was built with, loaded from where its manifest says; NotReady if it is another."""
+        bundle = _bundle_of(index)
+        if not bundle:
+            raise NotReady(f"index {index.version} was built with model {_built_by(index)}, and its manifest "
+                           f"does not say where that model is (model.bundle): rebuild the index")
+        embedder = await self._load_model(bundle)
+        check_index_matches(index, embedder)
+        return embedder
 
     def _check_served(self, version: str | None) -> str | None:
         """Runs off the event loop (a few stat calls on the published index)."""
@@ -152,3 +181,11 @@ class IndexWatcher:
                 await self.load_if_newer()
             except Exception as exc:  # noqa: BLE001 - e.g. CURRENT unreadable: keep serving, say so, retry
                 await self._set_problem(f"cannot read the published index: {exc}; {self._still_serving()}", exc)
+
+
+def _built_by(index: PublishedIndex) -> str | None:
+    return (index.manifest.get("model") or {}).get("fingerprint")
+
+
+def _bundle_of(index: PublishedIndex) -> str:
+    return str((index.manifest.get("model") or {}).get("bundle") or "")

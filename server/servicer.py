@@ -25,6 +25,7 @@ from shopclip.v1 import (classification_pb2, classification_pb2_grpc, embedding_
 DEFAULT_CLASSIFY_TOP_K = 5
 DEFAULT_SEARCH_TOP_K = 10
 
+MODEL_SWAP_PASSES = 3
 INDEX_TYPES = {"flat": info_pb2.INDEX_TYPE_FLAT, "ivf": info_pb2.INDEX_TYPE_IVF, "hnsw": info_pb2.INDEX_TYPE_HNSW}
 
 
@@ -52,9 +53,16 @@ class _Base:
     async def _run(self, jobs: Sequence[Job], fields: Sequence[str],
                    context: grpc.aio.ServicerContext) -> list[Outcome]:
         """Outcomes of `jobs`, whose products the request calls `fields`; a product the model rejects is
-        named as the caller spelled it (the model only knows its position in a shared batch)."""
+        named as the caller spelled it (the model only knows its position in a shared batch).
+
+        A request split over batches on either side of a model swap is run again, so one answer never holds
+        vectors of two models (they are not comparable); swaps are minutes apart, so a second pass suffices."""
         self._engine.require_ready()
-        outcomes = await self._batcher.submit_many(jobs, context.time_remaining(), return_exceptions=True)
+        for _ in range(MODEL_SWAP_PASSES):
+            outcomes = await self._batcher.submit_many(jobs, context.time_remaining(), return_exceptions=True)
+            models = {o.served.embedder.fingerprint for o in outcomes if isinstance(o, Outcome)}
+            if len(models) <= 1:
+                break
         for field, outcome in zip(fields, outcomes):
             if isinstance(outcome, InvalidInput):
                 raise InvalidInput(f"{field}.{outcome.field.rsplit('.', 1)[-1]}", outcome.message) from outcome
@@ -98,7 +106,7 @@ class SearchServicer(_Base, search_pb2_grpc.SearchServiceServicer):
         elif query == "product":
             product = self._product(request.product, "product")
             (outcome,) = await self._run([Job(product)], ["product"], context)
-            found = await asyncio.to_thread(self._engine.search_vector, outcome.vector, top_k, code)
+            found = await asyncio.to_thread(self._engine.search_vector, outcome, top_k, code)
         else:
             raise InvalidInput("query", "set either productid or product")
         neighbors, versions = found
@@ -115,7 +123,7 @@ class EmbeddingServicer(_Base, embedding_pb2_grpc.EmbeddingServiceServicer):
         outcomes = await self._run(jobs, fields, context)
         return embedding_pb2.EmbedResponse(
             embeddings=[embedding_pb2.Embedding(values=o.vector.tolist()) for o in outcomes],
-            dim=self._engine.embedder.dim, versions=_versions(outcomes[0].versions))
+            dim=outcomes[0].served.embedder.dim, versions=_versions(outcomes[0].versions))
 
 
 class InfoServicer(_Base, info_pb2_grpc.InfoServiceServicer):

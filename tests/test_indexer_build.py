@@ -25,6 +25,7 @@ class CountingEmbedder:
     def __init__(self, spec: str = "fake:dim=32,classes=4") -> None:
         self.inner = load_embedder(spec)
         self.fingerprint, self.dim, self.codes = self.inner.fingerprint, self.inner.dim, self.inner.codes
+        self.source = self.inner.source
         self.seen: list[ProductInput] = []
 
     def embed(self, products: Sequence[ProductInput]) -> np.ndarray:

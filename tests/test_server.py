@@ -507,12 +507,13 @@ def test_hot_swap_under_concurrent_classify_has_zero_failures(tmp_path: Path) ->
     assert source.opened_on_threads and all(name != "MainThread" for name in source.opened_on_threads)
 
 
-def test_an_index_of_another_model_is_not_swapped_in(tmp_path: Path) -> None:
+def test_an_index_of_another_model_is_not_swapped_in_when_the_server_does_not_follow_models(tmp_path: Path) -> None:
     published = build_catalogue_index(tmp_path)
     first = published.version
 
     async def scenario() -> tuple[str, str, int]:
-        async with running_server(index_root=published.index_root, poll_interval_s=0.05) as (server, channel):
+        async with running_server(index_root=published.index_root, poll_interval_s=0.05, follow_model=False
+                                  ) as (server, channel):
             await asyncio.to_thread(published.publish, "fake:dim=32,classes=28")  # same dim, another model
             await wait_until(lambda: server.watcher is not None and server.watcher.problem is not None, 10)
             assert server.engine.index is not None
