@@ -170,6 +170,11 @@ class Catalogue:
         return self._select(["productid", "designation", "description", "imageid", "prdtypecode", "image_uri",
                              "embedding"], where)
 
+    def labelled_products(self) -> pa.Table:
+        """What a model can learn from: metadata of every product with a code, by productid."""
+        return self._select(["productid", "designation", "description", "imageid", "prdtypecode", "image_uri"],
+                            "prdtypecode IS NOT NULL").sort_by("productid")
+
     def products(self, productids: Sequence[int]) -> pa.Table:
         """Full rows of some products (for inspection and tests)."""
         ids = ",".join(str(int(pid)) for pid in productids) or "NULL"

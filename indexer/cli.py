@@ -93,6 +93,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     settings.add_arguments(status, Locations, skip=("catalogue", "table"))
     status.set_defaults(handler=_status)
 
+    export = commands.add_parser("export", help="write the catalogue's labelled products as a training folder",
+                                 description="Write every labelled product of the catalogue (all drops ingested so "
+                                             "far) as a challenge-layout folder for `shopclip train --data`.")
+    export.add_argument("--out", type=Path, required=True, help="folder to write (replaced whole if an export)")
+    _add_catalogue(export)
+    export.set_defaults(handler=_export)
+
     activate = commands.add_parser("activate", help="make a kept published version live again (rollback)",
                                    description="Flip CURRENT to a kept, complete version (see `index status` for "
                                                "the versions and the model that built each). Servers swap to it, "
@@ -229,4 +236,13 @@ def _activate(args: argparse.Namespace) -> int:
     publish.activate_version(where.index_root, args.version)
     _print({"index_root": str(where.index_root), "current": args.version, "previous": previous,
             "model": publish.model_of(where.index_root, args.version)})
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from shopclip.indexer.catalogue import Catalogue
+    from shopclip.indexer.export import export_labelled
+
+    where = _locations(args)
+    _print(export_labelled(Catalogue(where.catalogue, where.table), args.out).to_dict())
     return 0
