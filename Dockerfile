@@ -24,7 +24,7 @@ COPY server server
 COPY client client
 COPY proto proto
 # build_py generates the gRPC stubs from proto/ inside the wheel.
-RUN pip install ".[server,training]" ${FAISS_PACKAGE} \
+RUN pip install ".[server,training,s3]" ${FAISS_PACKAGE} \
  && python -c "import shopclip.v1.classification_pb2, shopclip.server, shopclip.indexer"
 
 FROM python:${PYTHON_VERSION}-slim AS runtime

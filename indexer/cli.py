@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from shopclip import settings
+from shopclip import objectstore, settings
 from shopclip.catalogue_files import SourceOptions
 from shopclip.indexer.options import BuildOptions
 from shopclip.settings import option
@@ -28,11 +28,12 @@ class Locations:
     catalogue: str = option("catalogue", "LanceDB URI: local directory, s3://..., memory://")
     table: str = option("products", "catalogue table name")
     index_root: Path = option(Path("index"), "where index versions are published")
-    bundle: str | None = option(None, "model bundle directory, or fake:dim=..,classes=..")
+    bundle: str | None = option(None, "model bundle directory or s3:// URI, or fake:dim=..,classes=..")
 
 
 def _add_catalogue(parser: argparse.ArgumentParser) -> None:
     settings.add_arguments(parser, Locations, skip=("index_root", "bundle"))
+    objectstore.add_arguments(parser)
 
 
 def _add_source_options(parser: argparse.ArgumentParser) -> None:
@@ -56,7 +57,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     commands = index.add_subparsers(dest="index_command", metavar="SUBCOMMAND", required=True)
 
     ingest = commands.add_parser("ingest", help="validate a catalogue folder and upsert it")
-    ingest.add_argument("folder", type=Path, help="challenge layout (X/Y csv + images) or rakuten_text.csv layout")
+    ingest.add_argument("folder", help="challenge layout (X/Y csv + images) or rakuten_text.csv layout: a folder, "
+                                       "or an s3:// prefix (staged into the store cache, its rejects file also "
+                                       "written beside it as rejects.csv)")
     _add_catalogue(ingest)
     _add_source_options(ingest)
     ingest.add_argument("--rejects", type=Path, help="rejects csv (default ./rejects-<folder>.csv)")
@@ -78,7 +81,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.set_defaults(handler=_build)
 
     run = commands.add_parser("run", help="periodic job: ingest new drop folders, build, publish")
-    run.add_argument("--drops", type=Path, required=True, help="directory whose subfolders are monthly drops")
+    run.add_argument("--drops", required=True, help="directory, or s3://bucket/prefix, whose subfolders are monthly "
+                                                    "drops")
     when = run.add_mutually_exclusive_group(required=True)
     when.add_argument("--once", action="store_true", help="one pass (cron, Airflow)")
     when.add_argument("--every", help="run forever at this interval: 30m, 1h, 1d")
@@ -139,13 +143,13 @@ def _print(data: dict) -> None:
 
 def _ingest(args: argparse.Namespace) -> int:
     from shopclip.indexer.catalogue import Catalogue
-    from shopclip.indexer.ingest import ingest_folder
+    from shopclip.indexer.ingest import ingest_drop
+    from shopclip.staging import DATA_DIR, cache_folder
 
     where = _locations(args)
-    rejects = args.rejects or Path(f"rejects-{args.folder.resolve().name}.csv")
-    summary = ingest_folder(args.folder, Catalogue(where.catalogue, where.table), rejects_path=rejects,
-                            source_batch=args.batch, options=_source_options(args))
-    _print(summary.to_dict())
+    rejects = args.rejects or Path(f"rejects-{objectstore.name_of(args.folder)}.csv")
+    _print(ingest_drop(args.folder, Catalogue(where.catalogue, where.table), rejects,
+                       cache_folder(DATA_DIR, args.folder), _source_options(args), source_batch=args.batch))
     return 0
 
 

@@ -20,6 +20,7 @@ from tqdm import tqdm
 from shopclip.indexer.catalogue import METADATA_SCHEMA, Catalogue, utc_now
 from shopclip.indexer.faults import crash_point
 from shopclip.catalogue_files import Reject, SourceOptions, SourceRow, read_labelled_folder
+from shopclip.objectstore import ObjectInfo, ObjectStore, is_s3, join, name_of
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,40 @@ def ingest_folder(folder: str | Path, catalogue: Catalogue, rejects_path: str | 
                          unchanged=len(rows) - added - updated, rejected=len(rejects),
                          rejects_file=str(rejects_path) if rejects_path is not None else None,
                          catalogue_version=catalogue.version)
+
+
+REJECTS_FILE = "rejects.csv"
+"""Name of the rejects file written beside an s3:// drop, in the drop's prefix, where its administrator looks.
+(Its name is no catalogue file of either layout, and drop listings leave it out of the drop's signature.)"""
+
+
+def is_drop_object(key: str) -> bool:
+    """What a drop in the store is made of: everything but the rejects file written back into it."""
+    return key != REJECTS_FILE
+
+
+def stage_drop(source: str, staging: Path, objects: list[ObjectInfo] | None = None) -> Path:
+    """The local folder to ingest `source` from: itself when local; an s3:// drop is mirrored into `staging`
+    (only what changed is fetched). The mirror is kept: catalogue rows refer to its image files."""
+    if not is_s3(source):
+        return Path(source)
+    return ObjectStore().download(source, staging, keep=is_drop_object, objects=objects).folder
+
+
+def ingest_drop(source: str, catalogue: Catalogue, rejects_path: Path, staging: Path,
+                options: SourceOptions | None = None, source_batch: str | None = None,
+                objects: list[ObjectInfo] | None = None) -> dict:
+    """`ingest_folder` for a drop folder or an s3:// drop prefix (`objects`: its listing, if already made). An
+    s3:// drop is staged first, and its rejects file is written to `rejects_path` and then beside the drop
+    (`<drop>/rejects.csv`) once the ingest has committed. The summary names the drop as given."""
+    folder = stage_drop(source, staging, objects)
+    summary = ingest_folder(folder, catalogue, rejects_path=rejects_path, options=options,
+                            source_batch=source_batch or name_of(source)).to_dict()
+    if is_s3(source):
+        rejects_uri = join(source, REJECTS_FILE)
+        ObjectStore().put_file(rejects_path, rejects_uri)
+        summary.update(source=source, staged=str(folder), rejects_file=rejects_uri)
+    return summary
 
 
 def summary_line(summary: IngestSummary) -> str:

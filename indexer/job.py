@@ -1,12 +1,17 @@
 """The periodic reindexing job: pick up new drop folders, ingest, build, publish; one JSON line per run.
 
 A drop folder is any direct subfolder of the drops directory that holds a catalogue (either layout); it is
-ingested again only when its csv files or image count change. A build follows when the catalogue or the model
+ingested again only when its csv files or image count change. The drops directory may be an s3:// prefix: each
+"folder" under it is a drop, found by listing; a drop whose signature (keys, sizes, ETags) moved is mirrored into
+<index root>/staged-drops/<drop> (kept: the catalogue refers to its images), ingested from there, and its rejects
+file written beside it in the store (<drop>/rejects.csv). A drop is marked done only once its ingest has committed
+and its rejects file is stored. A build follows when the catalogue or the model
 moved past the published version. The whole run holds the builder lock, so two schedulers cannot interleave.
 
 Exit statuses (for cron and Airflow): 0 published or already up to date, 1 unexpected failure, 2 invalid
 input (bad arguments, or a drop folder that could not be read: the other drops are still ingested and
-built), 6 another builder is running, 7 publish refused (recall below the floor).
+built), 3 the drops prefix's bucket does not exist, 4 the object store cannot be reached, 6 another builder is
+running, 7 publish refused (recall below the floor), 8 the object store refused the credentials.
 """
 
 from __future__ import annotations
@@ -24,17 +29,19 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from shopclip.errors import Busy, InvalidInput, PublishRefused, ShopclipError, exit_code
+from shopclip.errors import Busy, InvalidInput, NotFound, PublishRefused, ShopclipError, exit_code
 from shopclip.indexer import publish
 from shopclip.indexer.build import BuildOptions, build_under_lock, needs_build
 from shopclip.indexer.catalogue import DEFAULT_TABLE, Catalogue
-from shopclip.indexer.ingest import ingest_folder
-from shopclip.catalogue_files import SourceOptions, detect_layout
+from shopclip.indexer.ingest import ingest_drop, is_drop_object
+from shopclip.catalogue_files import SourceOptions, detect_layout, layout_of_names
+from shopclip.objectstore import ObjectInfo, ObjectStore, is_s3, name_of, signature
 
 log = logging.getLogger(__name__)
 
 DROPS_STATE_FILE = "drops.json"
 REJECTS_DIR = "rejects"
+STAGED_DROPS_DIR = "staged-drops"
 EXIT_OK, EXIT_FAILED = 0, 1
 """Every other status comes from shopclip.errors.EXIT_CODES, as for every command."""
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
@@ -43,7 +50,8 @@ SECONDS_PER_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 @dataclass(frozen=True)
 class JobConfig:
-    drops: Path
+    drops: Path | str
+    """A directory, or an s3:// prefix, whose folders are drops."""
     catalogue_uri: str
     index_root: Path
     bundle: str
@@ -76,34 +84,64 @@ def _load_state(index_root: Path) -> dict[str, str]:
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
 
 
-def pending_drops(drops: Path, state: dict[str, str]) -> list[tuple[Path, str]]:
-    """(folder, signature) of drop folders not yet ingested in their current form, oldest name first."""
+@dataclass(frozen=True)
+class PendingDrop:
+    name: str
+    """The drop's folder name: its key in drops.json and its catalogue source batch."""
+    source: str
+    """The folder, or the s3:// prefix (ending in '/')."""
+    signature: str
+    objects: list[ObjectInfo] | None = None
+    """The store listing `signature` was made from (s3:// drops), so staging fetches exactly what was seen."""
+
+
+def pending_drops(drops: Path | str, state: dict[str, str]) -> list[PendingDrop]:
+    """Drops not yet ingested in their current form, oldest name first."""
+    if is_s3(drops):
+        return _pending_store_drops(str(drops), state)
+    drops = Path(drops)
     if not drops.is_dir():
         raise InvalidInput("drops", f"{drops} is not a directory")
     found = []
     for folder in sorted(p for p in drops.iterdir() if p.is_dir() and not p.name.startswith(".")):
         if detect_layout(folder) is None:
             continue
-        signature = drop_signature(folder)
-        if state.get(folder.name) != signature:
-            found.append((folder, signature))
+        drop = PendingDrop(folder.name, str(folder), drop_signature(folder))
+        if state.get(drop.name) != drop.signature:
+            found.append(drop)
+    return found
+
+
+def _pending_store_drops(drops: str, state: dict[str, str]) -> list[PendingDrop]:
+    """The same for an s3:// prefix, from listings only (nothing is downloaded to tell a drop or a change)."""
+    store = ObjectStore()
+    found = []
+    for prefix in store.folders(drops):
+        name = name_of(prefix)
+        objects = [item for item in store.list(prefix) if is_drop_object(item.key)]
+        if name.startswith(".") or layout_of_names(item.key for item in objects if "/" not in item.key) is None:
+            continue
+        drop = PendingDrop(name, prefix, signature(objects), objects)
+        if state.get(drop.name) != drop.signature:
+            found.append(drop)
     return found
 
 
 def _ingest_pending(config: JobConfig, catalogue: Catalogue) -> list[dict]:
-    """Ingest each new or changed drop; a drop that cannot be read is reported (and retried next run)
-    without holding back the others."""
+    """Ingest each new or changed drop; a drop that cannot be read (or vanished from the store since it was
+    listed) is reported, and retried next run, without holding back the others."""
     state = _load_state(config.index_root)
     summaries = []
-    for folder, signature in pending_drops(config.drops, state):
-        rejects = config.index_root / REJECTS_DIR / f"{folder.name}.csv"
+    for drop in pending_drops(config.drops, state):
         try:
-            summary = ingest_folder(folder, catalogue, rejects_path=rejects, options=config.sources)
-        except InvalidInput as exc:
-            summaries.append({"source": str(folder), "error": str(exc)})
+            summary = ingest_drop(drop.source, catalogue, config.index_root / REJECTS_DIR / f"{drop.name}.csv",
+                                  config.index_root / STAGED_DROPS_DIR / drop.name, config.sources,
+                                  source_batch=drop.name, objects=drop.objects)
+        except (InvalidInput, NotFound) as exc:
+            summaries.append({"source": drop.source, "error": str(exc)})
             continue
-        summaries.append(summary.to_dict())
-        state[folder.name] = signature
+        summaries.append(summary)
+        state[drop.name] = drop.signature
         publish.write_json_atomic(config.index_root / DROPS_STATE_FILE, state)  # after each drop: resumable
     return summaries
 

@@ -21,9 +21,9 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, replace
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from shopclip.errors import InvalidInput
 from shopclip.input_policy import ProductLimits, check_image_file, check_text, has_content
@@ -110,9 +110,24 @@ def read_labelled_folder(path: str | Path, options: SourceOptions | None = None
 def detect_layout(path: str | Path) -> str | None:
     """'shared', 'challenge' or None: what `read_labelled_folder` would read in this folder."""
     folder = Path(path)
-    if (folder / SHARED_TEXT_FILE).exists() or (folder / SHARED_IMAGE_INDEX).exists():
+    if not folder.is_dir():
+        return None
+    return layout_of_names(p.name for p in folder.iterdir() if p.is_file())
+
+
+def layout_of_names(names: Iterable[str]) -> str | None:
+    """`detect_layout` from the names of the files at the top of a folder, so an object-store listing can tell
+    a drop before anything is downloaded."""
+    names = set(names)
+    if SHARED_TEXT_FILE in names or SHARED_IMAGE_INDEX in names:
         return "shared"
-    return "challenge" if _challenge_file_pairs(folder) else None
+    return "challenge" if any(_is_x_csv(name) for name in names) else None
+
+
+def _is_x_csv(name: str) -> bool:
+    """An X file of the challenge layout ('New_X_train.csv', 'X_train_update.csv')."""
+    path = PurePath(name)
+    return path.suffix == ".csv" and "x" in _tokens(path.stem)
 
 
 # ---------------------------------------------------------------- csv reading
@@ -226,7 +241,7 @@ def _challenge_file_pairs(folder: Path) -> list[tuple[Path, Path | None]]:
     Y pairs with X by name (`New_X_train` <-> `New_y_train`); when the names do not line up (the official
     `X_train_update.csv` / `Y_train_CVw08PX.csv`) a single X and a single Y in the folder belong together."""
     csvs = sorted(p for p in folder.glob("*.csv") if p.is_file())
-    x_files = [p for p in csvs if "x" in _tokens(p.stem)]
+    x_files = [p for p in csvs if _is_x_csv(p.name)]
     y_files = [p for p in csvs if "y" in _tokens(p.stem)]
     pairs = []
     for x_file in x_files:

@@ -15,7 +15,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from shopclip import __version__
+from shopclip import __version__, objectstore
 from shopclip.errors import ShopclipError, exit_code
 
 # Command groups in help order: (module, what it adds).
@@ -54,6 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        # Commands that read or write s3:// URIs declare the store's flags; the process follows them (and the
+        # SHOPCLIP_* variables) until the command returns.
+        objectstore.configure(objectstore.options_from(args, os.environ))
         return int(args.handler(args) or 0)
     except ShopclipError as exc:
         if os.environ.get("SHOPCLIP_DEBUG"):
@@ -63,6 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        objectstore.configure(None)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,12 @@ class Overloaded(ShopclipError):
 
 
 class NotReady(ShopclipError):
-    """The model or index is not loaded yet, or the server is draining."""
+    """The model or index is not loaded yet, or the server is draining; or a service it needs (the object
+    store) cannot be reached right now."""
+
+
+class AccessDenied(ShopclipError):
+    """A service (the object store) refused the credentials given, or none were found."""
 
 
 class Busy(ShopclipError):
@@ -57,6 +62,7 @@ EXIT_CODES: dict[type[ShopclipError], int] = {
     Overloaded: 5,
     Busy: 6,
     PublishRefused: 7,
+    AccessDenied: 8,
 }
 """The one table from domain error to process exit status (every command and the index job use it), the CLI
 twin of server/errors.py. Any other ShopclipError exits 1."""

