@@ -36,6 +36,7 @@ from shopclip.model.ensemble import EnsembleClassifier, ViewInputs
 from shopclip.model.knn import KnnParams, final_probabilities
 from shopclip.model.text import product_text
 from shopclip.products import ProductInput
+from shopclip.staging import resolve_bundle
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -194,8 +195,11 @@ def load_bundle(path: str | os.PathLike, device: str | torch.device | None = Non
 
 def load_bundle_embedder(path: str | os.PathLike, device: str | torch.device | None = None,
                          limits: ProductLimits = DEFAULT_LIMITS) -> "BundleEmbedder":
-    model, config = load_bundle(path, device)
-    return BundleEmbedder(model, config, source=str(path), classifier=load_classifier(path, config), limits=limits)
+    """`path` is a bundle folder or an s3:// URI (read from the local cache of its current content, downloaded
+    once: shopclip.staging.resolve_bundle). `source` stays what was given, so a manifest names the URI."""
+    local = resolve_bundle(str(path))
+    model, config = load_bundle(local, device)
+    return BundleEmbedder(model, config, source=str(path), classifier=load_classifier(local, config), limits=limits)
 
 
 def load_classifier(path: str | os.PathLike, config: dict[str, Any]) -> EnsembleClassifier | None:

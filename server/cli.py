@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from shopclip import objectstore
 from shopclip.server.config import ServerConfig, add_arguments
 
 
@@ -13,6 +14,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                    description="Serve a model bundle and the published index over gRPC; "
                                                "SIGTERM drains gracefully.")
     add_arguments(parser)
+    objectstore.add_arguments(parser)  # --bundle s3://... (read by the model's loader, shopclip.staging)
     parser.set_defaults(handler=run_serve)
 
 

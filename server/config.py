@@ -19,7 +19,8 @@ from shopclip.settings import option
 
 @dataclass(frozen=True)
 class ServerConfig:
-    bundle: str = option("", "model bundle directory, or fake:dim=..,classes=.. (test double)")
+    bundle: str = option("", "model bundle directory or s3:// URI (cached locally), or fake:dim=..,classes=.. (test "
+                             "double)")
     index_root: str | None = option(None, "published index root; unset serves the linear head only")
     host: str = option("[::]", "interface to bind")
     port: int = option(50051, "gRPC port (0 picks a free one)")

@@ -91,14 +91,16 @@ def test_a_missing_bucket_fails_the_run_with_one_line_naming_it(s3, tmp_path: Pa
     assert summary["error"].startswith("s3://no-such-bucket-here/drops/: no such bucket")
 
 
-def test_index_ingest_of_an_s3_drop(s3, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_index_ingest_of_an_s3_drop_with_the_store_flags(s3, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     store, bucket = ObjectStore(), s3.new_bucket()
     store.upload(drop_with_broken_rows(tmp_path / "local" / "d"), f"s3://{bucket}/in/d")
     monkeypatch.chdir(tmp_path)
-    assert main(["index", "ingest", f"s3://{bucket}/in/d", "--catalogue", str(tmp_path / "db")]) == 0
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # the flag below wins over the variable
+    assert main(["index", "ingest", f"s3://{bucket}/in/d", "--catalogue", str(tmp_path / "db"),
+                 "--s3-endpoint", s3.endpoint, "--store-cache", str(tmp_path / "flag-cache")]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert (summary["added"], summary["rejected"], summary["source_batch"]) == (5, 2, "d")
     assert summary["rejects_file"] == f"s3://{bucket}/in/d/rejects.csv"
     assert len(rejects_in(store, summary["rejects_file"])) == 2
-    assert (tmp_path / "rejects-d.csv").is_file() and Path(summary["staged"]).is_relative_to(tmp_path / "store-cache")
+    assert (tmp_path / "rejects-d.csv").is_file() and Path(summary["staged"]).is_relative_to(tmp_path / "flag-cache")

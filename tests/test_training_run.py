@@ -14,51 +14,13 @@ import csv
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from shopclip.cli import main
 from shopclip.model.bundle import load_bundle
 from shopclip.model.knn import KnnParams
 from shopclip.training.metrics import K_GRID
-
-NUM_CLASSES = 1210
-PER_CLASS = 3
-TINY_MODEL = ["--text-towers", "ngram", "--ngram-buckets", str(2**16), "--ngram-dim", "64", "--embed-dim", "64",
-              "--image-size", "64"]
-
-
-def class_words(rng: np.random.Generator) -> str:
-    return " ".join("".join(rng.choice(list("bcdfghjklmnpqrstvwxz"), 7)) for _ in range(2))
-
-
-def write_catalogue(folder: Path, num_classes: int = NUM_CLASSES, per_class: int = PER_CLASS) -> Path:
-    """rakuten_text.csv + images/ + images_index.csv: text+image, text-only and image-only products."""
-    images = folder / "images"
-    images.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    texts, index = [], []
-    for c in range(num_classes):
-        code, words = 10_000 + c, class_words(rng)
-        colour = tuple(int(v) for v in rng.integers(0, 256, 3))
-        for i in range(per_class):
-            productid, imageid = c * 10 + i + 1, 900_000 + c * 10 + i
-            image_only, with_image = c % 20 == 0 and i == 0, (c + i) % 5 == 0
-            if not image_only:
-                texts.append([len(texts), f"{words} {i}", "<b>lot</b> &amp; neuf" if i == 1 else "", productid,
-                              imageid, code])
-            if image_only or with_image:
-                name = f"image_{imageid}_product_{productid}.jpg"
-                Image.new("RGB", (40, 40), colour).save(images / name)
-                index.append([name, len(index), productid, imageid, code, "synthetic", name, "0" * 40])
-    with open(folder / "rakuten_text.csv", "w", newline="", encoding="utf-8") as f:
-        csv.writer(f).writerows([["row", "designation", "description", "productid", "imageid", "prdtypecode"],
-                                 *texts])
-    with open(folder / "images_index.csv", "w", newline="", encoding="utf-8") as f:
-        csv.writer(f).writerows([["file", "row", "productid", "imageid", "prdtypecode", "source_repo",
-                                  "source_path", "source_commit"], *index])
-    return folder
+from support.training import NUM_CLASSES, PER_CLASS, TINY_MODEL, write_catalogue
 
 
 class Interrupted(Exception):

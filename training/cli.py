@@ -10,7 +10,7 @@ import argparse
 import os
 from collections.abc import Mapping
 
-from shopclip import settings
+from shopclip import objectstore, settings
 from shopclip.model.config import ModelConfig
 from shopclip.training.config import TrainConfig
 
@@ -28,9 +28,14 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
                     "views are chosen on a validation split, then the model and views are refitted on every "
                     "labelled product. Towers are frozen and cached on CPU, fine-tuned with bf16 on CUDA, "
                     "unless --freeze-towers/--no-freeze-towers says otherwise.")
-    parser.add_argument("--data", required=True, help="labelled catalogue folder")
-    parser.add_argument("--out", required=True, help="bundle directory to write (also holds checkpoint.pt)")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    parser.add_argument("--data", required=True, help="labelled catalogue folder, or an s3:// prefix (mirrored "
+                                                      "into the store cache first)")
+    parser.add_argument("--out", required=True, help="bundle directory to write (also holds checkpoint.pt), or an "
+                                                     "s3:// prefix: trained in the store cache's stage folder, then "
+                                                     "uploaded (without the checkpoint, config.json last)")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt (for s3:// OUT: "
+                                                              "from its stage folder)")
+    objectstore.add_arguments(parser)
     settings.add_arguments(parser.add_argument_group("model (ModelConfig; each flag is also a SHOPCLIP_* variable)"),
                            ModelConfig)
     run = parser.add_argument_group("training (TrainConfig; each flag is also a SHOPCLIP_* variable)")
@@ -60,10 +65,14 @@ def train_configs(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[Mod
 
 def run_train(args: argparse.Namespace) -> int:
     model_config, config = train_configs(args, os.environ)
-    from shopclip.training.train import train
+    from shopclip.staging import BUNDLE_MARKER, local_copy, staged_output
+    from shopclip.training.train import CHECKPOINT_FILE, train
 
-    bundle = train(args.data, args.out, model_config, config, resume=args.resume)
-    print(f"bundle written to {bundle}")
+    data = local_copy(args.data)
+    with staged_output(args.out, skip=(CHECKPOINT_FILE,), last=(BUNDLE_MARKER,), fresh=not args.resume) as out:
+        bundle = train(data, out, model_config, config, resume=args.resume,
+                       source=args.data if objectstore.is_s3(args.data) else None)
+    print(f"bundle written to {args.out if objectstore.is_s3(args.out) else bundle}")
     return 0
 
 

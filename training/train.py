@@ -459,10 +459,11 @@ def _json_config(config: TrainConfig) -> dict:
 
 
 def train(data_dir: str | Path, out_dir: str | Path, model_config: ModelConfig | None = None,
-          config: TrainConfig | None = None, resume: bool = False) -> Path:
-    """Train on a labelled folder and write the bundle to `out_dir`; returns the bundle path."""
+          config: TrainConfig | None = None, resume: bool = False, source: str | None = None) -> Path:
+    """Train on a labelled folder and write the bundle to `out_dir`; returns the bundle path. `source` is what
+    the bundle records as its data (default: the folder; an s3:// URI when the folder is its local copy)."""
     return train_products(load_products(data_dir), out_dir, model_config, config, resume,
-                          source=str(Path(data_dir).resolve()))
+                          source=source or str(Path(data_dir).resolve()))
 
 
 def train_products(products: Sequence[SourceRow], out_dir: str | Path, model_config: ModelConfig | None = None,
