@@ -329,8 +329,11 @@ def _error_code(exc: Any) -> str:
 
 def _domain_error(exc: Exception, uri: str, where: str) -> ShopclipError | None:
     """The domain error for a boto failure on `uri` (one line, naming it), or None for anything else (a bug)."""
+    from boto3.exceptions import S3UploadFailedError
     from botocore import exceptions as boto
 
+    if isinstance(exc, S3UploadFailedError) and isinstance(exc.__context__, boto.ClientError):
+        exc = exc.__context__  # the transfer manager re-raises the S3 answer as text: translate the answer
     if isinstance(exc, boto.ClientError):
         return _client_error(exc, uri)
     if isinstance(exc, (boto.NoCredentialsError, boto.PartialCredentialsError, boto.CredentialRetrievalError)):
@@ -497,4 +500,4 @@ def _stale(folder: Path, item: ObjectInfo, previous: Mapping[str, str], uri: str
 
 def _remove_vanished(folder: Path, previous: Mapping[str, str], listed: set[str]) -> None:
     for key in set(previous) - listed:
-        (folder / PurePosixPath(key)).unlink(missing_ok=True)
+        (folder / safe_relative(key, str(folder / MIRROR_MANIFEST))).unlink(missing_ok=True)

@@ -89,6 +89,25 @@ def test_a_wrong_secret_is_access_denied_naming_the_uri(s3, monkeypatch: pytest.
     assert "SignatureDoesNotMatch" in message and exit_code(info.value) == 8
 
 
+def test_uploads_with_a_wrong_secret_are_access_denied_too(s3, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    bucket = s3.new_bucket()
+    (tmp_path / "rejects.csv").write_text("source_file,row_number\n")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    with pytest.raises(AccessDenied, match=f"s3://{bucket}/drop/rejects.csv: the object store refused"):
+        ObjectStore().put_file(tmp_path / "rejects.csv", f"s3://{bucket}/drop/rejects.csv")
+
+
+def test_an_object_replaced_between_listing_and_download_is_not_mixed_in(s3, tmp_path: Path) -> None:
+    store, bucket = ObjectStore(), s3.new_bucket()
+    store.write_bytes(f"s3://{bucket}/drop/a.csv", b"first")
+    listing = store.list(f"s3://{bucket}/drop/")
+    store.write_bytes(f"s3://{bucket}/drop/a.csv", b"second")
+    with pytest.raises(NotReady, match="changed while it was being read"):
+        store.download(f"s3://{bucket}/drop/", tmp_path / "copy", objects=listing)
+    assert not (tmp_path / "copy" / "a.csv").exists()
+
+
 def test_cli_with_a_wrong_secret_exits_non_zero_with_one_line(s3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     bucket = s3.new_bucket()
