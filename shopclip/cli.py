@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "shopclip.quickstart",  # quickstart
     "shopclip.training.cli",  # train, evaluate
     "shopclip.indexer.cli",  # index ingest|build|run|status
+    "shopclip.registry.cli",  # model list|show|register|promote|rollback
     "shopclip.server.cli",  # serve
     "shopclip.client.cli",  # classify, search, embed, info
 )

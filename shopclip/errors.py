@@ -55,6 +55,14 @@ class PublishRefused(ShopclipError):
     """The approximate index missed the recall floor; the previous version stays current."""
 
 
+class PromotionRefused(ShopclipError):
+    """The promotion gate refused a challenger; the champion stays. `decision` is what the registry recorded."""
+
+    def __init__(self, message: str, decision: dict | None = None) -> None:
+        super().__init__(message)
+        self.decision = decision or {}
+
+
 EXIT_CODES: dict[type[ShopclipError], int] = {
     InvalidInput: 2,
     NotFound: 3,
@@ -63,6 +71,7 @@ EXIT_CODES: dict[type[ShopclipError], int] = {
     Busy: 6,
     PublishRefused: 7,
     AccessDenied: 8,
+    PromotionRefused: 9,
 }
 """The one table from domain error to process exit status (every command and the index job use it), the CLI
 twin of server/errors.py. Any other ShopclipError exits 1."""

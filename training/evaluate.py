@@ -59,16 +59,8 @@ def evaluation_sets(training: dict, data_dir: str | Path | None, codes: list[int
     left out (and counted): the first would flatter the model, the second it cannot get right.
     """
     train_dir = Path(training["data_dir"])
-    if not train_dir.is_dir():
-        raise NotFound(f"the bundle's training folder {train_dir} is gone: k-NN and the baseline need it")
-    products = load_products(train_dir)
-    if fingerprint(products) != training["data_fingerprint"]:
-        raise InvalidInput("data", f"{train_dir} changed since training (fingerprint differs); "
-                                   "its saved split no longer describes it")
+    products, train, val = learnt_products(training)
     split = training["split"]
-    refitted = training.get("trained_on", {}).get("refit_on_validation", False)
-    train = select(products, split["train"] + (split["val"] if refitted else []))
-    val = select(products, split["val"])
     if data_dir is None or Path(data_dir).resolve() == train_dir.resolve():
         test = select(products, split["test"])
         if not test:
@@ -83,6 +75,23 @@ def evaluation_sets(training: dict, data_dir: str | Path | None, codes: list[int
         raise InvalidInput("data", f"{data_dir} has no product that is new to the model and of a known code")
     return EvaluationSets(train, val, test, str(Path(data_dir).resolve()), False, len(external) - len(unseen),
                           len(unseen) - len(test))
+
+
+def learnt_products(training: dict) -> tuple[list[SourceRow], list[SourceRow], list[SourceRow]]:
+    """Every product of a bundle's training folder, the ones it learnt from (its k-NN references: the training
+    split, plus validation when it was refitted on it) and its validation products. The folder must still hold
+    what it held at training time (data fingerprint), or the saved split would name other products."""
+    train_dir = Path(training["data_dir"])
+    if not train_dir.is_dir():
+        raise NotFound(f"the bundle's training folder {train_dir} is gone: k-NN and the baseline need it")
+    products = load_products(train_dir)
+    if fingerprint(products) != training["data_fingerprint"]:
+        raise InvalidInput("data", f"{train_dir} changed since training (fingerprint differs); "
+                                   "its saved split no longer describes it")
+    split = training["split"]
+    refitted = training.get("trained_on", {}).get("refit_on_validation", False)
+    learnt = select(products, split["train"] + (split["val"] if refitted else []))
+    return products, learnt, select(products, split["val"])
 
 
 def evaluate(bundle_dir: str | Path, data_dir: str | Path | None = None, out_dir: str | Path | None = None,

@@ -1,0 +1,292 @@
+"""The promotion gate: a challenger replaces the champion only if it is not worse where it matters.
+
+Both models answer a fixed regression set of labelled products exactly as `serve` would (training/evaluate.py
+`classify_products`: one forward from the raw product, exact k-NN over reference products, Classify's views and
+vote), and the challenger is refused when
+- its weighted F1 on the regression set is below a floor (the only test when there is no champion yet: a model
+  trained on shuffled labels scores near chance and stops here);
+- that weighted F1, or a figure both bundles recorded (cross-validation, else validation weighted F1), fell by
+  more than a tolerance;
+- a class with enough regression products lost more than a set recall (a better average can hide a class that a
+  new drop broke).
+The decision, both models' numbers, the classes that failed and the reason are recorded on the challenger's
+version (registry/store.py `record_gate`) whatever the outcome, and forced promotions are recorded as forced.
+
+References are each bundle's own training products (as `shopclip evaluate` uses), or one catalogue folder for
+both (`--reference-set`, as a served index would hold them). Regression products a model learnt from or was
+validated on are left out for both models, so neither is flattered and both answer the same products.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from shopclip import settings
+from shopclip.errors import InvalidInput, PromotionRefused
+from shopclip.registry import lineage
+from shopclip.registry.options import GateOptions
+from shopclip.registry.store import CHAMPION, MAX_TAG_CHARS, ModelRecord, Registry, local_bundle
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from shopclip.catalogue_files import SourceRow
+    from shopclip.model.bundle import BundleEmbedder
+
+log = logging.getLogger(__name__)
+
+PASSED, REFUSED, FORCED = "passed", "refused", "forced"
+FIGURE_NAMES = {"cv_weighted_f1": "cross-validation weighted F1",
+                "val_weighted_f1_classify": "validation weighted F1"}
+REFERENCE_BATCH = 32
+"""Products per embedding call for the references (as the indexer embeds them)."""
+
+
+@dataclass
+class Candidate:
+    """A registered version loaded for scoring."""
+
+    record: ModelRecord
+    embedder: "BundleEmbedder"
+    references: list["SourceRow"]
+    seen: set[int]
+    """Productids it learnt from or was validated on: left out of the regression products."""
+    figures: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Scores:
+    """One model's answers on the regression products."""
+
+    weighted_f1: float
+    recall: dict[int, float]
+    support: dict[int, int]
+
+
+def promote(registry: Registry, ref: str, options: GateOptions, *, force: bool = False,
+            reason: str = "") -> dict[str, Any]:
+    """Gate `ref` (a version or `challenger`) against the champion and make it champion if it passes, or
+    unconditionally with `force`. The decision is recorded on the version first; PromotionRefused (carrying
+    it as `.decision`) when refused, the champion unchanged."""
+    challenger = registry.get(ref)
+    champion = registry.alias(CHAMPION)
+    if champion is not None and champion.version == challenger.version:
+        raise InvalidInput("version", f"version {challenger.version} is already the champion")
+    if force:
+        decision = _forced(challenger, champion, reason or "forced by the operator, gate not run")
+    else:
+        decision = evaluate_gate(challenger, champion, options)
+    registry.record_gate(challenger.version, decision)
+    if decision["decision"] == REFUSED:
+        raise PromotionRefused(f"version {challenger.version} refused: {decision['reason']}", decision=decision)
+    why = decision["reason"] if not reason or force else f"{reason} ({decision['reason']})"
+    registry.promote(challenger.version, event="promoted" if decision["decision"] == PASSED else FORCED, reason=why)
+    return decision
+
+
+def evaluate_gate(challenger: ModelRecord, champion: ModelRecord | None, options: GateOptions) -> dict[str, Any]:
+    """Score both versions on the regression set and decide; nothing is written."""
+    from shopclip.training.data import fingerprint, load_products
+
+    if not options.regression_set:
+        raise InvalidInput("regression_set", f"required: pass --regression-set or set "
+                                             f"{settings.env_name('regression_set')} (or promote with --force)")
+    regression = load_products(options.regression_set)
+    shared = _shared_references(options, regression)
+    candidates = [_load(record, options, shared) for record in (challenger, champion) if record is not None]
+    products, excluded = _eligible(regression, candidates)
+    scores = [_score(candidate, products) for candidate in candidates]
+    regression_info = {"source": str(Path(options.regression_set).resolve()), "fingerprint": fingerprint(regression),
+                        "products": len(products), **excluded,
+                        "references": "shared: " + str(Path(options.reference_set).resolve()) if shared is not None
+                        else "each bundle's training products"}
+    return decide(candidates, scores, options, regression_info)
+
+
+def decide(candidates: list[Candidate], scores: list[Scores], options: GateOptions,
+           regression_info: dict[str, Any]) -> dict[str, Any]:
+    """The decision from the challenger's (first) and the champion's (second, when there is one) scores."""
+    challenger, ours = candidates[0], scores[0]
+    failures = _floor(ours, options)
+    failed_classes: list[dict[str, Any]] = []
+    champion_summary = None
+    if len(candidates) > 1:
+        champion, theirs = candidates[1], scores[1]
+        failures += _f1_drops(ours, theirs, challenger.figures, champion.figures, options)
+        failed_classes = _recall_drops(ours, theirs, options)
+        if failed_classes:
+            failures.append(f"{len(failed_classes)} class(es) lost more than {options.max_recall_drop:.2f} recall: "
+                            + ", ".join(f"{c['code']} ({c['champion_recall']:.2f} -> {c['challenger_recall']:.2f})"
+                                        for c in failed_classes[:5]))
+        champion_summary = _summary(champion, theirs)
+    decision = {
+        "decision": REFUSED if failures else PASSED, "at": _now(),
+        "challenger": _summary(challenger, ours), "champion": champion_summary,
+        "regression_set": {**regression_info, "classes_judged": _judged_count(ours, options)},
+        "thresholds": options.thresholds(), "failed_classes": failed_classes,
+        "failed_classes_total": len(failed_classes),
+        "reason": "; ".join(failures) if failures else _why_passed(ours, scores[1:], options),
+    }
+    return _fit_in_a_tag(decision)
+
+
+def format_decision(decision: dict[str, Any]) -> str:
+    """The decision as `promote` prints it."""
+    lines = [f"gate: {decision['decision'].upper()} - {decision['reason']}"]
+    regression = decision.get("regression_set")
+    if regression:
+        lines.append(f"regression set: {regression['products']} products from {regression['source']} "
+                     f"(left out: {regression['excluded_seen']} seen in training, {regression['excluded_unknown_code']}"
+                     f" of codes neither model knows); references: {regression['references']}")
+    for role in ("challenger", "champion"):
+        model = decision.get(role)
+        if model and "weighted_f1" in model:
+            figures = ", ".join(f"{FIGURE_NAMES.get(k, k)} {v:.4f}" for k, v in model["figures"].items())
+            lines.append(f"{role:<10} version {model['version']}: regression weighted F1 {model['weighted_f1']:.4f}"
+                         + (f"; recorded {figures}" if figures else ""))
+        elif model:
+            lines.append(f"{role:<10} version {model['version']}")
+    for failed in decision.get("failed_classes", []):
+        lines.append(f"  class {failed['code']}: recall {failed['champion_recall']:.3f} -> "
+                     f"{failed['challenger_recall']:.3f} on {failed['products']} products")
+    return "\n".join(lines)
+
+
+# -- loading and scoring ------------------------------------------------------------------------------------
+
+def _shared_references(options: GateOptions, regression: list["SourceRow"]) -> list["SourceRow"] | None:
+    """The `--reference-set` products, less the regression products (k-NN must not find the product itself)."""
+    if not options.reference_set:
+        return None
+    from shopclip.training.data import load_products
+
+    asked = {p.productid for p in regression}
+    return [p for p in load_products(options.reference_set) if p.productid not in asked]
+
+
+def _load(record: ModelRecord, options: GateOptions, shared: list["SourceRow"] | None) -> Candidate:
+    from shopclip.model.bundle import load_bundle_embedder
+
+    embedder = load_bundle_embedder(local_bundle(record.bundle_location), device=options.device)
+    training = embedder.config.get("training") or {}
+    split = training.get("split") or {}
+    if shared is None and not split:
+        raise InvalidInput("bundle", f"version {record.version} ({record.source}) records no training split: "
+                                     "pass --reference-set to score it")
+    seen = set(split.get("train", [])) | set(split.get("val", []))
+    if shared is None:
+        from shopclip.training.evaluate import learnt_products
+
+        references = learnt_products(training)[1]
+    else:
+        references = shared
+    return Candidate(record, embedder, references, seen, lineage.recorded_figures(embedder.config.get("metrics") or {}))
+
+
+def _eligible(regression: list["SourceRow"], candidates: list[Candidate]) -> tuple[list["SourceRow"], dict[str, int]]:
+    """Regression products no model saw in training, of a code at least one knows (a code the challenger dropped
+    counts against it)."""
+    seen = set().union(*(candidate.seen for candidate in candidates))
+    known = set().union(*(candidate.embedder.codes for candidate in candidates))
+    unseen = [p for p in regression if p.productid not in seen]
+    products = [p for p in unseen if p.prdtypecode in known]
+    if not products:
+        raise InvalidInput("regression_set", "no product is new to both models and of a code either knows")
+    return products, {"excluded_seen": len(regression) - len(unseen),
+                      "excluded_unknown_code": len(unseen) - len(products)}
+
+
+def _score(candidate: Candidate, products: list["SourceRow"]) -> Scores:
+    import numpy as np
+    from sklearn.metrics import f1_score
+
+    from shopclip.training.evaluate import classify_products
+
+    embedder = candidate.embedder
+    reference_codes = np.array([p.prdtypecode for p in candidate.references], dtype=np.int64)
+    probs = classify_products(embedder, products, _embed(embedder, candidate.references), reference_codes)
+    predicted = np.asarray(embedder.codes, dtype=np.int64)[probs.argmax(axis=1)]
+    truth = np.array([p.prdtypecode for p in products], dtype=np.int64)
+    codes, support = np.unique(truth, return_counts=True)
+    recall = {int(code): float((predicted[truth == code] == code).mean()) for code in codes}
+    log.info("version %s: %d regression products scored", candidate.record.version, len(products))
+    return Scores(float(f1_score(truth, predicted, average="weighted", zero_division=0)), recall,
+                  {int(code): int(n) for code, n in zip(codes, support)})
+
+
+def _embed(embedder: "BundleEmbedder", products: list["SourceRow"]) -> "np.ndarray":
+    """The references' vectors as the indexer computes them (`embedder.embed` of the catalogue product)."""
+    import numpy as np
+
+    from shopclip.training.data import product_input
+
+    chunks = [embedder.embed([product_input(p) for p in products[start:start + REFERENCE_BATCH]])
+              for start in range(0, len(products), REFERENCE_BATCH)]
+    return np.concatenate(chunks) if chunks else np.zeros((0, embedder.dim), dtype=np.float32)
+
+
+# -- the checks ---------------------------------------------------------------------------------------------
+
+def _floor(ours: Scores, options: GateOptions) -> list[str]:
+    if ours.weighted_f1 >= options.min_weighted_f1:
+        return []
+    return [f"regression weighted F1 {ours.weighted_f1:.4f} is below the floor {options.min_weighted_f1:.2f}"]
+
+
+def _f1_drops(ours: Scores, theirs: Scores, our_figures: dict[str, float], their_figures: dict[str, float],
+              options: GateOptions) -> list[str]:
+    """Regression weighted F1, then each figure both bundles recorded, against the tolerance."""
+    pairs = [("regression weighted F1", ours.weighted_f1, theirs.weighted_f1)]
+    pairs += [(f"recorded {FIGURE_NAMES[name]}", our_figures[name], their_figures[name])
+              for name in lineage.RECORDED_FIGURES if name in our_figures and name in their_figures]
+    return [f"{label} fell {before:.4f} -> {after:.4f} (more than {options.max_f1_drop:.2f})"
+            for label, after, before in pairs if before - after > options.max_f1_drop]
+
+
+def _recall_drops(ours: Scores, theirs: Scores, options: GateOptions) -> list[dict[str, Any]]:
+    """Judged classes (enough regression products) whose recall fell by more than the tolerance, worst first."""
+    failed = [{"code": code, "products": n, "champion_recall": round(theirs.recall[code], 4),
+               "challenger_recall": round(ours.recall[code], 4)}
+              for code, n in ours.support.items()
+              if n >= options.min_class_products and theirs.recall[code] - ours.recall[code] > options.max_recall_drop]
+    return sorted(failed, key=lambda c: c["challenger_recall"] - c["champion_recall"])
+
+
+def _judged_count(ours: Scores, options: GateOptions) -> int:
+    return sum(n >= options.min_class_products for n in ours.support.values())
+
+
+def _why_passed(ours: Scores, theirs: list[Scores], options: GateOptions) -> str:
+    if not theirs:
+        return (f"first champion: regression weighted F1 {ours.weighted_f1:.4f} reaches the floor "
+                f"{options.min_weighted_f1:.2f}")
+    return (f"regression weighted F1 {ours.weighted_f1:.4f} vs champion {theirs[0].weighted_f1:.4f} (tolerance "
+            f"{options.max_f1_drop:.2f}); no judged class lost more than {options.max_recall_drop:.2f} recall")
+
+
+# -- the record ---------------------------------------------------------------------------------------------
+
+def _summary(candidate: Candidate, scores: Scores) -> dict[str, Any]:
+    return {"version": candidate.record.version, "bundle_fingerprint": candidate.record.bundle_fingerprint,
+            "weighted_f1": round(scores.weighted_f1, 4), "figures": candidate.figures,
+            "references": len(candidate.references)}
+
+
+def _forced(challenger: ModelRecord, champion: ModelRecord | None, reason: str) -> dict[str, Any]:
+    return {"decision": FORCED, "at": _now(), "challenger": {"version": challenger.version},
+            "champion": {"version": champion.version} if champion else None, "reason": reason}
+
+
+def _fit_in_a_tag(decision: dict[str, Any]) -> dict[str, Any]:
+    """Drop the mildest failed classes from the record until it fits one tag (their total stays counted)."""
+    while len(lineage.compact_json(decision)) > MAX_TAG_CHARS and decision["failed_classes"]:
+        decision["failed_classes"].pop()
+    return decision
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

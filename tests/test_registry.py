@@ -1,0 +1,269 @@
+"""The model registry and the promotion gate (issue 11, points 2 and 3) against a real MLflow SQLite store.
+
+Nothing of MLflow is mocked: each test copies one migrated empty database (creating it runs MLflow's migrations,
+about 5 s, once per module) and drives it through the `shopclip model` commands in process or through the API.
+The bundles are real and tiny (hashed n-gram text tower, 16-d, one epoch): one trained on a folder whose titles
+name their class, one trained on the same folder with its codes shuffled, and a copy of the first (an equal
+model). The regression set holds new products with the same class words.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shopclip.cli import main
+from shopclip.errors import InvalidInput, NotFound, PromotionRefused, exit_code
+from shopclip.registry import CHAMPION, GateOptions, RegistryOptions, open_registry, resolve_champion
+from shopclip.registry import lineage
+from shopclip.registry.gate import Candidate, Scores, decide, promote
+from support.catalogue import CatalogueRow, catalogue_title
+from support.index import write_drop
+
+CODES = (10, 20, 30, 40, 50, 60)
+PER_CLASS = 10
+REGRESSION_PER_CLASS = 6
+TINY_TRAINING = ["--text-towers", "ngram", "--ngram-buckets", str(2**12), "--ngram-dim", "16", "--embed-dim", "16",
+                 "--image-size", "64", "--no-image-pretrained", "--epochs", "1", "--sparse-c", "1",
+                 "--image-view-c", "1", "--device", "cpu"]
+
+
+@dataclass(frozen=True)
+class Bundles:
+    good: str
+    equal: str
+    """A copy of `good` elsewhere on disk: the same model, another version."""
+    shuffled: str
+    regression: str
+
+
+def _rows(first_id: int, per_class: int, first_title: int = 0) -> list[CatalogueRow]:
+    return [CatalogueRow(first_id + 1000 * code + j, code, catalogue_title(code, first_title + j))
+            for code in CODES for j in range(per_class)]
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bundles]:
+    import torch
+
+    # One thread: the combiner's L-BFGS runs hundreds of tiny steps, which thread hand-offs make about ten
+    # times slower (14 s against 1 s a bundle on a busy 2-core machine).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield _train_bundles(tmp_path_factory.mktemp("bundles"))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_bundles(root: Path) -> Bundles:
+    rows = _rows(0, PER_CLASS)
+    codes = np.random.default_rng(1).permutation([row.prdtypecode for row in rows])
+    shuffled_rows = [CatalogueRow(row.productid, int(code), row.designation) for row, code in zip(rows, codes)]
+    for name, data in (("good", rows), ("shuffled", shuffled_rows)):
+        write_drop(root / f"{name}-data", data)
+        assert main(["train", "--data", str(root / f"{name}-data"), "--out", str(root / name), *TINY_TRAINING]) == 0
+    shutil.copytree(root / "good", root / "equal")
+    write_drop(root / "regression", _rows(500_000, REGRESSION_PER_CLASS, first_title=100))
+    return Bundles(str(root / "good"), str(root / "equal"), str(root / "shuffled"), str(root / "regression"))
+
+
+@pytest.fixture(scope="module")
+def empty_database(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated MLflow database holding nothing, made once; tests copy it."""
+    database = tmp_path_factory.mktemp("template") / "registry.db"
+    open_registry(RegistryOptions(registry_uri=f"sqlite:///{database}"), create=True).versions()
+    return database
+
+
+@pytest.fixture
+def options(empty_database: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> RegistryOptions:
+    """A registry of this test's own; SHOPCLIP_REGISTRY_URI names it, so commands without flags use it too."""
+    database = tmp_path / "registry.db"
+    shutil.copy(empty_database, database)
+    uri = f"sqlite:///{database}"
+    monkeypatch.setenv("SHOPCLIP_REGISTRY_URI", uri)
+    return RegistryOptions(registry_uri=uri)
+
+
+def gate(bundles: Bundles, **changes: object) -> GateOptions:
+    return GateOptions(regression_set=bundles.regression, device="cpu", **changes)
+
+
+def model(*argv: str) -> int:
+    return main(["model", *argv])
+
+
+def test_register_records_lineage_and_makes_the_newest_the_challenger(options: RegistryOptions,
+                                                                      bundles: Bundles) -> None:
+    registry = open_registry(options)
+    first = registry.register(bundles.good)
+    config = json.loads((Path(bundles.good) / "config.json").read_text())
+    assert first.version == "1" and first.aliases == ("challenger",)
+    assert first.source == str(Path(bundles.good).resolve()) == first.bundle_location
+    assert first.bundle_fingerprint == config["fingerprint"]
+    assert first.data_fingerprint == config["training"]["data_fingerprint"]
+    assert first.tags[lineage.CODE_VERSION] == config["versions"]["shopclip"]
+    assert first.tags[lineage.REGISTERED_BY].startswith("shopclip ")
+    assert first.metrics == config["metrics"]
+    assert first.parent_version is None  # no champion yet
+    uploaded = registry.register(bundles.equal, source="s3://models/bundles/equal", parent="1")
+    assert uploaded.source == "s3://models/bundles/equal"
+    assert uploaded.bundle_location == str(Path(bundles.equal).resolve())  # read from the local copy here
+    assert uploaded.parent_version == "1"
+    assert registry.get("challenger").version == "2" and registry.get("1").aliases == ()
+
+
+def test_alias_moves_show_from_both_sides_and_serving_resolves_the_champion(options: RegistryOptions,
+                                                                            bundles: Bundles) -> None:
+    registry = open_registry(options)
+    with pytest.raises(NotFound):
+        resolve_champion(options)
+    for bundle in (bundles.good, bundles.equal):
+        registry.register(bundle)
+    registry.promote("1", event="forced", reason="first")
+    assert registry.get("1").aliases == ("champion",) and registry.get("2").aliases == ("challenger",)
+    registry.promote("2", event="promoted", reason="second")
+    assert registry.get("2").aliases == ("champion",)  # no longer challenger either
+    assert registry.get("1").aliases == () and registry.alias("challenger") is None
+    champion = resolve_champion(options)
+    assert (champion.version, champion.source, champion.previous_champion) == ("2", str(Path(bundles.equal).resolve()),
+                                                                               "1")
+    assert registry.register(bundles.good).parent_version == "2"  # the champion at registration
+
+
+def test_the_gate_promotes_a_first_model_and_an_equal_one_and_refuses_shuffled_labels(
+        options: RegistryOptions, bundles: Bundles, capsys: pytest.CaptureFixture[str]) -> None:
+    gate_flags = ["--regression-set", bundles.regression, "--device", "cpu"]
+    assert model("register", bundles.good) == 0
+    assert model("promote", *gate_flags) == 0  # the challenger by default; no champion: the floor alone
+    assert "first champion" in capsys.readouterr().out
+    assert model("register", bundles.equal) == 0
+    assert model("promote", "2", *gate_flags, "--reason", "same model, new copy") == 0
+    passed = capsys.readouterr().out
+    assert "PASSED" in passed and "champion   version 1" in passed
+    assert model("register", bundles.shuffled) == 0
+    assert model("promote", *gate_flags) == exit_code(PromotionRefused) == 9
+    captured = capsys.readouterr()
+    assert "REFUSED" in captured.out and "below the floor" in captured.out
+    assert captured.err.count("\n") == 1 and "version 3 refused" in captured.err
+
+    registry = open_registry(options)
+    assert registry.get(CHAMPION).version == "2"  # the champion stays
+    refused = registry.get("3")
+    assert refused.aliases == ("challenger",) and refused.tags[lineage.GATE] == "refused"
+    decision = refused.gate_decisions[-1]
+    assert decision["challenger"]["weighted_f1"] < 0.5 <= decision["champion"]["weighted_f1"]
+    assert decision["regression_set"]["products"] == len(CODES) * REGRESSION_PER_CLASS
+    assert decision["failed_classes"] and decision["failed_classes_total"] >= len(decision["failed_classes"])
+    assert "regression weighted F1 fell" in decision["reason"] and "recorded validation" in decision["reason"]
+    assert registry.get("2").gate_decisions[-1]["decision"] == "passed"
+
+    assert model("list") == 0
+    table = capsys.readouterr().out.splitlines()
+    assert [line.split()[:2] for line in table[2:]] == [["3", "challenger"], ["2", "champion"], ["1", "-"]]
+    assert "refused" in table[2] and "passed" in table[3]
+    assert model("show", "3") == 0
+    shown = capsys.readouterr().out
+    assert "gate decisions: 1" in shown and "REFUSED" in shown and "parent version:     2" in shown
+
+
+def test_a_class_that_loses_recall_is_refused_even_when_weighted_f1_holds() -> None:
+    options = GateOptions(regression_set="unused", min_class_products=5, max_recall_drop=0.10)
+    champion = Scores(0.90, {1: 0.9, 2: 0.9, 3: 1.0}, {1: 50, 2: 50, 3: 4})
+    better_on_average = Scores(0.905, {1: 1.0, 2: 0.75, 3: 0.0}, champion.support)
+    decision = decide([_candidate("2"), _candidate("1")], [better_on_average, champion], options,
+                      {"products": 104})
+    assert decision["decision"] == "refused"
+    assert [c["code"] for c in decision["failed_classes"]] == [2]  # class 3 has too few products to judge
+    assert decision["regression_set"]["classes_judged"] == 2
+    steady = Scores(0.895, {1: 0.85, 2: 0.85, 3: 0.0}, champion.support)
+    assert decide([_candidate("2"), _candidate("1")], [steady, champion], options, {})["decision"] == "passed"
+
+
+def test_a_drop_in_a_figure_both_bundles_recorded_refuses() -> None:
+    options = GateOptions(regression_set="unused")
+    same = Scores(0.9, {1: 0.9}, {1: 10})
+    decision = decide([_candidate("2", val=0.70), _candidate("1", val=0.75)], [same, same], options, {})
+    assert decision["decision"] == "refused" and "recorded validation weighted F1 fell" in decision["reason"]
+    unrecorded = decide([_candidate("2"), _candidate("1", val=0.75)], [same, same], options, {})
+    assert unrecorded["decision"] == "passed"  # compared only where both recorded it
+
+
+def _candidate(version: str, val: float | None = None) -> Candidate:
+    from shopclip.registry.store import ModelRecord
+
+    figures = {} if val is None else {"val_weighted_f1_classify": val}
+    return Candidate(ModelRecord("shopclip", version, f"/bundles/{version}", 0), None, [], set(), figures)
+
+
+def test_forced_promotion_is_recorded_as_forced(options: RegistryOptions, bundles: Bundles) -> None:
+    registry = open_registry(options)
+    registry.register(bundles.shuffled)
+    decision = promote(registry, "challenger", GateOptions(), force=True, reason="incident 42")
+    assert decision["decision"] == "forced" and decision["reason"] == "incident 42"
+    record = registry.get(CHAMPION)
+    assert record.tags[lineage.GATE] == "forced" and record.alias_events[-1]["event"] == "forced"
+
+
+def test_rollback_moves_the_champion_back_one_step_at_a_time_and_records_why(options: RegistryOptions,
+                                                                          bundles: Bundles,
+                                                                          capsys: pytest.CaptureFixture[str]
+                                                                          ) -> None:
+    registry = open_registry(options)
+    for bundle in (bundles.good, bundles.equal, bundles.good):
+        registry.register(bundle)
+        registry.promote("challenger", event="forced", reason="setup")
+    assert registry.get(CHAMPION).version == "3"
+    assert model("rollback", "--reason", "bad answers on 1160") == 0
+    assert "from version 3 to version 2" in capsys.readouterr().out
+    assert registry.get(CHAMPION).version == "2"
+    left = registry.get("3").alias_events[-1]
+    assert (left["event"], left["to"], left["reason"]) == ("rolled_back", "2", "bad answers on 1160")
+    assert registry.get("2").alias_events[-1]["event"] == "restored"
+    last = json.loads(registry.client.get_registered_model("shopclip").tags["shopclip.last_alias_change"])
+    assert (last["event"], last["from"], last["version"]) == ("rollback", "3", "2")
+    assert model("rollback", "--reason", "again") == 0 and registry.get(CHAMPION).version == "1"
+    assert model("rollback", "--reason", "once more") == exit_code(NotFound)  # 1 replaced nobody
+    assert "nothing to roll back to" in capsys.readouterr().err
+
+
+def test_commands_fail_with_one_line(options: RegistryOptions, bundles: Bundles,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    empty = [("show",), ("rollback", "--reason", "x"), ("promote", "--regression-set", bundles.regression)]
+    for argv in empty:
+        assert model(*argv) == exit_code(NotFound), argv
+    assert model("list") == 0 and "no versions" in capsys.readouterr().out
+    assert model("register", bundles.good) == 0
+    capsys.readouterr()
+    failures = [(("show", "7"), NotFound, "has no version 7 (versions: 1..1)"),
+                (("show", "latest"), InvalidInput, "neither a version number"),
+                (("show", "champion"), NotFound, "has no champion"),
+                (("promote",), InvalidInput, "regression_set: required"),
+                (("register", str(Path(bundles.good).parent)), NotFound, "has no config.json")]
+    for argv, error, words in failures:
+        assert model(*argv) == exit_code(error), argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and words in err, (argv, err)
+    missing = f"sqlite:///{Path(options.registry_uri[10:]).parent / 'typo.db'}"
+    assert model("show", "--registry-uri", missing) == exit_code(NotFound)
+    assert not Path(missing[10:]).exists()  # a read never creates a registry
+
+
+def test_the_server_does_not_import_the_registry() -> None:
+    server = Path(__file__).resolve().parent.parent / "server"
+    imported = set()
+    for path in server.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module)
+            elif isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+    assert not [name for name in imported if name.startswith("shopclip.registry")]
