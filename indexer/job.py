@@ -79,7 +79,8 @@ def drop_signature(folder: Path) -> str:
     return hasher.hexdigest()
 
 
-def _load_state(index_root: Path) -> dict[str, str]:
+def load_state(index_root: Path) -> dict[str, str]:
+    """Drop name -> signature of what was ingested (drops.json under the index root)."""
     path = index_root / DROPS_STATE_FILE
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
 
@@ -127,10 +128,11 @@ def _pending_store_drops(drops: str, state: dict[str, str]) -> list[PendingDrop]
     return found
 
 
-def _ingest_pending(config: JobConfig, catalogue: Catalogue) -> list[dict]:
+def ingest_pending(config: JobConfig, catalogue: Catalogue) -> list[dict]:
     """Ingest each new or changed drop; a drop that cannot be read (or vanished from the store since it was
-    listed) is reported, and retried next run, without holding back the others."""
-    state = _load_state(config.index_root)
+    listed) is reported, and retried next run, without holding back the others. The caller holds the builder
+    lock (run_once, and the drop flow's ingest step)."""
+    state = load_state(config.index_root)
     summaries = []
     for drop in pending_drops(config.drops, state):
         try:
@@ -154,7 +156,7 @@ def run_once(config: JobConfig) -> tuple[int, dict]:
     try:
         with publish.builder_lock(config.index_root):
             catalogue = Catalogue(config.catalogue_uri, config.table)
-            summary["drops"] = _ingest_pending(config, catalogue)
+            summary["drops"] = ingest_pending(config, catalogue)
             from shopclip.model import load_embedder  # heavy: only once there is work to check
 
             embedder = load_embedder(config.bundle)

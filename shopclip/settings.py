@@ -92,6 +92,17 @@ def from_sources(cls: type, flags: Mapping[str, Any] | argparse.Namespace, env: 
     return cls(**values)
 
 
+def from_mapping(cls: type, values: Mapping[str, Any], env: Mapping[str, str]) -> Any:
+    """`from_sources` with `values` (e.g. a scheduler run's JSON conf) in the place of flags, by field name,
+    nested options included; a name that is no option of `cls` is InvalidInput naming it (a typo must not
+    silently fall back to a default)."""
+    known = {field.name for field, _ in _leaves(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise InvalidInput(unknown[0], f"not an option (known: {', '.join(sorted(known))})")
+    return from_sources(cls, values, env)
+
+
 def parse(name: str, kind: type, raw: str, source: str | None = None) -> Any:
     """Text (a flag or an environment variable) -> the field's type, or InvalidInput naming the field."""
     where = f"{source}={raw!r}" if source else repr(raw)
