@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1.7
 # Multi-stage image for the shopclip server and indexer (same image, different command).
 #   CPU (default):  docker build -t shopclip .
+#   Airflow (DAG):  docker build --target airflow -t shopclip-airflow .
 #   GPU:            docker build --build-arg TORCH_FLAVOR=cu128 --build-arg FAISS_PACKAGE=faiss-gpu-cu12 -t shopclip:gpu .
 # The image installs exactly what `make test` installs (pyproject extras), minus the dev tools.
 
@@ -22,11 +23,33 @@ COPY training training
 COPY indexer indexer
 COPY server server
 COPY client client
+COPY registry registry
+COPY orchestration orchestration
 COPY proto proto
 # build_py generates the gRPC stubs from proto/ inside the wheel.
-RUN pip install ".[server,training,s3]" ${FAISS_PACKAGE} \
- && python -c "import shopclip.v1.classification_pb2, shopclip.server, shopclip.indexer"
+RUN pip install ".[server,training,s3,registry]" ${FAISS_PACKAGE} \
+ && python -c "import shopclip.v1.classification_pb2, shopclip.server, shopclip.indexer, shopclip.registry"
 
+# The monthly-drop DAG's image: the same install plus Airflow (docker-compose runs its scheduler, DAG processor
+# and API server from it, on PostgreSQL metadata).
+FROM build AS airflow-build
+RUN pip install ".[orchestration]" "apache-airflow[postgres]==3.3.2" asyncpg \
+ && python -c "import shopclip.orchestration.drop_flow, airflow.sdk"
+
+FROM python:${PYTHON_VERSION}-slim AS airflow
+RUN useradd --create-home --uid 10001 shopclip \
+ && mkdir -p /opt/airflow /data/index /data/catalogue /data/work /data/registry \
+ && chown -R shopclip:shopclip /opt/airflow /data
+COPY --from=airflow-build /opt/venv /opt/venv
+COPY --chown=shopclip:shopclip orchestration/dags /opt/airflow/dags
+ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 AIRFLOW_HOME=/opt/airflow \
+    AIRFLOW__CORE__DAGS_FOLDER=/opt/airflow/dags AIRFLOW__CORE__LOAD_EXAMPLES=False
+USER shopclip
+WORKDIR /home/shopclip
+ENTRYPOINT ["airflow"]
+CMD ["scheduler"]
+
+# Last, so a plain `docker build .` gives the server/indexer image.
 FROM python:${PYTHON_VERSION}-slim AS runtime
 RUN useradd --create-home --uid 10001 shopclip \
  && mkdir -p /data/index /data/catalogue /data/drops /models \
