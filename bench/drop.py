@@ -26,7 +26,6 @@ promotion) is `shopclip train`'s time plus the same publish: see README.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import random
@@ -113,20 +112,12 @@ def drops_location(args: argparse.Namespace, work: Path) -> Iterator[str]:
 
 
 def write_drop(folder: Path, products: Sequence) -> Path:
-    """Products in the monthly-drop layout (New_X_train.csv, New_y_train.csv, images/)."""
-    (folder / "images").mkdir(parents=True)
-    with (folder / "New_X_train.csv").open("w", newline="", encoding="utf-8") as x_out, \
-            (folder / "New_y_train.csv").open("w", newline="", encoding="utf-8") as y_out:
-        x_writer, y_writer = csv.writer(x_out), csv.writer(y_out)
-        x_writer.writerow(["", "designation", "description", "productid", "imageid"])
-        y_writer.writerow(["", "prdtypecode"])
-        for index, product in enumerate(products):
-            imageid = product.imageid if product.imageid is not None else 0
-            x_writer.writerow([index, product.designation, product.description, product.productid, imageid])
-            y_writer.writerow([index, product.prdtypecode])
-            if product.image_path:
-                shutil.copyfile(product.image_path,
-                                folder / "images" / f"image_{imageid}_product_{product.productid}.jpg")
+    """Products (catalogue_files.SourceRow) in the monthly-drop layout, through the one challenge-layout writer."""
+    from shopclip.indexer.export import DROP_X_FILE, DROP_Y_FILE, write_challenge_folder
+
+    rows = [{"productid": p.productid, "designation": p.designation, "description": p.description,
+             "imageid": p.imageid, "prdtypecode": p.prdtypecode, "image_uri": p.image_path} for p in products]
+    write_challenge_folder(folder, rows, DROP_X_FILE, DROP_Y_FILE)
     return folder
 
 

@@ -13,7 +13,6 @@ changed. Prints a markdown table and, with --json, writes the raw figures.
 from __future__ import annotations
 
 import argparse
-import csv
 import gc
 import json
 import os
@@ -115,17 +114,13 @@ def bench_size(size: int, args) -> list[dict]:
 
 
 def write_drop(folder: Path, productids: range, word: str) -> None:
-    """A challenge-layout drop of text-only products (X and Y csv)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with (folder / "New_X_train.csv").open("w", newline="", encoding="utf-8") as x_out, \
-            (folder / "New_y_train.csv").open("w", newline="", encoding="utf-8") as y_out:
-        x_writer, y_writer = csv.writer(x_out), csv.writer(y_out)
-        x_writer.writerow(["", "designation", "description", "productid", "imageid"])
-        y_writer.writerow(["", "prdtypecode"])
-        for i, productid in enumerate(productids):
-            code = 10 + productid % 27
-            x_writer.writerow([i, f"produit {code} modèle {productid} {word}", f"type {code}", productid, ""])
-            y_writer.writerow([i, code])
+    """A challenge-layout drop of text-only products (X and Y csv), through the one challenge-layout writer."""
+    from shopclip.indexer.export import DROP_X_FILE, DROP_Y_FILE, write_challenge_folder
+
+    rows = [{"productid": productid, "designation": f"produit {10 + productid % 27} modèle {productid} {word}",
+             "description": f"type {10 + productid % 27}", "imageid": None, "prdtypecode": 10 + productid % 27,
+             "image_uri": None} for productid in productids]
+    write_challenge_folder(folder, rows, DROP_X_FILE, DROP_Y_FILE)
 
 
 def bench_reindex(rows: int, dim: int) -> dict:

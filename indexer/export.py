@@ -25,6 +25,8 @@ from shopclip.errors import InvalidInput, NotFound
 from shopclip.indexer.catalogue import Catalogue
 
 X_FILE, Y_FILE, IMAGES_DIR = "X_train.csv", "Y_train.csv", "images"
+DROP_X_FILE, DROP_Y_FILE = "New_X_train.csv", "New_y_train.csv"
+"""A monthly drop's names for the same pair."""
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,7 @@ def export_labelled(catalogue: Catalogue, out: str | Path) -> ExportSummary:
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))
     try:
-        images, missing = _write_folder(staging, rows)
+        images, missing = write_challenge_folder(staging, rows)
         _replace_folder(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -68,12 +70,15 @@ def export_labelled(catalogue: Catalogue, out: str | Path) -> ExportSummary:
     return ExportSummary(str(out), len(rows), images, missing, version)
 
 
-def _write_folder(folder: Path, rows: list[dict]) -> tuple[int, int]:
-    """The csv pair and the images of `rows` under `folder`; returns (images written, images missing)."""
-    (folder / IMAGES_DIR).mkdir()
+def write_challenge_folder(folder: Path, rows: list[dict], x_name: str = X_FILE, y_name: str = Y_FILE
+                           ) -> tuple[int, int]:
+    """The challenge layout of `rows` (dicts with productid, designation, description, imageid, prdtypecode
+    and image_uri, a file or None) under `folder`: the X/Y csv pair named `x_name`/`y_name` (a drop's are
+    DROP_X_FILE/DROP_Y_FILE) and the images. Returns (images written, images missing)."""
+    (folder / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
     images = missing = 0
-    with (folder / X_FILE).open("w", newline="", encoding="utf-8") as x_out, \
-            (folder / Y_FILE).open("w", newline="", encoding="utf-8") as y_out:
+    with (folder / x_name).open("w", newline="", encoding="utf-8") as x_out, \
+            (folder / y_name).open("w", newline="", encoding="utf-8") as y_out:
         x_writer, y_writer = csv.writer(x_out), csv.writer(y_out)
         x_writer.writerow(["", "designation", "description", "productid", "imageid"])
         y_writer.writerow(["", "prdtypecode"])
