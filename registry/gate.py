@@ -95,7 +95,7 @@ def evaluate_gate(challenger: ModelRecord, champion: ModelRecord | None, options
     if not options.regression_set:
         raise InvalidInput("regression_set", f"required: pass --regression-set or set "
                                              f"{settings.env_name('regression_set')} (or promote with --force)")
-    regression = load_products(options.regression_set)
+    regression = load_products(_local_folder(options.regression_set))
     shared = _shared_references(options, regression)
     candidates = [_load(record, options, shared) for record in (challenger, champion) if record is not None]
     products, excluded = _eligible(regression, candidates)
@@ -165,7 +165,7 @@ def _shared_references(options: GateOptions, regression: list["SourceRow"]) -> l
     from shopclip.training.data import load_products
 
     asked = {p.productid for p in regression}
-    return [p for p in load_products(options.reference_set) if p.productid not in asked]
+    return [p for p in load_products(_local_folder(options.reference_set)) if p.productid not in asked]
 
 
 def _load(record: ModelRecord, options: GateOptions, shared: list["SourceRow"] | None) -> Candidate:
@@ -181,10 +181,20 @@ def _load(record: ModelRecord, options: GateOptions, shared: list["SourceRow"] |
     if shared is None:
         from shopclip.training.evaluate import learnt_products
 
-        references = learnt_products(training)[1]
+        references = learnt_products({**training, "data_dir": _local_folder(str(training.get("data_dir", "")))})[1]
     else:
         references = shared
     return Candidate(record, embedder, references, seen, lineage.recorded_figures(embedder.config.get("metrics") or {}))
+
+
+def _local_folder(uri: str) -> str:
+    """A catalogue folder on this machine: an s3:// prefix (a training folder `train --data s3://` recorded, a
+    regression set kept in the store) is mirrored into the cache first."""
+    if "://" not in uri:
+        return uri
+    from shopclip.staging import local_copy
+
+    return str(local_copy(uri))
 
 
 def _eligible(regression: list["SourceRow"], candidates: list[Candidate]) -> tuple[list["SourceRow"], dict[str, int]]:

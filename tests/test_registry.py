@@ -13,6 +13,7 @@ import ast
 import json
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,18 +50,24 @@ def _rows(first_id: int, per_class: int, first_title: int = 0) -> list[Catalogue
             for code in CODES for j in range(per_class)]
 
 
-@pytest.fixture(scope="module")
-def bundles(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bundles]:
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Training's combiner runs hundreds of tiny L-BFGS steps, which thread hand-offs make about ten times slower
+    (14 s against 1 s a bundle on a busy 2-core machine)."""
     import torch
 
-    # One thread: the combiner's L-BFGS runs hundreds of tiny steps, which thread hand-offs make about ten
-    # times slower (14 s against 1 s a bundle on a busy 2-core machine).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        yield _train_bundles(tmp_path_factory.mktemp("bundles"))
+        yield
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bundles]:
+    with one_torch_thread():
+        yield _train_bundles(tmp_path_factory.mktemp("bundles"))
 
 
 def _train_bundles(root: Path) -> Bundles:
@@ -255,6 +262,30 @@ def test_commands_fail_with_one_line(options: RegistryOptions, bundles: Bundles,
     missing = f"sqlite:///{Path(options.registry_uri[10:]).parent / 'typo.db'}"
     assert model("show", "--registry-uri", missing) == exit_code(NotFound)
     assert not Path(missing[10:]).exists()  # a read never creates a registry
+
+
+def test_bundles_training_data_and_regression_set_in_the_object_store(s3, options: RegistryOptions,
+                                                                     bundles: Bundles) -> None:
+    from shopclip.objectstore import ObjectStore
+    from shopclip.staging import BUNDLE_MARKER
+
+    bucket, store = s3.new_bucket(), ObjectStore()
+    data, regression = f"s3://{bucket}/labelled", f"s3://{bucket}/regression"
+    store.upload(Path(bundles.good).parent / "good-data", data)
+    store.upload(bundles.regression, regression)
+    with one_torch_thread():
+        assert main(["train", "--data", data, "--out", f"s3://{bucket}/models/v1", *TINY_TRAINING]) == 0
+    store.upload(bundles.equal, f"s3://{bucket}/models/v2", last=[BUNDLE_MARKER])
+    gate_flags = ["--regression-set", regression, "--device", "cpu"]
+    for version in ("v1", "v2"):  # v1 recorded its training folder as the URI: the gate mirrors it for k-NN
+        assert model("register", f"s3://{bucket}/models/{version}") == 0
+        assert model("promote", *gate_flags) == 0
+    champion = resolve_champion(options)
+    assert (champion.version, champion.source) == ("2", f"s3://{bucket}/models/v2")
+    assert champion.bundle_location == champion.source  # no local copy: loaded through the bundle cache
+    decision = champion.gate_decisions[-1]
+    assert decision["decision"] == "passed"
+    assert decision["regression_set"]["products"] == len(CODES) * REGRESSION_PER_CLASS
 
 
 def test_the_server_does_not_import_the_registry() -> None:
