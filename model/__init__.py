@@ -21,6 +21,4 @@ def load_embedder(spec: str, device: str | None = None, limits: ProductLimits = 
                              limits=limits)
     from shopclip.model.bundle import load_bundle_embedder  # torch is imported only for real bundles
 
-    embedder = load_bundle_embedder(spec, device=device, limits=limits)
-    embedder.source = spec  # as given (a URI stays a URI even where the bundle is read from a local copy)
-    return embedder
+    return load_bundle_embedder(spec, device=device, limits=limits)  # its `source` is `spec` as given
