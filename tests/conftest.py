@@ -52,3 +52,27 @@ def s3(s3_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
     monkeypatch.setenv("SHOPCLIP_STORE_CACHE", str(tmp_path / "store-cache"))
     return s3_server
+
+
+@pytest.fixture(scope="session")
+def postgres_server():  # noqa: ANN201 - support.postgres.PostgresServer
+    """One real PostgreSQL on loopback for the session (stopped and removed at its end, even after failures);
+    skips where the PostgreSQL binaries are missing. Tests may stop() and start() it; it is started again after."""
+    from support.postgres import postgres_binaries, running_postgres
+
+    binaries = postgres_binaries()
+    if binaries is None:
+        pytest.skip("PostgreSQL binaries not found under /usr/lib/postgresql/*/bin")
+    with running_postgres(binaries) as server:
+        yield server
+
+
+_postgres_databases = iter(range(1, 1_000_000))
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> str:  # noqa: ANN001 - support.postgres.PostgresServer
+    """The URL of a fresh, empty database on the session's PostgreSQL, one per test."""
+    if postgres_server.pid is None:
+        postgres_server.start()  # a previous test stopped it and failed before starting it again
+    return postgres_server.create_database(f"shopclip_test_{next(_postgres_databases)}")
