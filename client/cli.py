@@ -1,4 +1,4 @@
-"""`shopclip classify | search | embed | info`: call a running server and print a readable table.
+"""`shopclip classify | search | embed | info | feedback`: call a running server and print a readable table.
 
 A product comes from flags (`--title`, `--description`, `--image PATH`) or from one row of a
 challenge-format CSV (`--csv X_train.csv --row N`, N being the first, index column; `--images DIR`
@@ -20,9 +20,9 @@ from pathlib import Path
 import grpc
 
 from shopclip.client.errors import ShopclipRpcError
-from shopclip.client.results import ClassifyResult, EmbedResult, Info, Neighbor, SearchResult
+from shopclip.client.results import ClassifyResult, EmbedResult, FeedbackResult, Info, Neighbor, SearchResult
 from shopclip.client.sync import ShopclipClient
-from shopclip.errors import InvalidInput, NotFound, NotReady, Overloaded, ShopclipError
+from shopclip.errors import InvalidInput, NotConfigured, NotFound, NotReady, Overloaded, ShopclipError
 from shopclip.products import ProductInput
 
 # gRPC status -> the domain error whose exit status shopclip.errors.EXIT_CODES already defines.
@@ -31,6 +31,7 @@ STATUS_AS_DOMAIN_ERROR: dict[grpc.StatusCode, type[ShopclipError]] = {
     grpc.StatusCode.NOT_FOUND: NotFound,
     grpc.StatusCode.UNAVAILABLE: NotReady,
     grpc.StatusCode.RESOURCE_EXHAUSTED: Overloaded,
+    grpc.StatusCode.FAILED_PRECONDITION: NotConfigured,
 }
 MAX_CELL_CHARS = 60
 CODES_SHOWN = 30  # the real catalogue has over 1000 types: `info` lists the first ones, --json all
@@ -44,6 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_connection_args(classify)
     _add_product_args(classify)
     classify.add_argument("--top-k", type=int, help="ranked codes to return (server default 5)")
+    classify.add_argument("--productid", type=int, help="the listing's id, recorded with the answer (with --csv: "
+                                                         "the row's productid)")
     classify.set_defaults(handler=_classify)
 
     search = subparsers.add_parser("search", help="similar catalogue products (server call)")
@@ -62,6 +65,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info = subparsers.add_parser("info", help="model bundle, index and classes the server runs")
     _add_connection_args(info)
     info.set_defaults(handler=_info)
+
+    feedback = subparsers.add_parser(
+        "feedback", help="confirm or correct a product's prdtypecode (server call; needs --prediction-log)",
+        description="Tell the server the right prdtypecode of a product, by --productid and/or the --request-id "
+                    "of its Classify answer. A correction becomes a labelled catalogue row at the next "
+                    "`shopclip corrections apply` and index build. A product the catalogue does not hold yet "
+                    "can be sent along (--title/--csv/--image) so it joins the catalogue with this label.")
+    _add_connection_args(feedback)
+    feedback.add_argument("--code", type=int, required=True, dest="prdtypecode", help="the right prdtypecode")
+    feedback.add_argument("--productid", type=int, help="the listing's productid")
+    feedback.add_argument("--request-id", help="request_id of the Classify answer this is about")
+    feedback.add_argument("--actor", default="cli", help="who decides, for the audit trail (default: cli)")
+    _add_product_args(feedback)
+    feedback.set_defaults(handler=_feedback)
 
 
 def _add_connection_args(parser: argparse.ArgumentParser) -> None:
@@ -99,6 +116,24 @@ def product_from_args(args: argparse.Namespace) -> ProductInput | None:
 
 def read_csv_product(path: Path, row: int | None, images: Path | None) -> ProductInput:
     """The row of a challenge-format CSV whose first (index) column is `row`."""
+    record = read_csv_record(path, row)
+    image = None
+    if images is not None:
+        name = f"image_{record['imageid'].strip()}_product_{record['productid'].strip()}.jpg"
+        image = _read_image(images / name, "--images")
+    return ProductInput(designation=record["designation"] or "", description=record["description"] or "", image=image)
+
+
+def read_csv_productid(path: Path, row: int | None) -> int | None:
+    """The productid of that row (None when the cell is empty)."""
+    value = read_csv_record(path, row)["productid"].strip()
+    try:
+        return int(value) if value else None
+    except ValueError:
+        raise InvalidInput("--csv", f"row {row} of {path}: productid {value!r} is not an integer") from None
+
+
+def read_csv_record(path: Path, row: int | None) -> dict[str, str]:
     if row is None:
         raise InvalidInput("--row", "--csv needs --row N (the value of the CSV's first, index column)")
     try:
@@ -115,11 +150,7 @@ def read_csv_product(path: Path, row: int | None, images: Path | None) -> Produc
         raise InvalidInput("--csv", f"{path} is not UTF-8 text") from None
     if record is None:
         raise InvalidInput("--row", f"no row with index {row} in {path}")
-    image = None
-    if images is not None:
-        name = f"image_{record['imageid'].strip()}_product_{record['productid'].strip()}.jpg"
-        image = _read_image(images / name, "--images")
-    return ProductInput(designation=record["designation"] or "", description=record["description"] or "", image=image)
+    return record
 
 
 def _read_image(path: Path, flag: str) -> bytes:
@@ -159,8 +190,9 @@ def reports_rpc_errors(handler: Handler) -> Handler:
 @reports_rpc_errors
 def _classify(args: argparse.Namespace) -> int:
     product = _required_product(args)
+    productid = args.productid if args.productid is not None else _csv_productid(args)
     with _client(args) as client:
-        result = client.classify(product, top_k=args.top_k)
+        result = client.classify(product, top_k=args.top_k, productid=productid)
     print(_as_json(result) if args.json else format_classify(result))
     return 0
 
@@ -183,6 +215,26 @@ def _embed(args: argparse.Namespace) -> int:
         result = client.embed([product])
     print(_as_json(result) if args.json else format_embed(result))
     return 0
+
+
+@reports_rpc_errors
+def _feedback(args: argparse.Namespace) -> int:
+    product = product_from_args(args)
+    productid = args.productid if args.productid is not None else _csv_productid(args)
+    if productid is None and not args.request_id:
+        raise InvalidInput("--productid", "say which product: --productid N and/or --request-id ID")
+    with _client(args) as client:
+        result = client.feedback(args.prdtypecode, productid=productid, request_id=args.request_id,
+                                 product=product, actor=args.actor)
+    print(_as_json(result) if args.json else format_feedback(result, args.prdtypecode))
+    return 0
+
+
+def _csv_productid(args: argparse.Namespace) -> int | None:
+    """The productid of the --csv/--row product, so that what is recorded names the listing."""
+    if args.csv is None or args.row is None:
+        return None
+    return read_csv_productid(args.csv, args.row)
 
 
 @reports_rpc_errors
@@ -240,6 +292,17 @@ def format_classify(result: ClassifyResult) -> str:
                  if len(result.neighbors) > len(shown) else "neighbours that voted:")
         parts += ["", title, _neighbors_table(shown)]
     return "\n".join(parts)
+
+
+def format_feedback(result: FeedbackResult, prdtypecode: int) -> str:
+    if result.was_correct is None:
+        verdict = f"stored: prdtypecode {prdtypecode} (no logged prediction to compare)"
+    elif result.was_correct:
+        verdict = f"stored: confirms the predicted prdtypecode {prdtypecode}"
+    else:
+        verdict = f"stored: corrects prdtypecode {result.predicted_code} to {prdtypecode}"
+    product = f"productid {result.productid}" if result.productid is not None else "(no productid)"
+    return f"{verdict}\n{product} · feedback {result.feedback_id}"
 
 
 def format_search(result: SearchResult) -> str:

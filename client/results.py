@@ -49,11 +49,26 @@ class ClassifyResult:
     abstain: bool
     """True when the top probability is below the server's threshold: route to human review."""
     versions: Versions
+    request_id: str = ""
+    """The server's id of this answer: give it to `feedback` to confirm or correct it."""
 
     @property
     def code(self) -> int | None:
         """The predicted prdtypecode (None only if the server returned no prediction)."""
         return self.predictions[0].code if self.predictions else None
+
+
+@dataclass(frozen=True)
+class FeedbackResult:
+    """The server's receipt for a confirmation or correction."""
+
+    feedback_id: str
+    productid: int | None
+    """The productid given, or the one of the answer `request_id` named."""
+    predicted_code: int | None
+    """What the server had answered for that product (None when its prediction log has no answer for it)."""
+    was_correct: bool | None
+    """predicted_code == the code given; None without a prediction to compare."""
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,9 @@ import grpc
 class RetryPolicy:
     """Exponential backoff with jitter, applied only to `retry_codes`.
 
-    Every shopclip RPC is read-only, so repeating one after UNAVAILABLE (server starting, draining
-    or restarting; connection refused) is safe. Other codes are answers, not transient failures.
+    Repeating a call after UNAVAILABLE (server starting, draining or restarting; connection refused) is safe:
+    Classify, search, embed and info change nothing the caller depends on, and feedback carries an id the client
+    chose once, so a retried one is stored once. Other codes are answers, not transient failures.
     """
 
     max_attempts: int = 4

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -13,7 +14,7 @@ import grpc
 from shopclip.client import wire
 from shopclip.client.config import ClientConfig, client_config
 from shopclip.client.errors import ShopclipRpcError, status_code
-from shopclip.client.results import ClassifyResult, EmbedResult, Info, SearchResult
+from shopclip.client.results import ClassifyResult, EmbedResult, FeedbackResult, Info, SearchResult
 from shopclip.client.retry import RetryPolicy, RetrySchedule
 from shopclip.client.wire import ProductLike
 
@@ -40,18 +41,25 @@ class ShopclipClient:
                          if self.config.uses_tls else grpc.insecure_channel(self.config.target, options))
         self._methods: dict[str, grpc.UnaryUnaryMultiCallable] = {}
 
-    def classify(self, product: ProductLike, *, top_k: int | None = None,
+    def classify(self, product: ProductLike, *, top_k: int | None = None, productid: int | None = None,
                  timeout: float | None = None) -> ClassifyResult:
-        """Ranked prdtypecodes, the neighbours that voted and the abstain flag for one product."""
-        return self._run(wire.classify_call(product, top_k), timeout)
+        """Ranked prdtypecodes, the neighbours that voted and the abstain flag for one product. `productid`, the
+        shop's id of the listing, is recorded with the answer (feedback and monitoring can then refer to it)."""
+        return self._run(wire.classify_call(product, top_k, productid), timeout)
 
     def classify_batch(self, products: Sequence[ProductLike], *, top_k: int | None = None,
-                       timeout: float | None = None, chunk_size: int = wire.BATCH_LIMIT) -> list[ClassifyResult]:
+                       productids: Sequence[int | None] | None = None, timeout: float | None = None,
+                       chunk_size: int = wire.BATCH_LIMIT) -> list[ClassifyResult]:
         """One result per product, in order. Any number of products: sent `chunk_size` per call (the server's
-        ClassifyBatch limit, 256 by default); `timeout` applies to each call."""
+        ClassifyBatch limit, 256 by default), one after the other; `timeout` applies to each call. `productids`,
+        when given, has one entry (or None) per product."""
+        if productids is not None and len(productids) != len(products):
+            raise ValueError(f"{len(productids)} productids for {len(products)} products")
+        product_chunks = wire.chunks(products, chunk_size)
+        id_chunks = wire.chunks(productids, chunk_size) if productids is not None else [None] * len(product_chunks)
         results: list[ClassifyResult] = []
-        for chunk in wire.chunks(products, chunk_size):
-            results += self._run(wire.classify_batch_call(chunk, top_k), timeout)
+        for chunk, ids in zip(product_chunks, id_chunks):
+            results += self._run(wire.classify_batch_call(chunk, top_k, ids), timeout)
         return results
 
     def search(self, product: ProductLike | None = None, *, productid: int | None = None, top_k: int | None = None,
@@ -64,6 +72,16 @@ class ShopclipClient:
 
     def info(self, *, timeout: float | None = None) -> Info:
         return self._run(wire.info_call(), timeout)
+
+    def feedback(self, prdtypecode: int, *, productid: int | None = None, request_id: str | None = None,
+                 product: ProductLike | None = None, actor: str = "",
+                 timeout: float | None = None) -> FeedbackResult:
+        """Confirm or correct a product's code: by `productid` and/or the `request_id` of its ClassifyResult.
+        `product` (its content) lets a product the catalogue does not hold yet join it with this label; `actor`
+        says who decided ("shop-backend", "admin:alice"). Needs a server with a prediction log. Safe to retry:
+        the feedback id is chosen here, once, so the server stores it once."""
+        call = wire.feedback_call(prdtypecode, productid, request_id, product, actor, uuid.uuid4().hex)
+        return self._run(call, timeout)
 
     def wait_ready(self, timeout: float) -> None:
         """Block until the channel connects; raises ShopclipRpcError(UNAVAILABLE) after `timeout`."""

@@ -12,10 +12,10 @@ from typing import Generic, TypeVar
 
 from google.protobuf.message import Message
 
-from shopclip.client.results import (ClassifyResult, EmbedResult, Info, Neighbor, Prediction, SearchResult,
-                                     Versions)
+from shopclip.client.results import (ClassifyResult, EmbedResult, FeedbackResult, Info, Neighbor, Prediction,
+                                     SearchResult, Versions)
 from shopclip.products import ProductInput
-from shopclip.v1 import (classification_pb2, embedding_pb2, info_pb2, product_pb2, search_pb2)
+from shopclip.v1 import (classification_pb2, embedding_pb2, feedback_pb2, info_pb2, product_pb2, search_pb2)
 
 ProductLike = ProductInput | str
 """A product, or just its designation (title)."""
@@ -44,10 +44,12 @@ CLASSIFY_BATCH = method_path(classification_pb2, "ClassificationService", "Class
 SEARCH_SIMILAR = method_path(search_pb2, "SearchService", "SearchSimilar")
 EMBED = method_path(embedding_pb2, "EmbeddingService", "Embed")
 GET_INFO = method_path(info_pb2, "InfoService", "GetInfo")
+SUBMIT_FEEDBACK = method_path(feedback_pb2, "FeedbackService", "SubmitFeedback")
 
 
-def classify_call(product: ProductLike, top_k: int | None) -> Call[ClassifyResult]:
-    return Call(CLASSIFY, classify_request(product, top_k), classification_pb2.ClassifyResponse, classify_result)
+def classify_call(product: ProductLike, top_k: int | None, productid: int | None = None) -> Call[ClassifyResult]:
+    return Call(CLASSIFY, classify_request(product, top_k, productid), classification_pb2.ClassifyResponse,
+                classify_result)
 
 
 BATCH_LIMIT = 256
@@ -60,9 +62,10 @@ def chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
     return [items[start:start + size] for start in range(0, len(items), size)]
 
 
-def classify_batch_call(products: Sequence[ProductLike], top_k: int | None) -> Call[list[ClassifyResult]]:
-    return Call(CLASSIFY_BATCH, classify_batch_request(products, top_k), classification_pb2.ClassifyBatchResponse,
-                classify_batch_results)
+def classify_batch_call(products: Sequence[ProductLike], top_k: int | None,
+                        productids: Sequence[int | None] | None = None) -> Call[list[ClassifyResult]]:
+    return Call(CLASSIFY_BATCH, classify_batch_request(products, top_k, productids),
+                classification_pb2.ClassifyBatchResponse, classify_batch_results)
 
 
 def search_call(product: ProductLike | None, productid: int | None, top_k: int | None,
@@ -79,11 +82,17 @@ def info_call() -> Call[Info]:
     return Call(GET_INFO, info_pb2.GetInfoRequest(), info_pb2.GetInfoResponse, info)
 
 
+def feedback_call(prdtypecode: int, productid: int | None, request_id: str | None, product: ProductLike | None,
+                  actor: str, feedback_id: str) -> Call[FeedbackResult]:
+    return Call(SUBMIT_FEEDBACK, feedback_request(prdtypecode, productid, request_id, product, actor, feedback_id),
+                feedback_pb2.SubmitFeedbackResponse, feedback_result)
+
+
 def as_product(product: ProductLike) -> ProductInput:
     return ProductInput(designation=product) if isinstance(product, str) else product
 
 
-def product_message(product: ProductLike) -> product_pb2.Product:
+def product_message(product: ProductLike, productid: int | None = None) -> product_pb2.Product:
     """Unset optional fields stay unset on the wire (an empty description is not sent)."""
     product = as_product(product)
     message = product_pb2.Product(designation=product.designation)
@@ -91,21 +100,41 @@ def product_message(product: ProductLike) -> product_pb2.Product:
         message.description = product.description
     if product.image is not None:
         message.image = product.image
+    if productid is not None:
+        message.productid = productid
     return message
 
 
-def classify_request(product: ProductLike, top_k: int | None) -> classification_pb2.ClassifyRequest:
-    request = classification_pb2.ClassifyRequest(product=product_message(product))
+def classify_request(product: ProductLike, top_k: int | None,
+                     productid: int | None = None) -> classification_pb2.ClassifyRequest:
+    request = classification_pb2.ClassifyRequest(product=product_message(product, productid))
     if top_k is not None:
         request.top_k = top_k
     return request
 
 
-def classify_batch_request(products: Sequence[ProductLike],
-                           top_k: int | None) -> classification_pb2.ClassifyBatchRequest:
-    request = classification_pb2.ClassifyBatchRequest(products=[product_message(p) for p in products])
+def classify_batch_request(products: Sequence[ProductLike], top_k: int | None,
+                           productids: Sequence[int | None] | None = None) -> classification_pb2.ClassifyBatchRequest:
+    if productids is not None and len(productids) != len(products):
+        raise ValueError(f"{len(productids)} productids for {len(products)} products")
+    ids = productids if productids is not None else [None] * len(products)
+    request = classification_pb2.ClassifyBatchRequest(products=[product_message(p, i) for p, i in zip(products, ids)])
     if top_k is not None:
         request.top_k = top_k
+    return request
+
+
+def feedback_request(prdtypecode: int, productid: int | None, request_id: str | None, product: ProductLike | None,
+                     actor: str, feedback_id: str) -> feedback_pb2.SubmitFeedbackRequest:
+    if productid is None and not request_id:
+        raise ValueError("feedback needs the product's productid, the request_id of its answer, or both")
+    request = feedback_pb2.SubmitFeedbackRequest(prdtypecode=prdtypecode, actor=actor, feedback_id=feedback_id)
+    if productid is not None:
+        request.productid = productid
+    if request_id:
+        request.request_id = request_id
+    if product is not None:
+        request.product.CopyFrom(product_message(product))
     return request
 
 
@@ -144,11 +173,20 @@ def neighbor(message: product_pb2.Neighbor) -> Neighbor:
 def classify_result(message: classification_pb2.ClassifyResponse) -> ClassifyResult:
     return ClassifyResult(predictions=tuple(Prediction(p.prdtypecode, p.probability) for p in message.predictions),
                           neighbors=tuple(neighbor(n) for n in message.neighbors),
-                          abstain=message.abstain, versions=versions(message.versions))
+                          abstain=message.abstain, versions=versions(message.versions),
+                          request_id=message.request_id)
 
 
 def classify_batch_results(message: classification_pb2.ClassifyBatchResponse) -> list[ClassifyResult]:
     return [classify_result(result) for result in message.results]
+
+
+def feedback_result(message: feedback_pb2.SubmitFeedbackResponse) -> FeedbackResult:
+    return FeedbackResult(
+        feedback_id=message.feedback_id,
+        productid=message.productid if message.HasField("productid") else None,
+        predicted_code=message.predicted_code if message.HasField("predicted_code") else None,
+        was_correct=message.was_correct if message.HasField("was_correct") else None)
 
 
 def search_result(message: search_pb2.SearchSimilarResponse) -> SearchResult:

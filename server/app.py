@@ -22,6 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from shopclip.errors import InvalidInput
+from shopclip.predictions import PredictionLog, open_prediction_log
 from shopclip.indexer.api import PublishedIndex
 from shopclip.model import Embedder, load_embedder
 from shopclip.server.auth import BearerTokenInterceptor, server_credentials
@@ -31,18 +32,19 @@ from shopclip.server.engine import Engine, Job, Outcome
 from shopclip.server.errors import ErrorTableInterceptor
 from shopclip.server.index_watch import IndexSource, IndexWatcher, ModelLoader, PublishedIndexSource
 from shopclip.server.metrics import ServerMetrics
-from shopclip.server.servicer import (ClassificationServicer, EmbeddingServicer, InfoServicer, RequestLimits,
-                                      SearchServicer)
+from shopclip.server.recording import PredictionRecorder
+from shopclip.server.servicer import (ClassificationServicer, EmbeddingServicer, FeedbackServicer, InfoServicer,
+                                      RequestLimits, SearchServicer)
 from shopclip.products import ProductInput
-from shopclip.v1 import (classification_pb2, classification_pb2_grpc, embedding_pb2, embedding_pb2_grpc, info_pb2,
-                         info_pb2_grpc, search_pb2, search_pb2_grpc)
+from shopclip.v1 import (classification_pb2, classification_pb2_grpc, embedding_pb2, embedding_pb2_grpc,
+                         feedback_pb2, feedback_pb2_grpc, info_pb2, info_pb2_grpc, search_pb2, search_pb2_grpc)
 
 log = logging.getLogger(__name__)
 
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 APP_SERVICES = tuple(module.DESCRIPTOR.services_by_name[name].full_name for module, name in (
     (classification_pb2, "ClassificationService"), (search_pb2, "SearchService"),
-    (embedding_pb2, "EmbeddingService"), (info_pb2, "InfoService")))
+    (embedding_pb2, "EmbeddingService"), (info_pb2, "InfoService"), (feedback_pb2, "FeedbackService")))
 SERVICE_NAMES = APP_SERVICES + (HEALTH_SERVICE, reflection.SERVICE_NAME)
 """Every service this server exposes: health statuses and reflection are fed from this one tuple."""
 INDEX_HEALTH_SERVICE = "shopclip.index"
@@ -73,7 +75,8 @@ class HealthWithReasons(health.aio.HealthServicer):
 
 
 class ShopclipServer:
-    """A started grpc.aio server plus what runs beside it (batcher, index watcher, metrics endpoint).
+    """A started grpc.aio server plus what runs beside it (batcher, index watcher, metrics endpoint, the
+    prediction log it opened).
 
     Mirrors `grpc.aio.Server`'s lifecycle methods: `start` (idempotent), `stop(grace)`, `wait_for_termination`.
     """
@@ -91,6 +94,8 @@ class ShopclipServer:
         self.metrics = metrics
         self.port = 0
         self.metrics_port: int | None = None
+        self.owned_log: PredictionLog | None = None
+        """The prediction log `create_server` opened from the config (closed by `stop`; one passed in is not)."""
         self._started = False
 
     async def start(self) -> None:
@@ -129,6 +134,8 @@ class ShopclipServer:
             await self.watcher.stop()
         await self.batcher.stop()
         self._forward_executor.shutdown(wait=False)
+        if self.owned_log is not None:  # after the batcher: every answered product has been handed to it
+            await asyncio.to_thread(self.owned_log.close)
         self.metrics.close()
 
     async def on_index_swapped(self, index: PublishedIndex) -> None:
@@ -159,10 +166,12 @@ def set_forward_threads(threads: int) -> None:
     log.info("forward threads: %d (%d usable cores of %s)", threads, usable_cores(), os.cpu_count())
 
 
-async def create_server(config: ServerConfig, index_source: IndexSource | None = None) -> tuple[ShopclipServer, int]:
+async def create_server(config: ServerConfig, index_source: IndexSource | None = None,
+                        prediction_log: PredictionLog | None = None) -> tuple[ShopclipServer, int]:
     """Build, bind and start a server; returns it and the bound port (config.port 0 picks a free one).
 
-    `index_source` replaces the published indexes under `config.index_root` (tests use an in-memory one).
+    `index_source` replaces the published indexes under `config.index_root` (tests use an in-memory one);
+    `prediction_log` replaces the one `config.prediction_log` names (the caller then closes it).
     """
     # The model is loaded on the thread that will run it: torch keeps an OpenMP thread team per calling thread,
     # and a second team (loading elsewhere) made every forward ~50% slower on 2 cores (bench/serve.py).
@@ -179,11 +188,22 @@ async def create_server(config: ServerConfig, index_source: IndexSource | None =
         max_batch=config.max_batch, max_wait_s=config.max_wait_ms / 1000, queue_size=config.queue_size,
         on_batch=metrics.batch_size.observe, concurrency=config.forward_workers)
     metrics.track_queue_depth(lambda: batcher.depth)
+    metrics.queue_capacity.set(config.queue_size)
+    owned_log = None
+    if prediction_log is None and config.prediction_log:
+        # Off the event loop: it may try the database once (it starts even when that is down, and spills).
+        prediction_log = owned_log = await asyncio.to_thread(open_prediction_log, config.prediction_log,
+                                                             config.prediction_log_spill)
+    if prediction_log is not None:
+        metrics.register(prediction_log.collectors())
+    recorder = PredictionRecorder(metrics, prediction_log, keep_embeddings=config.prediction_log_embeddings)
     grpc_server = _grpc_server(config, metrics)
     health_servicer = HealthWithReasons()
-    _add_servicers(grpc_server, engine, batcher, _limits(config), health_servicer)
+    _add_servicers(grpc_server, engine, batcher, _limits(config), health_servicer, recorder, prediction_log,
+                   metrics)
 
     server = ShopclipServer(config, grpc_server, engine, batcher, forward_executor, health_servicer, metrics)
+    server.owned_log = owned_log
     if index_source is not None:
         server.watcher = IndexWatcher(index_source, engine, config.poll_interval_s, on_swap=server.on_index_swapped,
                                       on_problem=server.on_index_problem,
@@ -215,9 +235,12 @@ async def serve(config: ServerConfig) -> None:
 
 
 def _add_servicers(grpc_server: grpc.aio.Server, engine: Engine, batcher: MicroBatcher[Job, Outcome],
-                   limits: RequestLimits, health_servicer: health.aio.HealthServicer) -> None:
+                   limits: RequestLimits, health_servicer: health.aio.HealthServicer, recorder: PredictionRecorder,
+                   prediction_log: PredictionLog | None, metrics: ServerMetrics) -> None:
     classification_pb2_grpc.add_ClassificationServiceServicer_to_server(
-        ClassificationServicer(engine, batcher, limits), grpc_server)
+        ClassificationServicer(engine, batcher, limits, recorder), grpc_server)
+    feedback_pb2_grpc.add_FeedbackServiceServicer_to_server(
+        FeedbackServicer(engine, batcher, limits, prediction_log, metrics), grpc_server)
     search_pb2_grpc.add_SearchServiceServicer_to_server(SearchServicer(engine, batcher, limits), grpc_server)
     embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server(EmbeddingServicer(engine, batcher, limits), grpc_server)
     info_pb2_grpc.add_InfoServiceServicer_to_server(InfoServicer(engine, batcher, limits), grpc_server)

@@ -51,6 +51,14 @@ class ServerConfig:
                                       "model (the bundle its manifest names) and serve the two together; "
                                       "--no-follow-model keeps --bundle and refuses such an index")
     drain_grace_s: float = option(10.0, "on SIGTERM, how long in-flight requests may take to finish")
+    prediction_log: str | None = option(None, "database that records every classified product and the feedback "
+                                              "RPC's confirmations and corrections: postgresql://user@host/db "
+                                              "or sqlite:///path (unset: nothing recorded, feedback refused)",
+                                        secret=True)
+    prediction_log_spill: str = option("runs/prediction-log-spill", "folder where records wait while the "
+                                       "prediction log's database cannot be reached (written once it is back)")
+    prediction_log_embeddings: bool = option(True, "keep each product's vector in the prediction log (for "
+                                                   "embedding drift; 2 bytes per dimension per product)")
 
     def __post_init__(self) -> None:
         if not self.bundle:

@@ -16,7 +16,7 @@ import grpc
 import grpc.aio
 from google.protobuf.message import DecodeError
 
-from shopclip.errors import DeadlineExpired, InvalidInput, NotFound, NotReady, Overloaded
+from shopclip.errors import DeadlineExpired, InvalidInput, NotConfigured, NotFound, NotReady, Overloaded
 from shopclip.server.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
@@ -27,6 +27,7 @@ STATUS_CODES: dict[type[Exception], grpc.StatusCode] = {
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     NotReady: grpc.StatusCode.UNAVAILABLE,
     DeadlineExpired: grpc.StatusCode.DEADLINE_EXCEEDED,
+    NotConfigured: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 UnaryBehaviour = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]

@@ -1,14 +1,15 @@
 """Prometheus metrics of one server, in its own registry (several servers in one process never collide).
 
-Requests by method and status code, latency histograms per method, forward batch sizes, queue depth,
-and what is loaded (model fingerprint, index version and size) as info metrics.
+Requests by method and status code, latency histograms per method, forward batch sizes, queue depth and
+capacity, classified products by abstain, feedback by kind, and what is loaded (model fingerprint, index version and size) as info metrics.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from wsgiref.simple_server import WSGIServer
 
+from prometheus_client.registry import Collector
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -33,6 +34,13 @@ class ServerMetrics:
         self.index_swaps = Counter("shopclip_index_swaps", "published index versions loaded",
                                    registry=self.registry)
         self.ready = Gauge("shopclip_ready", "1 while health reports SERVING", registry=self.registry)
+        self.queue_capacity = Gauge("shopclip_queue_capacity", "products that may wait for a forward pass "
+                                    "before RESOURCE_EXHAUSTED (--queue-size)", registry=self.registry)
+        self.classified = Counter("shopclip_classified", "products classified, by whether the answer abstained",
+                                  ["abstain"], registry=self.registry)
+        self.feedback = Counter("shopclip_feedback", "feedback stored: confirm (the predicted code), correct "
+                                "(another code), unmatched (no logged prediction to compare)", ["kind"],
+                                registry=self.registry)
         self._http: WSGIServer | None = None
 
     def observe_request(self, method: str, code: str, seconds: float) -> None:
@@ -41,6 +49,11 @@ class ServerMetrics:
 
     def track_queue_depth(self, depth: Callable[[], float]) -> None:
         self.queue_depth.set_function(depth)
+
+    def register(self, collectors: Sequence[Collector]) -> None:
+        """Expose another component's collectors (the prediction log's) on this server's /metrics."""
+        for collector in collectors:
+            self.registry.register(collector)
 
     def set_model(self, fingerprint: str, architecture: str) -> None:
         self.model.info({"fingerprint": fingerprint, "architecture": architecture})

@@ -55,6 +55,11 @@ class PublishRefused(ShopclipError):
     """The approximate index missed the recall floor; the previous version stays current."""
 
 
+class NotConfigured(ShopclipError):
+    """The call needs a part this deployment was started without (feedback without a prediction log): retrying
+    will not help, the operator has to configure it."""
+
+
 class PromotionRefused(ShopclipError):
     """The promotion gate refused a challenger; the champion stays. `decision` is what the registry recorded."""
 
@@ -72,6 +77,7 @@ EXIT_CODES: dict[type[ShopclipError], int] = {
     PublishRefused: 7,
     AccessDenied: 8,
     PromotionRefused: 9,
+    NotConfigured: 10,
 }
 """The one table from domain error to process exit status (every command and the index job use it), the CLI
 twin of server/errors.py. Any other ShopclipError exits 1."""

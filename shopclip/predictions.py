@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Protocol
 
+from shopclip.errors import NotConfigured
 from shopclip.products import ProductInput
 
 
@@ -138,3 +139,15 @@ class PredictionLog(Protocol):
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Write or spill everything queued, then stop."""
+
+
+def open_prediction_log(url: str, spill_dir: str) -> PredictionLog:
+    """The prediction log at `url` (postgresql://... or sqlite:///path), spilling to `spill_dir` while its
+    database is down. The implementation is looked up here, at run time, so that the server depends on this
+    contract only and runs without the log's packages installed when it is not asked to log."""
+    try:
+        from shopclip.predlog.writer import open_prediction_log as open_writer
+    except ImportError as exc:
+        raise NotConfigured(f"--prediction-log needs the predlog extra (pip install 'shopclip[predlog]'): {exc}") \
+            from None
+    return open_writer(url, spill_dir)

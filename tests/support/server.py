@@ -19,6 +19,7 @@ import grpc.aio
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from shopclip.predictions import PredictionLog
 from shopclip.server.app import ShopclipServer, create_server
 from shopclip.server.config import ServerConfig
 from shopclip.server.index_watch import IndexSource
@@ -33,11 +34,12 @@ def server_config(**overrides: Any) -> ServerConfig:
 
 
 @asynccontextmanager
-async def running_server(index_source: IndexSource | None = None, **overrides: Any
-                         ) -> AsyncIterator[tuple[ShopclipServer, grpc.aio.Channel]]:
+async def running_server(index_source: IndexSource | None = None, prediction_log: PredictionLog | None = None,
+                         **overrides: Any) -> AsyncIterator[tuple[ShopclipServer, grpc.aio.Channel]]:
     """A started server and an insecure channel to it. `overrides` are ServerConfig fields (index_root, token,
-    tls_cert, ...); `index_source` replaces the published indexes under index_root (e.g. one that loads slowly)."""
-    server, port = await create_server(server_config(**overrides), index_source)
+    tls_cert, prediction_log URL, ...); `index_source` replaces the published indexes under index_root (e.g. one
+    that loads slowly), `prediction_log` the log the config names (an in-memory one)."""
+    server, port = await create_server(server_config(**overrides), index_source, prediction_log)
     channel = grpc.aio.insecure_channel(f"{HOST}:{port}")
     try:
         yield server, channel
