@@ -25,7 +25,9 @@ COMMAND_MODULES = (
     "shopclip.indexer.cli",  # index ingest|build|run|status
     "shopclip.registry.cli",  # model list|show|register|promote|rollback
     "shopclip.server.cli",  # serve
-    "shopclip.client.cli",  # classify, search, embed, info
+    "shopclip.client.cli",  # classify, search, embed, info, feedback
+    "shopclip.predlog.cli",  # corrections list|apply
+    "shopclip.monitor.cli",  # monitor
 )
 
 def build_parser() -> argparse.ArgumentParser:
