@@ -5,6 +5,8 @@
 
 - `pending`: drops (subfolders of a folder or an s3:// prefix) not yet ingested in their current form.
 - `ingest`: validate and upsert each into the catalogue; rejects go beside the drop (in the store for s3://).
+  With `--prediction-log`, the feedback stored since the last run is written into the catalogue too (see
+  `shopclip.predlog.corrections`), so the index and the next model learn the corrected labels.
 - `plan`: retrain, or the short path (the champion embeds only the new rows). Retraining is chosen when there
   is no champion yet, when a drop brings codes the champion cannot predict, or when the labelled catalogue
   grew by `--retrain-growth` since the champion's training data (`--retrain always|never` overrides).
@@ -62,6 +64,9 @@ class DropFlowConfig:
     gate: GateOptions = option(default_factory=GateOptions)
     build: BuildOptions = option(default_factory=BuildOptions)
     sources: SourceOptions = option(default_factory=SourceOptions)
+    prediction_log: str | None = option(None, "prediction log whose pending feedback each ingest writes into the "
+                                              "catalogue as labelled rows (unset: feedback is not applied)",
+                                        secret=True)
 
     def __post_init__(self) -> None:
         if self.retrain not in RETRAIN_CHOICES:
@@ -101,11 +106,24 @@ def ingest(config: DropFlowConfig) -> dict[str, Any]:
     with publish.builder_lock(config.index_root):
         catalogue = Catalogue(config.catalogue)
         drops = job.ingest_pending(_job_config(config, bundle=""), catalogue)
+        corrections = _apply_corrections(config, catalogue) if config.prediction_log else None
         codes = catalogue.labelled_products().column("prdtypecode").to_pylist()
     invalid = [drop for drop in drops if "error" in drop]
     if invalid and len(invalid) == len(drops):
         raise InvalidInput("drops", "; ".join(drop["error"] for drop in invalid))
-    return {"drops": drops, "labelled": len(codes), "codes": sorted(set(codes))}
+    return {"drops": drops, "corrections": corrections, "labelled": len(codes), "codes": sorted(set(codes))}
+
+
+def _apply_corrections(config: DropFlowConfig, catalogue) -> dict[str, Any]:  # noqa: ANN001 - Catalogue
+    from shopclip.predlog.corrections import apply_corrections, default_folder
+    from shopclip.predlog.store import PredictionStore
+
+    assert config.prediction_log is not None
+    store = PredictionStore.open(config.prediction_log)
+    try:
+        return apply_corrections(store, catalogue, default_folder(Path(config.work_dir) / "corrections")).to_dict()
+    finally:
+        store.dispose()
 
 
 def plan(config: DropFlowConfig, ingested: dict[str, Any]) -> dict[str, Any]:

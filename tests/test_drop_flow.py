@@ -46,3 +46,25 @@ def test_plan_retrains_only_when_the_champion_cannot_keep_up(monkeypatch: pytest
 def test_the_retrain_option_overrides_the_plan(monkeypatch: pytest.MonkeyPatch, retrain: str, path: str) -> None:
     monkeypatch.setattr(drop_flow, "_champion_config", lambda config: CHAMPION)
     assert plan(config_from_environment({"retrain": retrain}), {"labelled": 1000, "codes": [1]})["path"] == path
+
+
+def test_ingest_writes_the_pending_feedback_into_the_catalogue_after_the_drops(tmp_path) -> None:  # noqa: ANN001
+    from shopclip.indexer.catalogue import Catalogue
+    from shopclip.predictions import Feedback
+    from shopclip.predlog.store import PredictionStore
+    from support.index import synthetic_drop
+
+    synthetic_drop(tmp_path / "drops" / "2026-11", range(1, 21))
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    store = PredictionStore.open(url)
+    store.add_feedback(Feedback(prdtypecode=2583, productid=4, actor="admin:alice"))  # the drop says 10
+    config = config_from_environment({"drops": str(tmp_path / "drops"), "catalogue": str(tmp_path / "catalogue"),
+                                      "index_root": str(tmp_path / "index"), "work_dir": str(tmp_path / "work"),
+                                      "prediction_log": url})
+    ingested = drop_flow.ingest(config)
+    assert ingested["drops"][0]["added"] == 20
+    assert (ingested["corrections"]["relabelled"], ingested["corrections"]["applied"]) == (1, 1)
+    assert Catalogue(config.catalogue).products([4]).to_pylist()[0]["prdtypecode"] == 2583
+    assert store.pending_corrections() == []
+    assert drop_flow.ingest(config)["corrections"]["products"] == 0  # a retried task applies nothing twice
+    store.dispose()
