@@ -16,6 +16,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from shopclip.predlog.codec import record_row, row_record
+from shopclip.predlog.db import open_database
+from shopclip.predlog.schema import feedback as feedback_table
+from shopclip.predlog.schema import predictions
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
@@ -24,10 +28,6 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from shopclip.errors import InvalidInput, NotFound, NotReady
 from shopclip.predictions import Feedback, FeedbackReceipt, PredictionRecord, utc_now
-from shopclip.predlog.codec import record_row, row_record
-from shopclip.predlog.db import open_database
-from shopclip.predlog.schema import feedback as feedback_table
-from shopclip.predlog.schema import predictions
 
 INSERT_CHUNK = 500
 """Rows per INSERT statement: bounded statement size and bound-parameter count (SQLite allows 32766)."""
@@ -57,7 +57,7 @@ class PredictionStore:
         self.engine = engine
 
     @classmethod
-    def open(cls, url: str, field: str = "prediction_log") -> "PredictionStore":
+    def open(cls, url: str, field: str = "prediction_log") -> PredictionStore:
         """A store on `url`, its schema migrated; NotReady when the database cannot be reached."""
         return cls(open_database(url, field))
 

@@ -121,7 +121,7 @@ class PostgresServer:
 
     def _run(self, program: str, *args: str) -> None:
         command = ["runuser", "-u", OS_USER, "--", str(self.binaries / program), *args]
-        result = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120,
+        result = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120, check=False,
                                 cwd=self.folder)
         if result.returncode != 0:
             raise RuntimeError(f"{program} exited with {result.returncode}: {result.stderr.strip()[-2000:]}\n"
