@@ -16,10 +16,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from shopclip.predlog.codec import record_row, row_record
-from shopclip.predlog.db import open_database
-from shopclip.predlog.schema import feedback as feedback_table
-from shopclip.predlog.schema import predictions
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
@@ -28,6 +24,10 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from shopclip.errors import InvalidInput, NotFound, NotReady
 from shopclip.predictions import Feedback, FeedbackReceipt, PredictionRecord, utc_now
+from shopclip.predlog.codec import record_row, row_record
+from shopclip.predlog.db import open_database
+from shopclip.predlog.schema import feedback as feedback_table
+from shopclip.predlog.schema import predictions
 
 INSERT_CHUNK = 500
 """Rows per INSERT statement: bounded statement size and bound-parameter count (SQLite allows 32766)."""

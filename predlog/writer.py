@@ -30,12 +30,12 @@ from pathlib import Path
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from shopclip.predlog.codec import record_from_json, record_to_json
-from shopclip.predlog.db import engine_for, migrate
-from shopclip.predlog.store import PredictionStore
 
 from shopclip.errors import InvalidInput, NotReady
 from shopclip.predictions import Feedback, FeedbackReceipt, PredictionRecord
+from shopclip.predlog.codec import record_from_json, record_to_json
+from shopclip.predlog.db import engine_for, migrate
+from shopclip.predlog.store import PredictionStore
 
 log = logging.getLogger(__name__)
 

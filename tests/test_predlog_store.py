@@ -12,16 +12,17 @@ import pytest
 pytest.importorskip("sqlalchemy")
 pytest.importorskip("psycopg")
 
-from shopclip.predlog.codec import decode_embedding, encode_embedding, record_from_json, record_row, record_to_json  # noqa: E402
-from shopclip.predlog.db import engine_for, migrate  # noqa: E402
-from shopclip.predlog.schema import SCHEMA_VERSION, schema_migrations  # noqa: E402
-from shopclip.predlog.store import PredictionStore  # noqa: E402
 from sqlalchemy import select  # noqa: E402
-from support.postgres import free_port  # noqa: E402
 
 from shopclip.errors import InvalidInput, NotFound, NotReady  # noqa: E402
 from shopclip.predictions import Feedback, PredictionRecord  # noqa: E402
+from shopclip.predlog.codec import (decode_embedding, encode_embedding, record_from_json,  # noqa: E402
+                                    record_row, record_to_json)
+from shopclip.predlog.db import engine_for, migrate  # noqa: E402
+from shopclip.predlog.schema import SCHEMA_VERSION, schema_migrations  # noqa: E402
+from shopclip.predlog.store import PredictionStore  # noqa: E402
 from shopclip.products import ProductInput  # noqa: E402
+from support.postgres import free_port  # noqa: E402
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=timezone.utc)
 

@@ -18,16 +18,16 @@ pytest.importorskip("psycopg")
 pytest.importorskip("prometheus_client")
 
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest  # noqa: E402
+from sqlalchemy import select  # noqa: E402
+
+from shopclip.errors import InvalidInput, NotReady  # noqa: E402
+from shopclip.predictions import Feedback, PredictionRecord  # noqa: E402
 from shopclip.predlog.codec import record_to_json  # noqa: E402
 from shopclip.predlog.schema import predictions  # noqa: E402
 from shopclip.predlog.store import PredictionStore  # noqa: E402
 from shopclip.predlog.writer import PredictionLogWriter, open_prediction_log  # noqa: E402
-from sqlalchemy import select  # noqa: E402
-from support.postgres import free_port  # noqa: E402
-
-from shopclip.errors import InvalidInput, NotReady  # noqa: E402
-from shopclip.predictions import Feedback, PredictionRecord  # noqa: E402
 from shopclip.products import ProductInput  # noqa: E402
+from support.postgres import free_port  # noqa: E402
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=timezone.utc)
 FAST = {"flush_interval_s": 0.02, "retry_interval_s": 0.1, "batch_size": 64}
