@@ -197,10 +197,11 @@ def mean_of(before: Sequence[RawPoint], after: Sequence[RawPoint]) -> list[RawPo
 
 
 class running_server:
-    """`shopclip serve` in a child process on a free port, SIGTERM (drain) on exit."""
+    """`shopclip serve` in a child process on a free port (plus `extra_argv`), SIGTERM (drain) on exit."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, extra_argv: Sequence[str] = ()) -> None:
         self.args = args
+        self.extra_argv = list(extra_argv)
         self.log = tempfile.NamedTemporaryFile(prefix="shopclip-bench-server-", suffix=".log", delete=False)
         self.process: subprocess.Popen | None = None
 
@@ -213,7 +214,7 @@ class running_server:
                             ("--forward-workers", self.args.forward_workers)):
             if value is not None:
                 argv += [flag, str(value)]
-        self.process = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(argv + self.extra_argv, stdout=self.log, stderr=subprocess.STDOUT)
         self.target = f"127.0.0.1:{port}"
         self._wait_until_serving(self.target)
         return self

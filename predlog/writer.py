@@ -31,7 +31,7 @@ from pathlib import Path
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from shopclip.errors import InvalidInput, NotReady
+from shopclip.errors import InvalidInput, NotFound, NotReady
 from shopclip.predictions import Feedback, FeedbackReceipt, PredictionRecord
 from shopclip.predlog.codec import record_from_json, record_to_json
 from shopclip.predlog.db import engine_for, migrate
@@ -40,6 +40,8 @@ from shopclip.predlog.store import PredictionStore
 log = logging.getLogger(__name__)
 
 SPILL_PREFIX, REJECTED_PREFIX, SUFFIX = "spill-", "rejected-", ".jsonl"
+FEEDBACK_FLUSH_S = 5.0
+"""How long feedback on an answer not yet written waits for the queue to reach the database."""
 SPILL_FILE_ROWS = 2_000
 """A spill file is closed after this many rows: replay reads one file at a time, so this bounds its memory."""
 DOWN_BATCH = 8_192
@@ -260,9 +262,17 @@ class PredictionLogWriter:
             log.exception("prediction log: could not queue %d records", len(records))
 
     def add_feedback(self, feedback: Feedback) -> FeedbackReceipt:
-        """Stores feedback in the database (blocking); NotReady while it cannot be reached."""
+        """Stores feedback in the database (blocking); NotReady while it cannot be reached.
+
+        Feedback may name an answer given a moment ago, whose record still waits in the queue: on NotFound the
+        queue is written out first and the lookup tried once more."""
         self._ensure_schema()
-        return self.store.add_feedback(feedback)
+        try:
+            return self.store.add_feedback(feedback)
+        except NotFound:
+            if feedback.request_id is None or not self.flush(FEEDBACK_FLUSH_S):
+                raise
+            return self.store.add_feedback(feedback)
 
     def collectors(self) -> Sequence[Collector]:
         return [self._collector]

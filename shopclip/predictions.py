@@ -85,7 +85,13 @@ class PredictionRecord:
                    image_bytes=len(product.image or b""),
                    predictions=tuple((int(c), float(p)) for c, p in predictions), abstain=bool(abstain),
                    model_fingerprint=model_fingerprint, index_version=index_version, latency_ms=float(latency_ms),
-                   embedding=None if embedding is None else tuple(float(x) for x in embedding))
+                   embedding=None if embedding is None else _floats(embedding))
+
+
+def _floats(values: Iterable[float]) -> tuple[float, ...]:
+    """A tuple of Python floats; `ndarray.tolist()` already is one (and this runs once per classified product)."""
+    values = tuple(values)
+    return values if all(type(x) is float for x in values[:1]) else tuple(map(float, values))
 
 
 @dataclass(frozen=True)

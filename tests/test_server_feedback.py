@@ -36,7 +36,7 @@ def test_every_classified_product_gets_a_request_id_and_one_record() -> None:
     log = MemoryPredictionLog()
 
     async def scenario() -> None:
-        async with running_server(prediction_log=log) as (server, channel):
+        async with running_server(log_double=log) as (server, channel):
             stub = classification_pb2_grpc.ClassificationServiceStub(channel)
             single = await stub.Classify(classification_pb2.ClassifyRequest(
                 product=product("Lot de 3 tasses", productid=77, description="porcelaine blanche")))
@@ -69,7 +69,7 @@ def test_refused_products_are_not_recorded_and_embeddings_can_be_left_out() -> N
     log = MemoryPredictionLog()
 
     async def scenario() -> None:
-        async with running_server(prediction_log=log, prediction_log_embeddings=False) as (_, channel):
+        async with running_server(log_double=log, prediction_log_embeddings=False) as (_, channel):
             stub = classification_pb2_grpc.ClassificationServiceStub(channel)
             code, details = await status_of(stub.ClassifyBatch(classification_pb2.ClassifyBatchRequest(
                 products=[product("ok"), product("")])))
@@ -112,7 +112,7 @@ def test_feedback_confirms_or_corrects_the_logged_answer() -> None:
     log = MemoryPredictionLog()
 
     async def scenario() -> None:
-        async with running_server(prediction_log=log) as (server, channel):
+        async with running_server(log_double=log) as (server, channel):
             answer = await classification_pb2_grpc.ClassificationServiceStub(channel).Classify(
                 classification_pb2.ClassifyRequest(product=product("Lot de 3 tasses", productid=41)))
             predicted = answer.predictions[0].prdtypecode
@@ -152,7 +152,7 @@ def test_invalid_feedback_is_refused_naming_the_field(fields: dict, field: str) 
     log = MemoryPredictionLog()
 
     async def scenario() -> None:
-        async with running_server(prediction_log=log) as (server, channel):
+        async with running_server(log_double=log) as (server, channel):
             request = feedback_pb2.SubmitFeedbackRequest(**{"prdtypecode": served_codes(server)[0], **fields})
             code, details = await status_of(feedback_pb2_grpc.FeedbackServiceStub(channel).SubmitFeedback(request))
             assert code == grpc.StatusCode.INVALID_ARGUMENT
@@ -166,7 +166,7 @@ def test_feedback_on_an_unknown_request_or_an_unreachable_log() -> None:
     log = MemoryPredictionLog()
 
     async def scenario() -> None:
-        async with running_server(prediction_log=log) as (server, channel):
+        async with running_server(log_double=log) as (server, channel):
             stub = feedback_pb2_grpc.FeedbackServiceStub(channel)
             code, _ = await status_of(stub.SubmitFeedback(feedback_pb2.SubmitFeedbackRequest(
                 request_id="0" * 32, prdtypecode=served_codes(server)[0])))
@@ -181,7 +181,7 @@ def test_feedback_on_an_unknown_request_or_an_unreachable_log() -> None:
 
 def test_the_python_client_sends_productids_and_feedback() -> None:
     log = MemoryPredictionLog()
-    with serving(prediction_log=log) as target, ShopclipClient(target) as client:
+    with serving(log_double=log) as target, ShopclipClient(target) as client:
         results = client.classify_batch(["Tasse", "Coussin", "Lampe"], productids=[5, None, 7], chunk_size=2)
         assert [r.productid for r in log.records] == [5, None, 7]
         assert [r.request_id for r in results] == [r.request_id for r in log.records]
@@ -198,7 +198,7 @@ def test_the_cli_classifies_with_a_productid_and_sends_feedback(capsys: pytest.C
     from shopclip.cli import main
 
     log = MemoryPredictionLog()
-    with serving(prediction_log=log) as target:
+    with serving(log_double=log) as target:
         assert main(["classify", "--target", target, "--title", "Lot de 3 tasses", "--productid", "12",
                      "--json"]) == 0
         predicted = log.records[0].top_code

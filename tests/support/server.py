@@ -34,12 +34,12 @@ def server_config(**overrides: Any) -> ServerConfig:
 
 
 @asynccontextmanager
-async def running_server(index_source: IndexSource | None = None, prediction_log: PredictionLog | None = None,
+async def running_server(index_source: IndexSource | None = None, log_double: PredictionLog | None = None,
                          **overrides: Any) -> AsyncIterator[tuple[ShopclipServer, grpc.aio.Channel]]:
     """A started server and an insecure channel to it. `overrides` are ServerConfig fields (index_root, token,
     tls_cert, prediction_log URL, ...); `index_source` replaces the published indexes under index_root (e.g. one
-    that loads slowly), `prediction_log` the log the config names (an in-memory one)."""
-    server, port = await create_server(server_config(**overrides), index_source, prediction_log)
+    that loads slowly), `log_double` the log a `prediction_log` URL would open (an in-memory one)."""
+    server, port = await create_server(server_config(**overrides), index_source, log_double)
     channel = grpc.aio.insecure_channel(f"{HOST}:{port}")
     try:
         yield server, channel
