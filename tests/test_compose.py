@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 
 from shopclip import settings
@@ -40,3 +41,133 @@ def test_every_built_image_is_a_stage_of_the_dockerfile() -> None:
     stages = set(re.findall(r"^FROM \S+ AS (\S+)$", (ROOT / "Dockerfile").read_text(), re.MULTILINE))
     targets = {service["build"]["target"] for service in COMPOSE["services"].values() if "build" in service}
     assert targets and targets <= stages
+
+
+# --- prediction log, monitor, Prometheus and Grafana ---------------------------------------------------------
+
+PROMETHEUS_CONFIG = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+GRAFANA = ROOT / "deploy" / "grafana"
+
+
+def interpolated(value: str) -> str:
+    """`${NAME:-default}` as compose resolves it with NAME unset."""
+    return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", value)
+
+
+def service(name: str) -> dict:
+    return COMPOSE["services"][name]
+
+
+def flag(command: list[str], name: str) -> str:
+    return command[command.index(name) + 1]
+
+
+def bind_mounts(name: str) -> dict[str, str]:
+    """container path -> host path (relative to the compose file) of a service's bind mounts."""
+    mounts = {}
+    for volume in service(name).get("volumes", []):
+        source, target = volume.split(":")[:2]
+        if source.startswith((".", "/")):
+            mounts[target] = source
+    return mounts
+
+
+def published(name: str) -> set[int]:
+    return {int(port.split(":")[-1]) for port in service(name).get("ports", [])}
+
+
+def scrape_targets() -> dict[str, list[str]]:
+    return {job["job_name"]: [target for static in job.get("static_configs", []) for target in static["targets"]]
+            for job in PROMETHEUS_CONFIG["scrape_configs"]}
+
+
+def test_prometheus_scrapes_the_servers_and_the_monitors_metrics_ports() -> None:
+    metrics_port = service("server")["environment"]["SHOPCLIP_METRICS_PORT"]
+    monitor_port = flag(service("monitor")["command"], "--metrics-port")
+    targets = scrape_targets()
+    assert targets["shopclip-server"] == [f"server:{metrics_port}"]
+    assert targets["shopclip-monitor"] == [f"monitor:{monitor_port}"]
+    assert int(metrics_port) in published("server")
+
+
+def test_every_scrape_target_is_a_compose_service() -> None:
+    for job, targets in scrape_targets().items():
+        for target in targets:
+            host, _ = target.rsplit(":", 1)
+            assert host in COMPOSE["services"] or (job == "prometheus" and host == "localhost"), target
+
+
+def test_host_ports_are_not_published_twice() -> None:
+    host_ports = [port.rsplit(":", 1)[0].split(":")[-1] for svc in COMPOSE["services"].values()
+                  for port in svc.get("ports", [])]
+    assert sorted(port for port in set(host_ports) if host_ports.count(port) > 1) == []
+
+
+def test_the_server_logs_predictions_to_the_compose_database() -> None:
+    from sqlalchemy.engine import make_url
+
+    server, database = service("server"), service("predlog-db")
+    url = make_url(interpolated(server["environment"]["SHOPCLIP_PREDICTION_LOG"]))
+    db_env = database["environment"]
+    assert (url.get_backend_name(), url.host, url.port) == ("postgresql", "predlog-db", 5432)
+    assert url.username == db_env["POSTGRES_USER"] and url.database == db_env["POSTGRES_DB"]
+    assert url.password == interpolated(db_env["POSTGRES_PASSWORD"])
+    assert "healthcheck" in database
+    assert server["depends_on"]["predlog-db"] == {"condition": "service_healthy"}
+    spill = server["environment"]["SHOPCLIP_PREDICTION_LOG_SPILL"]
+    assert spill in {volume.split(":")[1] for volume in server["volumes"]}, "the spill folder must be a volume"
+
+
+def test_the_monitor_reads_the_servers_prediction_log() -> None:
+    monitor = service("monitor")
+    assert monitor["image"] == service("server")["image"]
+    command = monitor["command"]
+    assert flag(command, "--prediction-log") == service("server")["environment"]["SHOPCLIP_PREDICTION_LOG"]
+    assert flag(command, "--every") == "1h" and flag(command, "--reference") == "previous"
+    assert monitor["depends_on"]["predlog-db"] == {"condition": "service_healthy"}
+    assert {name for name in monitor.get("environment", {}) if name.startswith("SHOPCLIP_")} <= \
+        variables_of(StoreOptions), "a monitor SHOPCLIP_* variable this test does not know"
+
+
+def test_the_monitors_command_is_one_the_cli_accepts() -> None:
+    pytest.importorskip("shopclip.monitor.cli")
+    from shopclip.cli import build_parser
+
+    args = build_parser().parse_args(service("monitor")["command"])
+    assert args.command == "monitor" and getattr(args, "handler", None) is not None
+
+
+def test_prometheus_loads_the_deploy_config() -> None:
+    mounts = bind_mounts("prometheus")
+    config_file = next(arg.split("=", 1)[1] for arg in service("prometheus")["command"]
+                       if arg.startswith("--config.file="))
+    folder, name = config_file.rsplit("/", 1)
+    assert (ROOT / mounts[folder] / name).is_file()
+    assert (ROOT / mounts[folder] / PROMETHEUS_CONFIG["rule_files"][0]).is_file()
+    assert 9090 in published("prometheus")
+
+
+def test_grafana_mounts_its_provisioning_and_dashboards() -> None:
+    mounts = bind_mounts("grafana")
+    for target, source in mounts.items():
+        assert (ROOT / source).is_dir(), f"{source} (mounted at {target}) does not exist"
+    provisioning = ROOT / mounts["/etc/grafana/provisioning"]
+    (provider,) = yaml.safe_load((provisioning / "dashboards" / "shopclip.yml").read_text())["providers"]
+    dashboards = ROOT / mounts[provider["options"]["path"]]
+    assert list(dashboards.glob("*.json"))
+    home = service("grafana")["environment"].get("GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH")
+    if home:
+        assert (dashboards / home.removeprefix(provider["options"]["path"] + "/")).is_file()
+    (datasource,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"]
+    host_port = datasource["url"].removeprefix("http://")
+    host, port = host_port.split(":")
+    assert host in COMPOSE["services"] and int(port) in published(host)
+
+
+def test_every_named_volume_is_declared() -> None:
+    declared = set(COMPOSE["volumes"])
+    for name, svc in COMPOSE["services"].items():
+        for volume in svc.get("volumes", []):
+            source = volume.split(":")[0]
+            if not source.startswith((".", "/")):
+                assert source in declared, f"{name}: volume {source} is not declared"
