@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from support.services import service_missing
 from support.metric_names import (PROMETHEUS_SERIES, monitor_metric_names, prediction_log_metric_names,
                                   promql_metric_names, server_metric_names)
 
@@ -23,7 +24,7 @@ RULE_TESTS = yaml.safe_load((PROMETHEUS / "alerts_test.yml").read_text())
 def promtool() -> str:
     found = shutil.which("promtool") or ("/usr/bin/promtool" if Path("/usr/bin/promtool").exists() else None)
     if found is None:
-        pytest.skip("promtool not installed (Debian package `prometheus`)")
+        service_missing("promtool not installed (Debian package `prometheus`)")
     return found
 
 
