@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from support.services import service_missing
 from support.metric_names import (PROMETHEUS_SERIES, monitor_metric_names, prediction_log_metric_names,
                                   promql_metric_names, server_metric_names)
+from support.services import service_missing
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMETHEUS = ROOT / "deploy" / "prometheus"
