@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1.7
-# Multi-stage image for the shopclip server and indexer (same image, different command).
+# Multi-stage image for the shopclip server, indexer and monitor (same image, different command).
 #   CPU (default):  docker build -t shopclip .
 #   Airflow (DAG):  docker build --target airflow -t shopclip-airflow .
 #   GPU:            docker build --build-arg TORCH_FLAVOR=cu128 --build-arg FAISS_PACKAGE=faiss-gpu-cu12 -t shopclip:gpu .
@@ -25,10 +25,14 @@ COPY server server
 COPY client client
 COPY registry registry
 COPY orchestration orchestration
+COPY predlog predlog
+COPY monitor monitor
 COPY proto proto
 # build_py generates the gRPC stubs from proto/ inside the wheel.
-RUN pip install ".[server,training,s3,registry]" ${FAISS_PACKAGE} \
- && python -c "import shopclip.v1.classification_pb2, shopclip.server, shopclip.indexer, shopclip.registry"
+# monitor brings predlog: `serve --prediction-log`, `shopclip corrections` and `shopclip monitor` run from this image.
+RUN pip install ".[server,training,s3,registry,monitor]" ${FAISS_PACKAGE} \
+ && python -c "import shopclip.v1.classification_pb2, shopclip.server, shopclip.indexer, shopclip.registry, \
+shopclip.predlog.writer, shopclip.monitor.cli"
 
 # The monthly-drop DAG's image: the same install plus Airflow (docker-compose runs its scheduler, DAG processor
 # and API server from it, on PostgreSQL metadata).
@@ -52,7 +56,7 @@ CMD ["scheduler"]
 # Last, so a plain `docker build .` gives the server/indexer image.
 FROM python:${PYTHON_VERSION}-slim AS runtime
 RUN useradd --create-home --uid 10001 shopclip \
- && mkdir -p /data/index /data/catalogue /data/drops /models \
+ && mkdir -p /data/index /data/catalogue /data/drops /data/prediction-log-spill /models \
  && chown -R shopclip:shopclip /data /models
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
@@ -61,10 +65,10 @@ ENV PATH=/opt/venv/bin:$PATH \
     SHOPCLIP_INDEX_ROOT=/data/index \
     SHOPCLIP_CATALOGUE=/data/catalogue \
     SHOPCLIP_PORT=50051 \
-    SHOPCLIP_METRICS_PORT=9090
+    SHOPCLIP_METRICS_PORT=9100
 USER shopclip
 WORKDIR /home/shopclip
-EXPOSE 50051 9090
+EXPOSE 50051 9100
 # SERVING only once model and index are loaded (grpc.health.v1), so orchestration waits for a real readiness.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
   CMD python -c "import grpc,sys; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; \

@@ -4,8 +4,10 @@
    written by `shopclip.sample_data`;
 2. train a model bundle (frozen pretrained towers on CPU, so it takes minutes), unless one exists;
 3. ingest the same folder into an embedded LanceDB catalogue, embed it, build and publish the index;
-4. start `shopclip serve` as a real server process on a free port and wait for grpc.health SERVING;
-5. call Classify on held-out test products and SearchSimilar through the typed client, print the answers.
+4. start `shopclip serve` as a real server process on a free port, recording every answer in an embedded
+   SQLite prediction log, and wait for grpc.health SERVING;
+5. call Classify on held-out test products and SearchSimilar through the typed client, print the answers, and
+   send one piece of feedback (the true code of an example) the way the shop backend would.
 
 Everything lands under `--workdir` (default `runs/quickstart`); a second run reuses the bundle and the index.
 """
@@ -102,9 +104,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(bundle: Path, index_root: Path, port: int) -> subprocess.Popen:
+def prediction_log_url(workdir: Path) -> str:
+    return f"sqlite:///{(workdir / 'predictions.db').resolve()}"
+
+
+def start_server(bundle: Path, index_root: Path, port: int, workdir: Path) -> subprocess.Popen:
     command = [sys.executable, "-m", "shopclip.cli", "serve", "--bundle", str(bundle), "--index-root",
-               str(index_root), "--host", "127.0.0.1", "--port", str(port)]
+               str(index_root), "--host", "127.0.0.1", "--port", str(port),
+               "--prediction-log", prediction_log_url(workdir),
+               "--prediction-log-spill", str(workdir / "prediction-log-spill")]
     _step("starting the server: " + " ".join(command[2:]))
     return subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
@@ -138,16 +146,22 @@ def _describe(product: "ProductInput") -> str:
 
 def query(port: int, products: list[tuple[int, "ProductInput"]], count: int) -> None:
     from shopclip.client import ShopclipClient
-    from shopclip.client.cli import format_classify, format_info, format_search
+    from shopclip.client.cli import format_classify, format_feedback, format_info, format_search
 
     with ShopclipClient(f"127.0.0.1:{port}", timeout=120) as client:
         client.wait_ready(timeout=300)
         _step("GetInfo")
         print(format_info(client.info()))
         examples = _examples(products, count)
+        answers = []
         for true_code, product in examples:
             _step(f"Classify {_describe(product)} (true prdtypecode {true_code})")
-            print(format_classify(client.classify(product, top_k=3)))
+            answers.append(client.classify(product, top_k=3))
+            print(format_classify(answers[-1]))
+        true_code, answer = examples[0][0], answers[0]
+        _step(f"Feedback: the first example's true prdtypecode {true_code}, by the request_id of its answer")
+        print(format_feedback(client.feedback(true_code, request_id=answer.request_id, actor="quickstart"),
+                              true_code))
         probe = examples[0][1]
         _step(f"SearchSimilar to {_describe(probe)}")
         print(format_search(client.search(probe, top_k=5)))
@@ -182,12 +196,14 @@ def _quickstart(args: argparse.Namespace) -> int:
     train_bundle(data, bundle, args.retrain)
     index_root = publish_index(data, workdir, bundle)
     port = free_port()
-    server = start_server(bundle, index_root, port)
+    server = start_server(bundle, index_root, port, workdir)
     try:
         query(port, held_out_products(bundle, data), args.examples)
     finally:
         server.terminate()
         server.wait(timeout=60)
-    _step(f"done: bundle {bundle}, index {index_root}; serve it yourself with "
-          f"`shopclip serve --bundle {bundle} --index-root {index_root}`")
+    log_url = prediction_log_url(workdir)
+    _step(f"done: bundle {bundle}, index {index_root}, every answer in {log_url}; serve it yourself with "
+          f"`shopclip serve --bundle {bundle} --index-root {index_root} --prediction-log {log_url}`, "
+          f"then watch it with `shopclip monitor --prediction-log {log_url} --reference {data}`")
     return 0

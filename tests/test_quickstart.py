@@ -41,11 +41,20 @@ def test_quickstart_runs_end_to_end_on_the_generated_sample(tmp_path: Path) -> N
                            "--workdir", str(tmp_path / "work")], capture_output=True, text=True, timeout=1200,
                           env={**os.environ, "TQDM_DISABLE": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
-    for heading in ("==> GetInfo", "==> Classify", "==> SearchSimilar", "==> ClassifyBatch over all"):
+    for heading in ("==> GetInfo", "==> Classify", "==> Feedback", "==> SearchSimilar", "==> ClassifyBatch over all"):
         assert heading in done.stdout
+    assert "stored: " in done.stdout
     accuracy = float(next(line.split()[-1] for line in done.stdout.splitlines() if line.startswith("accuracy ")))
     assert accuracy > 0.5  # the sample's titles name their class: a working pipeline gets most of them
     from shopclip.indexer.published import current_version, open_version
 
     version = current_version(tmp_path / "work" / "index")  # a published version, named by CURRENT
     assert version is not None and len(open_version(tmp_path / "work" / "index", version)) > 0
+
+    from shopclip.predlog.store import PredictionStore
+
+    store = PredictionStore.open(f"sqlite:///{tmp_path / 'work' / 'predictions.db'}")
+    classified = int(next(line.split()[-1] for line in done.stdout.splitlines() if line.startswith("products ")))
+    assert store.count_predictions() >= classified  # the examples, then every held-out product of the batch
+    assert len(store.pending_corrections()) == 1
+    store.dispose()
