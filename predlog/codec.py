@@ -53,6 +53,7 @@ def record_row(record: PredictionRecord) -> dict[str, Any]:
         "index_version": record.index_version,
         "latency_ms": record.latency_ms,
         "embedding": None if record.embedding is None else encode_embedding(record.embedding),
+        "designation": record.designation,
     }
 
 
@@ -66,7 +67,8 @@ def row_record(row: Mapping[str, Any]) -> PredictionRecord:
         image_bytes=row["image_bytes"], predictions=tuple((int(c), float(p)) for c, p in row["ranked"]),
         abstain=bool(row["abstain"]), model_fingerprint=row["model_fingerprint"],
         index_version=row["index_version"], latency_ms=float(row["latency_ms"]),
-        embedding=None if embedding is None else tuple(float(x) for x in decode_embedding(bytes(embedding))))
+        embedding=None if embedding is None else tuple(float(x) for x in decode_embedding(bytes(embedding))),
+        designation=row.get("designation") or "")
 
 
 def record_to_json(record: PredictionRecord) -> dict[str, Any]:
@@ -86,6 +88,7 @@ def record_to_json(record: PredictionRecord) -> dict[str, Any]:
         "index_version": record.index_version,
         "latency_ms": record.latency_ms,
         "embedding": None if record.embedding is None else list(record.embedding),
+        "designation": record.designation,
     }
 
 
@@ -102,7 +105,8 @@ def record_from_json(data: Mapping[str, Any]) -> PredictionRecord:
             predictions=tuple((int(c), float(p)) for c, p in data["predictions"]),
             abstain=bool(data["abstain"]), model_fingerprint=str(data["model_fingerprint"]),
             index_version=str(data["index_version"]), latency_ms=float(data["latency_ms"]),
-            embedding=None if embedding is None else tuple(float(x) for x in embedding))
+            embedding=None if embedding is None else tuple(float(x) for x in embedding),
+            designation=str(data.get("designation") or ""))  # spill files of a v1 writer have none
     except KeyError as exc:
         raise InvalidInput(str(exc.args[0]), "missing from the spilled prediction record") from None
     except (TypeError, ValueError) as exc:

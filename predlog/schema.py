@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import (JSON, BigInteger, Boolean, Column, DateTime, Float, Index, Integer, LargeBinary, MetaData,
-                        String, Table, Text)
+                        String, Table, Text, inspect, text)
 from sqlalchemy.engine import Connection
 
 metadata = MetaData()
@@ -35,6 +35,7 @@ predictions = Table(
     Column("index_version", String(128), nullable=False),
     Column("latency_ms", Float, nullable=False),
     Column("embedding", LargeBinary, nullable=True),  # float16 little-endian, see predlog.codec
+    Column("designation", Text, nullable=True),  # v2: the title, so the review queue can show the product
     Index("predictions_created_at", "created_at"),
     Index("predictions_productid", "productid"),
 )
@@ -89,8 +90,15 @@ def _create_v1(connection: Connection) -> None:
         table.create(connection, checkfirst=True)
 
 
+def _add_designation_v2(connection: Connection) -> None:
+    # v1 creates the tables from the current definitions: a database created at v2 or later has the column already.
+    if "designation" not in {c["name"] for c in inspect(connection).get_columns("predictions")}:
+        connection.execute(text("ALTER TABLE predictions ADD COLUMN designation TEXT"))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "predictions, feedback and monitor_reports", _create_v1),
+    Migration(2, "predictions.designation (the review queue shows the product's title)", _add_designation_v2),
 )
 """In version order; never edit an entry once released, append a new one."""
 

@@ -64,6 +64,8 @@ class PredictionRecord:
     """From the request's arrival to its answer, as the server measured it."""
     embedding: tuple[float, ...] | None = None
     """The product's vector (for centroid drift); None when the server does not keep it."""
+    designation: str = ""
+    """The title as received, so that a reviewer sees what was classified (descriptions and images are not kept)."""
 
     @property
     def top_code(self) -> int | None:
@@ -85,7 +87,8 @@ class PredictionRecord:
                    image_bytes=len(product.image or b""),
                    predictions=tuple((int(c), float(p)) for c, p in predictions), abstain=bool(abstain),
                    model_fingerprint=model_fingerprint, index_version=index_version, latency_ms=float(latency_ms),
-                   embedding=None if embedding is None else _floats(embedding))
+                   embedding=None if embedding is None else _floats(embedding),
+                   designation=product.designation)
 
 
 def _floats(values: Iterable[float]) -> tuple[float, ...]:

@@ -186,7 +186,36 @@ def test_migrate_twice_is_a_no_op(db_url: str) -> None:
         assert migrate(engine) == SCHEMA_VERSION
         with engine.connect() as connection:
             versions = connection.execute(select(schema_migrations.c.version)).scalars().all()
-        assert versions == [SCHEMA_VERSION]
+        assert sorted(versions) == list(range(1, SCHEMA_VERSION + 1))
+    finally:
+        engine.dispose()
+
+
+def test_a_version_1_database_is_migrated_keeping_its_rows(db_url: str) -> None:
+    """A log created by a shopclip of schema 1 (no predictions.designation) gains the column; its rows stay."""
+    from sqlalchemy import MetaData, Table, text
+
+    from shopclip.predlog.schema import predictions
+
+    engine = engine_for(db_url)
+    try:
+        v1 = MetaData()
+        Table("predictions", v1, *[column.copy() for column in predictions.columns if column.name != "designation"])
+        with engine.begin() as connection:
+            v1.create_all(connection)
+            schema_migrations.create(connection)
+            connection.execute(schema_migrations.insert().values(version=1, description="v1", applied_at=T0))
+            connection.execute(text(
+                "INSERT INTO predictions (request_id, created_at, content_hash, text_length, has_description, "
+                "has_image, image_bytes, ranked, abstain, model_fingerprint, index_version, latency_ms) VALUES "
+                "('aa', :t, 'h', 3, false, false, 0, '[[10, 0.9]]', false, 'fp', 'v1', 1.0)"), {"t": T0})
+        assert migrate(engine) == SCHEMA_VERSION
+        store = PredictionStore(engine)
+        old = store.get_prediction("aa")
+        assert old is not None and old.designation == "" and old.predictions == ((10, 0.9),)
+        fresh = make_record(7)
+        store.insert_predictions([fresh])
+        assert store.get_prediction(fresh.request_id).designation == "produit 7"
     finally:
         engine.dispose()
 
