@@ -103,6 +103,29 @@ def from_mapping(cls: type, values: Mapping[str, Any], env: Mapping[str, str]) -
     return from_sources(cls, values, env)
 
 
+def to_env(config: Any) -> dict[str, str]:
+    """The `SHOPCLIP_*` variables that make `from_sources(type(config), {}, env)` rebuild `config`: how a command
+    hands its options to a child process it starts (the UI's Streamlit script). Unset (None) options are left out."""
+    env: dict[str, str] = {}
+    for field in dataclasses.fields(config):
+        if not _is_option(field):
+            continue
+        value = getattr(config, field.name)
+        if dataclasses.is_dataclass(value):
+            env.update(to_env(value))
+        elif value is not None and field.metadata.get("env", True):
+            env[env_name(_public_name(field))] = _as_text(value)
+    return env
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (tuple, list)):
+        return ",".join(map(str, value))
+    return str(value)
+
+
 def parse(name: str, kind: type, raw: str, source: str | None = None) -> Any:
     """Text (a flag or an environment variable) -> the field's type, or InvalidInput naming the field."""
     where = f"{source}={raw!r}" if source else repr(raw)

@@ -108,3 +108,14 @@ def test_train_flags_are_the_train_config_fields() -> None:
     with pytest.raises(InvalidConfig) as caught:
         settings.from_sources(TrainConfig, parser.parse_args([*base, "--val-fraction", "1.5"]), {})
     assert caught.value.field == "val_fraction"
+
+
+def test_to_env_hands_every_option_to_a_child_process_unchanged() -> None:
+    from shopclip.server.config import ServerConfig
+
+    config = ServerConfig(bundle="runs/b", index_root="runs/i", max_wait_ms=2.5, follow_model=False,
+                          prediction_log="sqlite:///x.db", torch_threads=None)
+    env = settings.to_env(config)
+    assert env["SHOPCLIP_FOLLOW_MODEL"] == "false" and "SHOPCLIP_TORCH_THREADS" not in env
+    assert env["SHOPCLIP_MAX_IMAGE_BYTES"] == str(config.limits.max_image_bytes)  # nested options too
+    assert ServerConfig.from_sources({}, env) == config
