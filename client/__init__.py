@@ -13,12 +13,13 @@ Every failed call raises `ShopclipRpcError` (status `code` + server `details`).
 from shopclip.client.aio import AsyncShopclipClient
 from shopclip.client.config import ClientConfig
 from shopclip.client.errors import ShopclipRpcError
-from shopclip.client.results import (ClassifyResult, EmbedResult, Info, Neighbor, Prediction, SearchResult,
-                                     Versions)
+from shopclip.client.results import (ClassifyResult, EmbedResult, FeedbackResult, Info, Neighbor, Prediction,
+                                     SearchResult, Versions)
 from shopclip.client.retry import NO_RETRY, RetryPolicy
 from shopclip.client.sync import ShopclipClient
 from shopclip.products import ProductInput
 
-__all__ = ["AsyncShopclipClient", "ClassifyResult", "ClientConfig", "EmbedResult", "Info", "NO_RETRY", "Neighbor",
+__all__ = ["AsyncShopclipClient", "ClassifyResult", "ClientConfig", "EmbedResult", "FeedbackResult", "Info",
+           "NO_RETRY", "Neighbor",
            "Prediction", "ProductInput", "RetryPolicy", "SearchResult", "ShopclipClient", "ShopclipRpcError",
            "Versions"]

@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "shopclip.client.cli",  # classify, search, embed, info, feedback
     "shopclip.predlog.cli",  # corrections list|apply
     "shopclip.monitor.cli",  # monitor
+    "shopclip.ui.cli",  # ui
 )
 
 def build_parser() -> argparse.ArgumentParser:
