@@ -112,3 +112,28 @@ def shifted_gauges(tmp_path: Path) -> dict[str, float]:
     metrics = MonitorMetrics()
     metrics.update(report)
     return metrics.values()
+
+
+def write_reference_folder(folder: Path, count: int = 120, seed: int = 3) -> Path:
+    """A labelled challenge-layout folder (X_train.csv, Y_train.csv, images/) of mixed products like
+    `mixed_records`: text of varied length, most with a description, some with an image, a few image-only."""
+    from support.images import jpeg_bytes
+    from support.index import X_HEADER, write_csv
+
+    rng = np.random.default_rng(seed)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    x_rows, y_rows = [], []
+    for index in range(count):
+        productid, imageid = 700_000 + index, 900_000 + index
+        image_only = index % 10 == 0
+        designation = "" if image_only else "produit " + "x" * int(rng.integers(5, 80))
+        description = "" if image_only or rng.random() < 0.3 else "d" * int(rng.integers(50, 900))
+        if image_only or rng.random() < 0.5:
+            side = int(rng.integers(16, 48))
+            (folder / "images" / f"image_{imageid}_product_{productid}.jpg").write_bytes(
+                jpeg_bytes((side, side), noise=True))
+        x_rows.append([index, designation, description, productid, imageid])
+        y_rows.append([index, int(rng.choice(CODES))])
+    write_csv(folder / "X_train.csv", X_HEADER, x_rows)
+    write_csv(folder / "Y_train.csv", ["", "prdtypecode"], y_rows)
+    return folder
