@@ -72,7 +72,8 @@ class MonitorOptions:
     until: str | None = option(None, "end of the window, ISO 8601 (UTC without an offset); default now", env=False)
     reference: str = option("previous", "'previous' (the window before, same length) or a labelled catalogue "
                                         "folder (the training data)", env=False)
-    html: Path | None = option(None, "write the report as a self-contained HTML page here", env=False)
+    html: Path | None = option(None, "write the report as a self-contained HTML page here (replaced at each run)",
+                               env=False)
     textfile: Path | None = option(None, "write the gauges as a Prometheus node-exporter textfile here", env=False)
     metrics_port: int | None = option(None, "serve the gauges on this port (with --every)", env=False)
     metrics_addr: str = option("0.0.0.0", "address the gauges are served on", env=False)

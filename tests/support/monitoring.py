@@ -3,7 +3,8 @@
 
 The shifted week moves text_length (all 0), has_description (none), has_image (all), top_code (two codes), the
 confidence (lower), the abstain rate (+0.3) and the embedding centroid; its feedback gives a live accuracy of 0.6
-on 60 rows (0.9 in the unshifted week). `shifted_gauges` is the monitor's gauge values of such a report (for the Prometheus rule tests).
+on 60 rows (0.9 in the unshifted week). `shifted_gauges` is the monitor's gauge values of such a report (for
+the Prometheus rule tests); `write_reference_folder` a labelled challenge-layout folder of mixed products.
 """
 
 from __future__ import annotations
@@ -61,8 +62,9 @@ def image_only_records(start: datetime, span: timedelta, count: int = ROWS, seed
                        prefix: str = "img") -> list[PredictionRecord]:
     """Image-only products of two codes, answered with less confidence and more abstentions."""
     rng = np.random.default_rng(seed)
-    return [_record(f"{prefix}{i:08d}", start + span * (i + 0.5) / count, int(rng.choice(SHIFTED_CODES)), 0, False, True,
-                    int(rng.integers(30_000, 60_000)), float(rng.uniform(0.3, 0.7)), bool(rng.random() < 0.35), rng)
+    return [_record(f"{prefix}{i:08d}", start + span * (i + 0.5) / count, int(rng.choice(SHIFTED_CODES)), 0, False,
+                    True, int(rng.integers(30_000, 60_000)), float(rng.uniform(0.3, 0.7)), bool(rng.random() < 0.35),
+                    rng)
             for i in range(count)]
 
 
