@@ -124,3 +124,66 @@ def test_rule_groups_are_the_servers_or_the_monitors() -> None:
     """The two tests above split the rules by group name: none may escape both."""
     for group in RULES["groups"]:
         assert group["name"].startswith(("shopclip-server", "shopclip-monitor")), group["name"]
+
+
+# -- the monitor's real figures through the real rules ------------------------------------------------------------
+
+MONITOR_LABELS = 'job="shopclip-monitor", instance="monitor:9101"'
+
+
+def monitor_series(gauges: dict[str, float]) -> list[dict[str, str]]:
+    """promtool input series of the monitor's gauges as it exports them, scraped every minute for 20 minutes."""
+    series = []
+    for key, value in gauges.items():
+        if value != value:  # NaN: the monitor had nothing to say
+            continue
+        name, _, labels = key.partition("{")
+        labels = f"{MONITOR_LABELS}, {labels[:-1]}" if labels else MONITOR_LABELS
+        series.append({"series": f"{name}{{{labels}}}", "values": f"{value!r}x20"})
+    return series
+
+
+def render(template: str, feature: str, value: str) -> str:
+    return (template.replace("{{ $labels.feature }}", feature).replace('{{ $value | printf "%.2f" }}', value)
+            .replace("{{ $value | humanizePercentage }}", value))
+
+
+def expected_drift_alerts(gauges: dict[str, float]) -> list[dict]:
+    """What ShopclipDriftDetected must say for these gauges: one alert per feature over the PSI threshold or
+    flagged by the monitor, with the PSI (or 1, the flag, for a statistic that has no PSI) in its description."""
+    rule = alerts()["ShopclipDriftDetected"]
+    psi = {k.split('"')[1]: v for k, v in gauges.items() if k.startswith("shopclip_drift_psi{")}
+    flagged = {k.split('"')[1] for k, v in gauges.items() if k.startswith("shopclip_drift_alert{") and v == 1}
+    features = sorted({f for f, v in psi.items() if v > 0.2} | flagged)
+    return [{"exp_labels": {"severity": "warning", "feature": feature},
+             "exp_annotations": {name: render(text, feature, f"{psi.get(feature, 1.0):.2f}")
+                                 for name, text in rule["annotations"].items()}} for feature in features]
+
+
+@pytest.mark.parametrize("shifted", [True, False], ids=["shifted week", "unshifted week"])
+def test_a_real_monitor_report_drives_the_drift_and_accuracy_alerts(tmp_path: Path, shifted: bool) -> None:
+    """A week of only image-only products of two codes, reported by the real `shopclip monitor` code: its gauges
+    fire ShopclipDriftDetected for each feature the report flags (and, with live accuracy 0.6 on 60 feedback,
+    ShopclipLiveAccuracyLow); the unshifted week fires neither."""
+    from support.monitoring import report_gauges
+
+    gauges = report_gauges(tmp_path, shifted)
+    drift = expected_drift_alerts(gauges)
+    accuracy_rule = alerts()["ShopclipLiveAccuracyLow"]
+    accuracy = gauges["shopclip_live_accuracy"]
+    low_accuracy = [] if accuracy >= 0.7 else [{
+        "exp_labels": {"severity": "warning", **dict(part.split("=") for part in
+                                                     MONITOR_LABELS.replace('"', "").split(", "))},
+        "exp_annotations": {name: render(text, "", f"{accuracy:.0%}")
+                            for name, text in accuracy_rule["annotations"].items()}}]
+    if shifted:
+        assert {a["exp_labels"]["feature"] for a in drift} >= {"text_length", "has_description", "top_code"}
+        assert low_accuracy
+    else:
+        assert drift == [] and low_accuracy == []
+    test_file = {"rule_files": [str(PROMETHEUS / "alerts.yml")], "evaluation_interval": "1m",
+                 "tests": [{"interval": "1m", "input_series": monitor_series(gauges), "alert_rule_test": [
+                     {"eval_time": "19m", "alertname": "ShopclipDriftDetected", "exp_alerts": drift},
+                     {"eval_time": "19m", "alertname": "ShopclipLiveAccuracyLow", "exp_alerts": low_accuracy}]}]}
+    (tmp_path / "real_report_test.yml").write_text(yaml.safe_dump(test_file, sort_keys=False))
+    run_promtool("test", "rules", "real_report_test.yml", cwd=tmp_path)

@@ -101,11 +101,17 @@ def write_monitoring_log(url: str, shifted: bool = True, until: datetime = UNTIL
 
 def shifted_gauges(tmp_path: Path) -> dict[str, float]:
     """The monitor's gauge values (`name{label="..."}` -> value) of the report on a shifted week."""
+    return report_gauges(tmp_path, shifted=True)
+
+
+def report_gauges(tmp_path: Path, shifted: bool) -> dict[str, float]:
+    """The monitor's gauge values of the report on a shifted or an unshifted week."""
     from shopclip.monitor.metrics import MonitorMetrics
     from shopclip.monitor.report import build_report
     from shopclip.predlog.db import open_database
 
-    log = write_monitoring_log(f"sqlite:///{tmp_path / 'shifted.db'}", shifted=True)
+    name = "shifted" if shifted else "unshifted"
+    log = write_monitoring_log(f"sqlite:///{tmp_path / f'{name}.db'}", shifted=shifted)
     engine = open_database(log.url)
     try:
         report = build_report(engine, log.start, log.end, "previous")
