@@ -109,7 +109,7 @@ def report(args: argparse.Namespace, url: str, off: Sequence[serve.ServedPoint],
            rows: int, counted: float) -> str:
     def line(name: str, points: Sequence[serve.ServedPoint]) -> str:
         rates = [p.requests_per_s for p in points]
-        return (f"{name:<12} {statistics.median(rates):>9.1f} {min(rates):>9.1f} {max(rates):>9.1f} "
+        return (f"{name:<16} {statistics.median(rates):>9.1f} {min(rates):>9.1f} {max(rates):>9.1f} "
                 f"{statistics.median(p.p50_ms for p in points):>8.2f} {statistics.median(p.p99_ms for p in points):>8.2f} "
                 f"{sum(p.errors for p in points):>6}")
 
@@ -121,7 +121,7 @@ def report(args: argparse.Namespace, url: str, off: Sequence[serve.ServedPoint],
         f"bundle {args.bundle}  index {args.index_root or '(none: head only)'}  concurrency {args.concurrency}  "
         f"{args.rounds} rounds of {args.seconds:g} s per side  log {backend}",
         "",
-        f"{'logging':<12} {'req/s med':>9} {'min':>9} {'max':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}",
+        f"{'logging':<16} {'req/s med':>9} {'min':>9} {'max':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}",
         line("off", off),
         line(f"on ({backend})", on),
         "",
