@@ -115,35 +115,16 @@ def _promote(args: argparse.Namespace) -> int:
 
 
 def _rollback(args: argparse.Namespace) -> int:
+    from shopclip.registry.rollback import rollback  # the console's rollback button makes the same decision
+
     index_root = settings.from_sources(RollbackOptions, args, os.environ).index_root
-    registry = _open(args)
-    index_version = _rollback_index(registry, index_root) if index_root else None  # refuse before moving anything
-    left, restored = registry.rollback(args.reason)
-    print(f"champion rolled back from version {left.version} to version {restored.version}: {args.reason}")
-    if index_version is not None:
-        from shopclip.indexer import publish
-
-        publish.activate_version(index_root, index_version)
-        print(f"index {index_version} (built with version {restored.version}) is live under {index_root}")
+    result = rollback(_open(args), args.reason, index_root or None)
+    print(f"champion rolled back from version {result.left.version} to version {result.restored.version}: "
+          f"{args.reason}")
+    if result.index_version is not None:
+        print(f"index {result.index_version} (built with version {result.restored.version}) is live under "
+              f"{index_root}")
     return 0
-
-
-def _rollback_index(registry: Any, index_root: str) -> str:
-    """The kept index version a rollback makes live: the newest one built by the previous champion's model.
-    NotFound (and nothing moved) when there is none, or no previous champion."""
-    from shopclip.errors import NotFound
-    from shopclip.indexer import publish
-
-    current = registry.get("champion")
-    if current.previous_champion is None:
-        raise NotFound(f"version {current.version} replaced no earlier champion: nothing to roll back to")
-    restored = registry.get(current.previous_champion)
-    version = publish.newest_version_built_by(index_root, restored.bundle_fingerprint)
-    if version is None:
-        raise NotFound(f"index root {index_root}: no kept version was built with version {restored.version} "
-                       f"(model {restored.bundle_fingerprint}); build one first: shopclip index build --bundle "
-                       f"{restored.bundle_location} --index-root {index_root} ...")
-    return version
 
 
 # -- output -------------------------------------------------------------------------------------------------
