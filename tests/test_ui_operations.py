@@ -1,0 +1,209 @@
+"""The console's operations pages (issue 13) under Streamlit's AppTest, on real back ends built in tmp_path: a
+published index and its LanceDB catalogue (the real indexer, fake embedder), drops with their rejects, an MLflow
+registry (SQLite) holding fake bundles (a config.json and an empty weights file: the console reads json and png
+files only, it never loads a model), and a SQLite prediction log written through the real store, reported on by
+the real `shopclip.monitor`. Each page without its back end says what to configure and raises nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("streamlit")
+
+from streamlit.testing.v1 import AppTest  # noqa: E402
+from streamlit.testing.v1.errors import AppTestError  # noqa: E402
+
+from shopclip.indexer import publish  # noqa: E402
+from shopclip.registry.options import RegistryOptions  # noqa: E402
+from shopclip.registry.store import Registry, open_registry  # noqa: E402
+from support.catalogue import FAKE_BUNDLE, catalogue_rows  # noqa: E402
+
+PAGES = Path(__file__).resolve().parent.parent / "ui" / "pages"
+TIMEOUT_S = 30
+FIRST_MODEL, SECOND_MODEL = "fake-32-27", "fake-32-5"
+"""Fingerprints of the fake embedders `fake:dim=32,classes=27` and `...classes=5`: the two registered bundles say
+they are these models, so an index built with either embedder is that version's index."""
+OTHER_BUNDLE = "fake:dim=32,classes=5"
+
+
+def page(name: str) -> AppTest:
+    return AppTest.from_file(str(PAGES / name), default_timeout=TIMEOUT_S)
+
+
+@pytest.fixture(autouse=True)
+def console_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No SHOPCLIP_* variable of the machine leaks into a page; the default registry is a file that is not there."""
+    import os
+
+    for name in [name for name in os.environ if name.startswith("SHOPCLIP_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("SHOPCLIP_REGISTRY_URI", f"sqlite:///{tmp_path / 'no-registry.db'}")
+
+
+def texts(elements) -> str:  # noqa: ANN001 - an AppTest element sequence
+    return "\n".join(str(element.value) for element in elements)
+
+
+# -- registry ----------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def empty_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated MLflow database holding nothing, made once (MLflow's migrations take seconds); tests copy it."""
+    database = tmp_path_factory.mktemp("template") / "registry.db"
+    open_registry(RegistryOptions(registry_uri=f"sqlite:///{database}"), create=True).versions()
+    return database
+
+
+def fake_bundle(folder: Path, fingerprint: str, weighted_f1: float, evaluated: bool = True) -> str:
+    """What `shopclip train` + `shopclip evaluate` leave in a bundle folder, minus real weights."""
+    from shopclip.model.bundle import BUNDLE_FORMAT, CONFIG_FILE, MODEL_FILE
+
+    folder.mkdir(parents=True)
+    config = {"format": BUNDLE_FORMAT, "fingerprint": fingerprint, "label_map": {"index_to_code": [3, 7, 11, 19]},
+              "training": {"data_fingerprint": f"data-{fingerprint}", "trained_on": {"products": 20}},
+              "metrics": {"val_weighted_f1_classify": weighted_f1 - 0.01,
+                          "test_weighted_f1": {"classify": weighted_f1, "tfidf_svc": 0.5}}}
+    (folder / CONFIG_FILE).write_text(json.dumps(config), encoding="utf-8")
+    (folder / MODEL_FILE).write_bytes(b"")
+    if evaluated:
+        (folder / "eval").mkdir()
+        methods = {"tfidf_svc": {"weighted_f1": 0.5, "macro_f1": 0.45, "accuracy": 0.55, "top3_accuracy": 0.8, "n": 40},
+                   "classify": {"weighted_f1": weighted_f1, "macro_f1": 0.6, "accuracy": 0.7, "top3_accuracy": 0.9,
+                                "n": 40}}
+        (folder / "eval" / "eval.json").write_text(json.dumps({"n_test": 40, "test_source": "split",
+                                                                "methods": methods}), encoding="utf-8")
+        from support.images import png_bytes
+
+        (folder / "eval" / "confusion_matrix.png").write_bytes(png_bytes((32, 32)))
+    return str(folder)
+
+
+@pytest.fixture
+def registry(empty_registry: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Registry:
+    """Version 1 (model FIRST_MODEL) promoted by force, version 2 (SECOND_MODEL) refused by the gate then forced
+    champion, version 3 registered (the challenger, not evaluated)."""
+    from shopclip.registry.gate import promote
+
+    database = tmp_path / "registry.db"
+    shutil.copy(empty_registry, database)
+    uri = f"sqlite:///{database}"
+    monkeypatch.setenv("SHOPCLIP_REGISTRY_URI", uri)
+    opened = open_registry(RegistryOptions(registry_uri=uri))
+    opened.register(fake_bundle(tmp_path / "bundle-1", FIRST_MODEL, 0.71), description="first")
+    promote(opened, "challenger", None, force=True, reason="first model")  # type: ignore[arg-type]
+    opened.register(fake_bundle(tmp_path / "bundle-2", SECOND_MODEL, 0.74))
+    opened.record_gate("2", {"decision": "refused", "at": "2025-01-02T00:00:00+00:00", "challenger": {"version": "2"},
+                             "champion": {"version": "1"}, "reason": "class 7 lost recall"})
+    promote(opened, "2", None, force=True, reason="the new catalogue needs it")  # type: ignore[arg-type]
+    opened.register(fake_bundle(tmp_path / "bundle-3", "fake-32-9", 0.69, evaluated=False))
+    return opened
+
+
+def test_models_page_shows_both_models_versions_history(registry: Registry) -> None:
+    at = page("models.py").run()
+    assert not at.exception
+    metrics = {metric.label: metric.value for metric in at.metric}
+    assert metrics == {"champion weighted F1 (test)": "0.7400", "challenger weighted F1 (test)": "0.6900"}
+    headings = texts(at.markdown)
+    assert "Champion: version 2" in headings and "Challenger: version 3" in headings
+    frames = [frame.value for frame in at.dataframe]
+    versions = next(frame for frame in frames if "aliases" in frame.columns)
+    assert versions["version"].tolist() == [3, 2, 1]
+    assert versions["aliases"].tolist() == ["challenger", "champion", ""]
+    evaluation = next(frame for frame in frames if "method" in frame.columns)
+    assert evaluation["method"].tolist() == ["tfidf_svc", "classify"]
+    assert evaluation["weighted_f1"].tolist() == [0.5, 0.74]  # the champion's: the challenger has no eval
+    recorded = next(frame for frame in frames if "metric" in frame.columns)
+    assert dict(zip(recorded["metric"], recorded["value"]))["test_weighted_f1.classify"] == pytest.approx(0.74)
+    moves = next(frame for frame in frames if "event" in frame.columns)
+    assert {(row.version, row.event, row.reason) for row in moves.itertuples()} >= {
+        ("2", "forced", "the new catalogue needs it"), ("1", "replaced", "the new catalogue needs it")}
+    gate = next(frame for frame in frames if "decision" in frame.columns)
+    assert ("2", "refused", "class 7 lost recall") in {(r.version, r.decision, r.reason) for r in gate.itertuples()}
+    assert "No evaluation to show" in texts(at.caption)  # the challenger's bundle was never evaluated
+    assert len(at.get("image")) == 1  # the champion's confusion matrix
+
+
+def test_rollback_needs_a_reason_and_the_confirmation_then_moves_the_champion(registry: Registry) -> None:
+    at = page("models.py").run()
+    button = next(b for b in at.button if b.label == "Roll back")
+    assert button.disabled
+    with pytest.raises(AppTestError, match="disabled"):  # what a browser cannot click either
+        button.click()
+    assert registry.alias("champion").version == "2"
+    at.text_input[0].input("answers got worse on 7").run()
+    assert next(b for b in at.button if b.label == "Roll back").disabled  # a reason is not enough
+    at.checkbox[0].check().run()
+    button = next(b for b in at.button if b.label == "Roll back")
+    assert not button.disabled
+    button.click().run()
+    assert not at.exception
+    assert registry.alias("champion").version == "1"
+    assert "from version 2 to version 1" in texts(at.success)
+    assert registry.get("2").alias_events[-1]["reason"] == "answers got worse on 7"
+    assert "replaced no earlier champion" in texts(at.info)  # version 1 was the first champion
+
+
+@pytest.fixture
+def two_indexes(tmp_path: Path):  # noqa: ANN201 - support.index.PublishedCatalogue
+    """A catalogue published with the first model's embedder, then with the second's (live)."""
+    from support.index import build_catalogue_index
+
+    published = build_catalogue_index(tmp_path / "published")
+    first = published.version
+    published.publish(OTHER_BUNDLE)
+    assert publish.model_of(published.index_root, first) == FIRST_MODEL
+    assert publish.model_of(published.index_root, published.version) == SECOND_MODEL
+    published.first_version = first
+    return published
+
+
+def test_rollback_with_an_index_root_makes_the_restored_models_index_live(
+        registry: Registry, two_indexes, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    monkeypatch.setenv("SHOPCLIP_INDEX_ROOT", two_indexes.index_root)
+    at = page("models.py").run()
+    assert "under " + two_indexes.index_root in texts(at.caption)
+    at.text_input[0].input("bad answers").run()
+    at.checkbox[0].check().run()
+    next(b for b in at.button if b.label == "Roll back").click().run()
+    assert not at.exception and not at.error
+    assert registry.alias("champion").version == "1"
+    assert publish.read_current(two_indexes.index_root) == two_indexes.first_version
+    assert f"index {two_indexes.first_version}" in texts(at.success)
+
+
+def test_a_rollback_without_the_restored_models_index_moves_nothing(
+        registry: Registry, two_indexes, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    publish.prune_versions(two_indexes.index_root, keep=1, keep_models=1)  # the first model's index is gone
+    monkeypatch.setenv("SHOPCLIP_INDEX_ROOT", two_indexes.index_root)
+    at = page("models.py").run()
+    at.text_input[0].input("bad answers").run()
+    at.checkbox[0].check().run()
+    next(b for b in at.button if b.label == "Roll back").click().run()
+    assert not at.exception
+    assert "no kept version was built with version 1" in texts(at.error)
+    assert registry.alias("champion").version == "2"
+    assert publish.read_current(two_indexes.index_root) == two_indexes.version
+
+
+def test_models_page_without_a_registry_says_how_to_configure_one() -> None:
+    at = page("models.py").run()
+    assert not at.exception and not at.error
+    assert "No model registry at" in texts(at.info) and "--registry-uri" in texts(at.info)
+
+
+def test_models_page_of_an_empty_registry(empty_registry: Path, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    shutil.copy(empty_registry, tmp_path / "empty.db")
+    monkeypatch.setenv("SHOPCLIP_REGISTRY_URI", f"sqlite:///{tmp_path / 'empty.db'}")
+    at = page("models.py").run()
+    assert not at.exception and not at.error
+    assert "No model registered" in texts(at.info)
