@@ -107,3 +107,18 @@ def test_train_from_and_to_the_store(s3, tmp_path: Path, capsys: pytest.CaptureF
     config = json.loads(store.read_bytes(f"{out}/{BUNDLE_MARKER}"))
     assert config["training"]["data_dir"] == f"s3://{bucket}/labelled"
     assert Path(resolve_bundle(out)).is_dir()  # what was uploaded is a bundle the loader takes
+
+
+def test_evaluate_reads_a_bundle_and_its_training_folder_from_the_store(
+        s3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store, bucket = ObjectStore(), s3.new_bucket()
+    store.upload(write_catalogue(tmp_path / "data", num_classes=6, per_class=8), f"s3://{bucket}/labelled")
+    bundle = f"s3://{bucket}/models/run-2"
+    assert main(["train", "--data", f"s3://{bucket}/labelled", "--out", bundle, *TINY_MODEL, "--epochs", "1",
+                 "--device", "cpu", "--test-fraction", "0.25"]) == 0
+    published = store.read_bytes(f"{bundle}/{BUNDLE_MARKER}")
+    monkeypatch.chdir(tmp_path)
+    assert main(["evaluate", "--bundle", bundle, "--device", "cpu"]) == 0
+    report = json.loads((tmp_path / "eval" / "run-2" / "eval.json").read_text())
+    assert report["bundle"] == bundle and report["n_test"] > 0 and "classify" in report["methods"]
+    assert store.read_bytes(f"{bundle}/{BUNDLE_MARKER}") == published  # the bundle in the store is left alone

@@ -49,11 +49,14 @@ def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
         description="One table on the same test products: TF-IDF+LinearSVC, text/image/fused head, k-NN, "
                     "and Classify. Test products are the bundle's test split (train with --test-fraction) or "
                     "--data. Writes eval.json, per_class.txt and confusion_matrix.png.")
-    parser.add_argument("--bundle", required=True, help="bundle directory written by `shopclip train`")
+    parser.add_argument("--bundle", required=True, help="bundle directory written by `shopclip train`, or its "
+                                                        "s3:// URI (read from the store cache, left unchanged)")
     parser.add_argument("--data", default=None,
-                        help="labelled folder to test on (default: the bundle's held-out test split)")
-    parser.add_argument("--out", default=None, help="output directory (default: BUNDLE/eval)")
+                        help="labelled folder or s3:// prefix to test on (default: the bundle's held-out test split)")
+    parser.add_argument("--out", default=None, help="output directory (default: BUNDLE/eval; ./eval/NAME for an "
+                                                    "s3:// bundle)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    objectstore.add_arguments(parser)
     parser.set_defaults(handler=run_evaluate)
 
 

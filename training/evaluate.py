@@ -100,17 +100,27 @@ def evaluate(bundle_dir: str | Path, data_dir: str | Path | None = None, out_dir
 
     Returns the eval.json content. `out_dir` defaults to `<bundle>/eval`. On the bundle's own split the
     test weighted F1 of each method is also recorded in the bundle's `metrics`.
+
+    A bundle, training folder or `data_dir` in the object store (s3://) is read from its cached copy; such a
+    bundle is not rewritten (the cache is not the bundle), and `out_dir` then defaults to `./eval/<bundle name>`.
     """
-    from shopclip.model.bundle import load_bundle
+    from shopclip.model.bundle import BundleEmbedder, load_bundle, load_classifier
+    from shopclip.objectstore import is_s3, name_of
+    from shopclip.staging import local_copy, resolve_bundle
 
-    from shopclip.model.bundle import BundleEmbedder, load_classifier
-
+    spec = str(bundle_dir)
+    remote = is_s3(spec)
+    bundle_dir = resolve_bundle(spec)
     model, bundle_config = load_bundle(bundle_dir, device=device)
-    embedder = BundleEmbedder(model, bundle_config, source=str(bundle_dir),
+    embedder = BundleEmbedder(model, bundle_config, source=spec,
                               classifier=load_classifier(bundle_dir, bundle_config))
     torch_device = next(model.parameters()).device
     batch_size = batch_size or TrainConfig().embed_batch_for(torch_device)
     training = _training_metadata(bundle_config, bundle_dir)
+    if is_s3(str(training.get("data_dir", ""))):
+        training = {**training, "data_dir": str(local_copy(training["data_dir"]))}
+    if data_dir is not None and is_s3(str(data_dir)):
+        data_dir = local_copy(str(data_dir))
     codes = list(model.codes)
     sets = evaluation_sets(training, data_dir, codes)
     test_inputs = ProductInputs(sets.test, codes)
@@ -122,17 +132,18 @@ def evaluate(bundle_dir: str | Path, data_dir: str | Path | None = None, out_dir
     probs["classify"] = classify_products(embedder, sets.test, emb["train"].fused, reference_codes)
     labels = test_inputs.labels.numpy()
     report = {
-        "bundle": str(Path(bundle_dir).resolve()), "test_source": sets.source, "n_test": len(sets.test),
+        "bundle": spec if remote else str(Path(bundle_dir).resolve()), "test_source": sets.source,
+        "n_test": len(sets.test),
         "excluded_seen_in_training": sets.excluded_seen, "excluded_unknown_code": sets.excluded_unknown_code,
         "n_reference": len(sets.train), "knn": knn.to_dict(),
         "methods": {m: scores(labels, probs[m]) for m in METHODS},
         "by_modality": _by_modality(sets.test, labels, probs),
         "calibration_classify": calibration(labels, probs["classify"]),
     }
-    if sets.own_split:
+    if sets.own_split and not remote:
         test_f1 = {m: report["methods"][m]["weighted_f1"] for m in METHODS}
         _update_bundle_config(bundle_dir, metrics={**bundle_config.get("metrics", {}), "test_weighted_f1": test_f1})
-    out = Path(out_dir) if out_dir else Path(bundle_dir) / "eval"
+    out = Path(out_dir) if out_dir else Path("eval") / name_of(spec) if remote else Path(bundle_dir) / "eval"
     _write_outputs(out, report, labels, probs["classify"], codes)
     print(format_table(report))
     return report
