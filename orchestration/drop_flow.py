@@ -178,9 +178,7 @@ def gate(config: DropFlowConfig, bundle: str, references: str | None = None) -> 
     options = config.gate if config.gate.reference_set or not references else replace(
         config.gate, reference_set=references)
     registry = open_registry(config.registry, create=True)
-    record = next((r for r in registry.versions() if r.bundle_location == bundle), None)
-    if record is None:
-        record = registry.register(bundle, description="retrained by the drop flow")
+    record = registry.register(bundle, description="retrained by the drop flow")  # a retry gets the same version
     champion = registry.alias("champion")
     if champion is not None and champion.version == record.version:
         return {"version": record.version, "promoted": True, "decision": "already champion"}

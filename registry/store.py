@@ -185,13 +185,20 @@ class Registry:
                  description: str = "") -> ModelRecord:
         """A new version for the bundle at `bundle` (a folder written by `shopclip train`, or an s3:// URI),
         carrying its lineage, and made the challenger. `source` is where the bundle lives for the servers when
-        that is not `bundle` (an upload of it); `parent` defaults to the champion at this moment."""
+        that is not `bundle` (an upload of it); `parent` defaults to the champion at this moment.
+
+        Idempotent: the same bundle (fingerprint) at the same location is the version it already is, aliases
+        untouched, so a retried registration (a scheduler's task) never makes a second version."""
         from shopclip.model.bundle import read_bundle_config  # torch: only registering reads a bundle
 
         is_uri = "://" in bundle
         config = read_bundle_config(local_bundle(bundle))
         location = source or (bundle if is_uri else str(Path(bundle).resolve()))
         local_copy = None if is_uri else str(Path(bundle).resolve())
+        existing = self._registered(location, str(config.get("fingerprint", "")))
+        if existing is not None:
+            log.info("%s is already version %s of %s", location, existing.version, self.name)
+            return existing
         parent = self.get(parent).version if parent else self._champion_version()
         tags = lineage.lineage_tags(config, local_copy=local_copy, parent=parent)
         self._ensure_model()
@@ -201,6 +208,10 @@ class Registry:
             self.client.set_registered_model_alias(self.name, CHALLENGER, str(created.version))
         log.info("registered %s as version %s of %s (challenger)", location, created.version, self.name)
         return self.get(str(created.version))
+
+    def _registered(self, location: str, fingerprint: str) -> ModelRecord | None:
+        return next((r for r in self.versions() if r.source == location and r.bundle_fingerprint == fingerprint),
+                    None)
 
     def promote(self, version: str, *, event: str, reason: str) -> ModelRecord:
         """Point `champion` at `version` (which no longer is challenger). `event` says how (`promoted`,

@@ -126,6 +126,9 @@ def test_register_records_lineage_and_makes_the_newest_the_challenger(options: R
     assert uploaded.bundle_location == str(Path(bundles.equal).resolve())  # read from the local copy here
     assert uploaded.parent_version == "1"
     assert registry.get("challenger").version == "2" and registry.get("1").aliases == ()
+    again = registry.register(bundles.good)  # a retried registration: the same version, aliases untouched
+    assert again.version == "1" and [r.version for r in registry.versions()] == ["2", "1"]
+    assert registry.get("challenger").version == "2"
 
 
 def test_alias_moves_show_from_both_sides_and_serving_resolves_the_champion(options: RegistryOptions,
@@ -143,7 +146,7 @@ def test_alias_moves_show_from_both_sides_and_serving_resolves_the_champion(opti
     champion = resolve_champion(options)
     assert (champion.version, champion.source, champion.previous_champion) == ("2", str(Path(bundles.equal).resolve()),
                                                                                "1")
-    assert registry.register(bundles.good).parent_version == "2"  # the champion at registration
+    assert registry.register(bundles.shuffled).parent_version == "2"  # the champion at registration
 
 
 def test_the_gate_promotes_a_first_model_and_an_equal_one_and_refuses_shuffled_labels(
@@ -225,7 +228,7 @@ def test_rollback_moves_the_champion_back_one_step_at_a_time_and_records_why(opt
                                                                           capsys: pytest.CaptureFixture[str]
                                                                           ) -> None:
     registry = open_registry(options)
-    for bundle in (bundles.good, bundles.equal, bundles.good):
+    for bundle in (bundles.good, bundles.equal, bundles.shuffled):
         registry.register(bundle)
         registry.promote("challenger", event="forced", reason="setup")
     assert registry.get(CHAMPION).version == "3"
