@@ -301,3 +301,23 @@ def test_the_server_does_not_import_the_registry() -> None:
             elif isinstance(node, ast.Import):
                 imported.update(alias.name for alias in node.names)
     assert not [name for name in imported if name.startswith("shopclip.registry")]
+
+
+def test_the_drop_flows_gate_refuses_a_shuffled_label_model_and_keeps_the_champion(
+        options: RegistryOptions, bundles: Bundles, tmp_path: Path) -> None:
+    """The DAG's gate task (drop_flow.gate, what `dag.test()` runs): a refusal is a result, the champion stays,
+    and a retried task neither registers nor promotes twice."""
+    from shopclip.orchestration import drop_flow
+
+    config = drop_flow.config_from_environment({"regression_set": bundles.regression, "device": "cpu",
+                                                "work_dir": str(tmp_path / "work")})
+    first = drop_flow.gate(config, bundles.good)
+    assert first["promoted"] and first["version"] == "1"
+    refused = drop_flow.gate(config, bundles.shuffled)
+    assert (refused["promoted"], refused["version"]) == (False, "2")
+    assert "regression weighted F1 fell" in refused["decision"]["reason"]
+    retried = drop_flow.gate(config, bundles.shuffled)
+    assert (retried["promoted"], retried["version"]) == (False, "2")
+    registry = open_registry(options)
+    assert registry.get(CHAMPION).version == "1" and len(registry.versions()) == 2
+    assert drop_flow._champion(config).version == "1"  # what publish builds the next index with
