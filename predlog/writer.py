@@ -132,15 +132,12 @@ class SpillDir:
         """The records of a closed spill file (lines that do not parse, such as a line cut short by a crash,
         are logged and skipped); None when another process holds the file."""
         try:
-            with open(path, "rb") as handle:
-                try:
-                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    return None
-                lines = handle.read().splitlines()
+            lines = _unlocked_lines(path)
         except FileNotFoundError:
             self._forget(path)
             return []
+        if lines is None:
+            return None
         records: list[PredictionRecord] = []
         for number, line in enumerate(lines, 1):
             if not line.strip():
@@ -185,14 +182,20 @@ class SpillDir:
     def _count_lines(path: Path) -> int | None:
         """Lines of a file left by a previous run; None when another process holds it (it is that one's)."""
         try:
-            with open(path, "rb") as handle:
-                try:
-                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    return None
-                return sum(1 for line in handle if line.strip())
+            lines = _unlocked_lines(path)
         except OSError:
             return None
+        return None if lines is None else sum(1 for line in lines if line.strip())
+
+
+def _unlocked_lines(path: Path) -> list[bytes] | None:
+    """The lines of a spill file, or None while another process holds its lock (an open file is that writer's)."""
+    with open(path, "rb") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None
+        return handle.read().splitlines()
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -77,3 +77,11 @@ def postgres_url(postgres_server) -> str:  # noqa: ANN001 - support.postgres.Pos
     if postgres_server.pid is None:
         postgres_server.start()  # a previous test stopped it and failed before starting it again
     return postgres_server.create_database(f"shopclip_test_{next(_postgres_databases)}")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh prediction-log database URL: once an SQLite file, once a database on the session's PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'log.db'}"
+    return request.getfixturevalue("postgres_url")

@@ -35,13 +35,6 @@ def make_record(n: int, productid: int | None = None, top: int = 10, at: datetim
                                embedding=embedding, created_at=at or T0 + timedelta(seconds=n))
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'log.db'}"
-    return request.getfixturevalue("postgres_url")
-
-
 @pytest.fixture
 def store(db_url: str):  # noqa: ANN201 - PredictionStore
     opened = PredictionStore.open(db_url)

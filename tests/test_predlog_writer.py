@@ -73,13 +73,6 @@ def spill_files(folder: Path) -> list[Path]:
     return sorted(folder.glob("spill-*.jsonl"))
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'log.db'}"
-    return request.getfixturevalue("postgres_url")
-
-
 @pytest.fixture
 def open_writer(tmp_path: Path) -> Iterator[Callable[..., PredictionLogWriter]]:
     """Opens writers (spilling under tmp_path/spill unless told) and closes them all at teardown."""
