@@ -34,7 +34,8 @@ class Unavailable(ShopclipError):
 class Backends:
     config: UiConfig
     _parts: dict[str, object] = field(default_factory=dict, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # Reentrant: a part may open another while being opened (the codebook reads the catalogue).
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     def with_token(self, token: str) -> "Backends":
         """The same back ends, the server called with `token` (what a sign-in gives)."""
