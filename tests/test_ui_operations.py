@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -24,7 +24,7 @@ from streamlit.testing.v1.errors import AppTestError  # noqa: E402
 from shopclip.indexer import publish  # noqa: E402
 from shopclip.registry.options import RegistryOptions  # noqa: E402
 from shopclip.registry.store import Registry, open_registry  # noqa: E402
-from support.catalogue import FAKE_BUNDLE, catalogue_rows  # noqa: E402
+from support.catalogue import FAKE_BUNDLE, CatalogueRow, catalogue_rows  # noqa: E402
 
 PAGES = Path(__file__).resolve().parent.parent / "ui" / "pages"
 TIMEOUT_S = 30
@@ -207,3 +207,91 @@ def test_models_page_of_an_empty_registry(empty_registry: Path, tmp_path: Path,
     at = page("models.py").run()
     assert not at.exception and not at.error
     assert "No model registered" in texts(at.info)
+
+
+# -- catalogue and drops -----------------------------------------------------------------------------------------
+
+@dataclass
+class Operations:
+    """An index root the index job ingested two drops into and published, a third drop waiting in the drops
+    folder; the second drop had two bad rows."""
+
+    root: Path
+    catalogue_uri: str
+    index_root: Path
+    drops: Path
+    version: str
+
+
+def bad_drop(folder: Path, rows: list[CatalogueRow]) -> Path:
+    """A drop whose last two X records have a productid that is not a number."""
+    from support.index import write_drop
+
+    write_drop(folder, rows)
+    with (folder / "New_X_train.csv").open("a", newline="", encoding="utf-8") as out:
+        csv.writer(out).writerows([[len(rows), "titre sans id", "", "abc", 1], [len(rows) + 1, "autre", "", "x2", 2]])
+    with (folder / "New_y_train.csv").open("a", newline="", encoding="utf-8") as out:
+        csv.writer(out).writerows([[len(rows), 3], [len(rows) + 1, 7]])
+    return folder
+
+
+@pytest.fixture
+def operations(tmp_path: Path) -> Operations:
+    from shopclip.indexer.build import BuildOptions, build_and_publish
+    from shopclip.indexer.catalogue import Catalogue
+    from shopclip.indexer.job import JobConfig, ingest_pending
+    from shopclip.model import load_embedder
+    from support.index import write_drop
+
+    rows = catalogue_rows()  # 5 products of each of the codes 3, 7, 11, 19
+    drops, index_root = tmp_path / "drops", tmp_path / "index"
+    write_drop(drops / "2025-01", rows[:15])
+    bad_drop(drops / "2025-02", rows[15:])
+    catalogue = Catalogue(str(tmp_path / "catalogue"))
+    summaries = ingest_pending(JobConfig(drops, str(tmp_path / "catalogue"), index_root, bundle=FAKE_BUNDLE),
+                               catalogue)
+    assert [summary.get("rejected") for summary in summaries] == [0, 2]
+    version = build_and_publish(catalogue, index_root, load_embedder(FAKE_BUNDLE), BuildOptions()).version
+    write_drop(drops / "2025-03", [CatalogueRow(99_001, 3, "nouveau produit")])
+    return Operations(tmp_path, str(tmp_path / "catalogue"), index_root, drops, version)
+
+
+def test_catalogue_page_shows_versions_codes_and_drops_with_their_rejects(
+        operations: Operations, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in (("INDEX_ROOT", operations.index_root), ("CATALOGUE", operations.catalogue_uri),
+                        ("DROPS", operations.drops)):
+        monkeypatch.setenv(f"SHOPCLIP_{name}", str(value))
+    at = page("catalogue.py").run()
+    assert not at.exception and not at.error
+    frames = [frame.value for frame in at.dataframe]
+    versions = next(frame for frame in frames if "recall@k" in frame.columns)
+    assert versions["version"].tolist() == [operations.version] and versions["live"].tolist() == [True]
+    assert versions["model"].tolist() == [FIRST_MODEL] and versions["vectors"].tolist() == [20]
+    assert {metric.label: metric.value for metric in at.metric} == {"products": "20", "labelled": "20",
+                                                                    "unlabelled": "0", "codes": "4"}
+    codes = next(frame for frame in frames if "share" in frame.columns)
+    assert codes["prdtypecode"].tolist() == [3, 7, 11, 19] and codes["products"].tolist() == [5, 5, 5, 5]
+    assert codes["code"].iloc[0].startswith("3 (")  # with the code's characteristic words
+    assert len(at.get("vega_lite_chart")) == 1
+    drops = next(frame for frame in frames if "drop" in frame.columns)
+    assert drops["drop"].tolist() == ["2025-03", "2025-02", "2025-01"]
+    assert drops["state"].tolist() == ["new: not ingested yet", "ingested", "ingested"]
+    assert drops["rejected rows"].tolist()[1:] == [2, 0] and drops["catalogue rows"].tolist() == [0, 5, 15]
+    rejects = next(frame for frame in frames if "reason" in frame.columns)
+    assert rejects["productid"].tolist() == ["abc", "x2"] and set(rejects["field"]) == {"productid"}
+    (download,) = at.get("download_button")
+    assert download.proto.label == "Download rejects.csv"
+
+
+def test_catalogue_page_parts_without_their_back_ends(operations: Operations,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    at = page("catalogue.py").run()
+    assert not at.exception and not at.error
+    info = texts(at.info)
+    assert "--index-root DIR" in info and "--catalogue URI" in info and len(at.info) == 3
+    monkeypatch.setenv("SHOPCLIP_INDEX_ROOT", str(operations.index_root))  # versions and drops, no catalogue
+    at = page("catalogue.py").run()
+    assert not at.exception and not at.error and len(at.info) == 1 and "--catalogue URI" in texts(at.info)
+    drops = next(frame.value for frame in at.dataframe if "drop" in frame.value.columns)
+    assert drops["drop"].tolist() == ["2025-02", "2025-01"]  # no --drops: the waiting one is not seen
+    assert drops["catalogue rows"].isna().all()
