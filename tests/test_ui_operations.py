@@ -295,3 +295,120 @@ def test_catalogue_page_parts_without_their_back_ends(operations: Operations,
     drops = next(frame.value for frame in at.dataframe if "drop" in frame.value.columns)
     assert drops["drop"].tolist() == ["2025-02", "2025-01"]  # no --drops: the waiting one is not seen
     assert drops["catalogue rows"].isna().all()
+
+
+# -- monitoring --------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def monitored(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """A SQLite log of a reference week then a shifted week (image-only products of two codes, live accuracy 0.6
+    on 60 feedback), and the monitor's report on that week: stored, its HTML page written. Read-only."""
+    from shopclip.monitor.html import write_html
+    from shopclip.monitor.report import build_report, store_report
+    from shopclip.predlog.db import open_database
+    from support.monitoring import write_monitoring_log
+
+    folder = tmp_path_factory.mktemp("monitored")
+    log = write_monitoring_log(f"sqlite:///{folder / 'log.db'}", shifted=True)
+    engine = open_database(log.url)
+    try:
+        report = build_report(engine, log.start, log.end, "previous")
+        store_report(engine, report, write_html(report, folder / "pages" / "drift.html"))
+    finally:
+        engine.dispose()
+    return log.url, folder / "pages"
+
+
+def test_monitoring_page_shows_the_report_its_plots_and_the_series(monitored: tuple[str, Path],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    url, _ = monitored
+    monkeypatch.setenv("SHOPCLIP_PREDICTION_LOG", url)
+    at = page("monitoring.py").run()
+    assert not at.exception
+    (alerts,) = at.error
+    assert alerts.value.startswith("Alerts: ") and "text_length.psi" in alerts.value
+    statistics = next(frame.value for frame in at.dataframe if "statistic" in frame.value.columns)
+    flagged = set(statistics.loc[statistics["alert"], "statistic"])
+    assert {"text_length.psi", "has_description.psi", "top_code.psi", "live_accuracy.share"} <= flagged
+    assert statistics["alert"].tolist() == sorted(statistics["alert"], reverse=True)  # alerts first
+    metrics = {metric.label: metric.value for metric in at.metric}
+    assert metrics["answers in the window"] == "400" and metrics["feedback compared"] == "60"
+    assert metrics["live accuracy"] == "60.0%"
+    assert len(at.get("iframe")) == 1 and "drift.html" in texts(at.caption)
+    (download,) = at.get("download_button")
+    assert download.proto.label == "Download the report page"
+    accuracy = next(frame.value for frame in at.dataframe if "confirmed" in frame.value.columns)
+    assert accuracy["feedback"].sum() == 60 and accuracy["confirmed"].sum() == 36
+    assert len(at.get("vega_lite_chart")) == 2
+    hourly = float(metrics["abstain rate"].rstrip("%"))
+    at.radio(key="monitor_abstain_unit").set_value("day").run()
+    assert float({m.label: m.value for m in at.metric}["abstain rate"].rstrip("%")) == hourly  # same answers
+
+
+def test_monitoring_page_finds_the_page_in_the_reports_folder(monitored: tuple[str, Path], tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The console on another machine than the monitor: the stored path is not there, the mounted folder is."""
+    _, pages = monitored
+    mounted = tmp_path / "mounted"
+    shutil.copytree(pages, mounted)
+    monkeypatch.setenv("SHOPCLIP_MONITOR_REPORTS", str(mounted))
+    at = page("monitoring.py").run()  # and no prediction log: the plots still show
+    assert not at.exception and not at.error
+    assert "No prediction log is configured" in texts(at.info) and len(at.info) == 1
+    assert len(at.get("iframe")) == 1 and str(mounted / "drift.html") in texts(at.caption)
+
+
+def test_monitoring_page_without_a_prediction_log_says_how_to_configure_it() -> None:
+    at = page("monitoring.py").run()
+    assert not at.exception and not at.error
+    info = texts(at.info)
+    assert "--prediction-log URL" in info and "--monitor-reports FOLDER" in info
+
+
+def test_monitoring_page_of_an_empty_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHOPCLIP_PREDICTION_LOG", f"sqlite:///{tmp_path / 'empty.db'}")
+    at = page("monitoring.py").run()
+    assert not at.exception and not at.error
+    info = texts(at.info)
+    assert "No drift report is stored yet" in info and "holds no answer" in info
+
+
+# -- ui.history on both dialects ---------------------------------------------------------------------------------
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def log_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'log.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+
+
+def test_series_count_per_utc_hour_and_day(log_url: str) -> None:
+    from shopclip.predictions import Feedback, PredictionRecord
+    from shopclip.predlog.store import PredictionStore
+    from shopclip.products import ProductInput
+    from shopclip.ui.history import abstain_series, live_accuracy_series, newest_activity
+
+    t0 = datetime(2025, 3, 1, 22, 30, tzinfo=timezone.utc)
+    paris = timezone(timedelta(hours=1))
+    moments = [t0, t0 + timedelta(minutes=20), t0 + timedelta(hours=1), t0 + timedelta(hours=26)]
+    records = [PredictionRecord.of(ProductInput(designation=f"produit {n}"), productid=n,
+                                   predictions=[(10, 0.9), (40, 0.1)], abstain=n % 2 == 1, model_fingerprint="m",
+                                   index_version="v", latency_ms=1.0, request_id=f"req{n}",
+                                   created_at=moment.astimezone(paris)) for n, moment in enumerate(moments)]
+    store = PredictionStore.open(log_url)
+    try:
+        store.insert_predictions(records)
+        for n, code in ((0, 10), (1, 40), (2, 10)):
+            store.add_feedback(Feedback(prdtypecode=code, request_id=f"req{n}", actor="test",
+                                        created_at=moments[n] + timedelta(minutes=5)))
+        store.add_feedback(Feedback(prdtypecode=10, productid=777, actor="test", created_at=t0))  # nothing to compare
+        engine = store.engine
+        hours = abstain_series(engine, t0 - timedelta(days=1))
+        assert [(p.start.hour, p.total, p.hits) for p in hours] == [(22, 2, 1), (23, 1, 0), (0, 1, 1)]
+        assert hours[0].start == datetime(2025, 3, 1, 22, tzinfo=timezone.utc) and hours[0].share == 0.5
+        days = abstain_series(engine, t0 - timedelta(days=1), unit="day")
+        assert [(p.start.day, p.total, p.hits) for p in days] == [(1, 3, 1), (3, 1, 1)]
+        assert abstain_series(engine, t0 + timedelta(hours=1), t0 + timedelta(hours=2))[0].total == 1
+        accuracy = live_accuracy_series(engine, t0 - timedelta(days=1))
+        assert [(p.start.day, p.total, p.hits) for p in accuracy] == [(1, 3, 2)]
+        assert newest_activity(engine) == moments[-1]
+    finally:
+        store.dispose()
