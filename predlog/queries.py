@@ -4,8 +4,9 @@ at) and the feedback given lately. SQLAlchemy Core, the same statements on SQLit
 A prediction needs review when the server abstained or its top probability is low. It leaves the queue once a
 person confirmed or corrected it: a feedback row that names its request_id, or feedback on the same productid given
 after it was answered (a later correction of the product settles every earlier answer for it). Both are NOT EXISTS
-subqueries, so PostgreSQL plans anti-joins and SQLite probes the feedback indexes, and the queue is read newest
-first down the `predictions_created_at` index, stopping at `limit`.
+subqueries, which PostgreSQL plans as anti-joins (on SQLite the request_id one is a NOT IN, see
+`_reviewed_by_request`), and the queue is read newest first down the `predictions_created_at` index, stopping at
+`limit`.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def review_queue(engine: Engine, *, limit: int = 50, order: Order = "recent",
     if since is not None:
         query = query.where(predictions.c.created_at >= _utc(since, "since"))
     if not include_reviewed:
-        query = query.where(~_reviewed_by_request(), ~_reviewed_by_product())
+        query = query.where(~_reviewed_by_request(engine.dialect.name), ~_reviewed_by_product())
     newest = (predictions.c.created_at.desc(), predictions.c.request_id.desc())
     if order == "least_confident":
         query = query.order_by(predictions.c.top_probability.asc().nulls_first(), *newest)
@@ -120,7 +121,11 @@ def _needs_review(max_probability: float) -> ColumnElement[bool]:
                predictions.c.top_probability < max_probability)
 
 
-def _reviewed_by_request() -> ColumnElement[bool]:
+def _reviewed_by_request(dialect: str) -> ColumnElement[bool]:
+    if dialect == "sqlite":
+        # feedback.request_id has no index: SQLite would scan feedback once per queued row for a correlated EXISTS,
+        # while an uncorrelated IN is read once into a temporary index. PostgreSQL plans EXISTS as a hash anti-join.
+        return predictions.c.request_id.in_(select(feedback.c.request_id).where(feedback.c.request_id.is_not(None)))
     return exists().where(feedback.c.request_id == predictions.c.request_id)
 
 

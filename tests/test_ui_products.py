@@ -21,6 +21,7 @@ from shopclip.client import ShopclipClient  # noqa: E402
 from shopclip.predlog.schema import feedback  # noqa: E402
 from shopclip.predlog.store import PredictionStore  # noqa: E402
 from support.catalogue import catalogue_title, productid_of  # noqa: E402
+from support.images import jpeg_bytes  # noqa: E402
 from support.index import PublishedCatalogue, build_catalogue_index  # noqa: E402
 from support.server import serving  # noqa: E402
 
@@ -130,6 +131,21 @@ def test_similar_by_words_and_an_unknown_productid(console_env: None) -> None:
     no_exception(at)
     assert "Product 424242 is not in the published catalogue index" in at.warning[0].value
     assert titles_shown(at) == []
+
+
+def test_similar_by_an_uploaded_image(console_env: None) -> None:
+    at = page("similar.py")
+    at.radio(key="mode").set_value("An image")
+    at.run()
+    at.button(key="search").click()
+    at.run()
+    assert "Give an image to search with." in at.error[0].value  # nothing uploaded yet
+    at.file_uploader(key="image").upload("query.jpg", jpeg_bytes((64, 64)), "image/jpeg")
+    at.slider(key="top_k").set_value(3)
+    at.button(key="search").click()
+    at.run()
+    no_exception(at)
+    assert len(titles_shown(at)) == 3 and any("closest to the query" in text for text in texts(at))
 
 
 # ------------------------------------------------------------------ Review queue
