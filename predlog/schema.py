@@ -55,6 +55,7 @@ feedback = Table(
     Column("applied_at", DateTime(timezone=True), nullable=True),  # when it was written into the catalogue
     Index("feedback_created_at", "created_at"),
     Index("feedback_productid", "productid"),
+    Index("feedback_request_id", "request_id"),  # v3: the review queue leaves out answers already reviewed
 )
 
 monitor_reports = Table(
@@ -96,9 +97,14 @@ def _add_designation_v2(connection: Connection) -> None:
         connection.execute(text("ALTER TABLE predictions ADD COLUMN designation TEXT"))
 
 
+def _index_feedback_request_id_v3(connection: Connection) -> None:
+    next(i for i in feedback.indexes if i.name == "feedback_request_id").create(connection, checkfirst=True)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "predictions, feedback and monitor_reports", _create_v1),
     Migration(2, "predictions.designation (the review queue shows the product's title)", _add_designation_v2),
+    Migration(3, "index feedback.request_id (the review queue's NOT EXISTS)", _index_feedback_request_id_v3),
 )
 """In version order; never edit an entry once released, append a new one."""
 

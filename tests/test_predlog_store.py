@@ -185,15 +185,18 @@ def test_migrate_twice_is_a_no_op(db_url: str) -> None:
 
 
 def test_a_version_1_database_is_migrated_keeping_its_rows(db_url: str) -> None:
-    """A log created by a shopclip of schema 1 (no predictions.designation) gains the column; its rows stay."""
+    """A log created by a shopclip of schema 1 gains what later versions add (predictions.designation, the
+    feedback.request_id index); its rows stay."""
     from sqlalchemy import MetaData, Table, text
 
-    from shopclip.predlog.schema import predictions
+    from shopclip.predlog.schema import feedback, monitor_reports, predictions
 
     engine = engine_for(db_url)
     try:
-        v1 = MetaData()
+        v1 = MetaData()  # the tables as schema 1 made them: no predictions.designation, no v3 index
         Table("predictions", v1, *[column.copy() for column in predictions.columns if column.name != "designation"])
+        Table("feedback", v1, *[column.copy() for column in feedback.columns])
+        Table("monitor_reports", v1, *[column.copy() for column in monitor_reports.columns])
         with engine.begin() as connection:
             v1.create_all(connection)
             schema_migrations.create(connection)
@@ -203,6 +206,9 @@ def test_a_version_1_database_is_migrated_keeping_its_rows(db_url: str) -> None:
                 "has_image, image_bytes, ranked, abstain, model_fingerprint, index_version, latency_ms) VALUES "
                 "('aa', :t, 'h', 3, false, false, 0, '[[10, 0.9]]', false, 'fp', 'v1', 1.0)"), {"t": T0})
         assert migrate(engine) == SCHEMA_VERSION
+        from sqlalchemy import inspect
+
+        assert "feedback_request_id" in {i["name"] for i in inspect(engine).get_indexes("feedback")}
         store = PredictionStore(engine)
         old = store.get_prediction("aa")
         assert old is not None and old.designation == "" and old.predictions == ((10, 0.9),)
