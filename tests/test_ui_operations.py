@@ -153,37 +153,39 @@ def test_rollback_needs_a_reason_and_the_confirmation_then_moves_the_champion(re
 
 
 @pytest.fixture
-def two_indexes(tmp_path: Path):  # noqa: ANN201 - support.index.PublishedCatalogue
-    """A catalogue published with the first model's embedder, then with the second's (live)."""
+def two_indexes(tmp_path: Path) -> tuple[str, str, str]:
+    """An index root published with the first model's embedder, then with the second's (live): (root, first
+    version, second version)."""
     from support.index import build_catalogue_index
 
     published = build_catalogue_index(tmp_path / "published")
     first = published.version
-    published.publish(OTHER_BUNDLE)
+    second = published.publish(OTHER_BUNDLE)
     assert publish.model_of(published.index_root, first) == FIRST_MODEL
-    assert publish.model_of(published.index_root, published.version) == SECOND_MODEL
-    published.first_version = first
-    return published
+    assert publish.model_of(published.index_root, second) == SECOND_MODEL
+    return published.index_root, first, second
 
 
 def test_rollback_with_an_index_root_makes_the_restored_models_index_live(
-        registry: Registry, two_indexes, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
-    monkeypatch.setenv("SHOPCLIP_INDEX_ROOT", two_indexes.index_root)
+        registry: Registry, two_indexes: tuple[str, str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    root, first, _ = two_indexes
+    monkeypatch.setenv("SHOPCLIP_INDEX_ROOT", root)
     at = page("models.py").run()
-    assert "under " + two_indexes.index_root in texts(at.caption)
+    assert "under " + root in texts(at.caption)
     at.text_input[0].input("bad answers").run()
     at.checkbox[0].check().run()
     next(b for b in at.button if b.label == "Roll back").click().run()
     assert not at.exception and not at.error
     assert registry.alias("champion").version == "1"
-    assert publish.read_current(two_indexes.index_root) == two_indexes.first_version
-    assert f"index {two_indexes.first_version}" in texts(at.success)
+    assert publish.read_current(root) == first
+    assert f"index {first}" in texts(at.success)
 
 
 def test_a_rollback_without_the_restored_models_index_moves_nothing(
-        registry: Registry, two_indexes, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
-    publish.prune_versions(two_indexes.index_root, keep=1, keep_models=1)  # the first model's index is gone
-    monkeypatch.setenv("SHOPCLIP_INDEX_ROOT", two_indexes.index_root)
+        registry: Registry, two_indexes: tuple[str, str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    root, _, second = two_indexes
+    publish.prune_versions(root, keep=1, keep_models=1)  # the first model's index is gone
+    monkeypatch.setenv("SHOPCLIP_INDEX_ROOT", root)
     at = page("models.py").run()
     at.text_input[0].input("bad answers").run()
     at.checkbox[0].check().run()
@@ -191,7 +193,7 @@ def test_a_rollback_without_the_restored_models_index_moves_nothing(
     assert not at.exception
     assert "no kept version was built with version 1" in texts(at.error)
     assert registry.alias("champion").version == "2"
-    assert publish.read_current(two_indexes.index_root) == two_indexes.version
+    assert publish.read_current(root) == second
 
 
 def test_models_page_without_a_registry_says_how_to_configure_one() -> None:
