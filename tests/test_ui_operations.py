@@ -414,3 +414,15 @@ def test_series_count_per_utc_hour_and_day(log_url: str) -> None:
         assert newest_activity(engine) == moments[-1]
     finally:
         store.dispose()
+
+
+# -- the pages as scripts ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["catalogue.py", "models.py", "monitoring.py"])
+def test_no_module_level_string_but_the_docstring(name: str) -> None:
+    """Streamlit's magic writes every bare module-level expression onto the page: a constant's docstring would."""
+    import ast
+
+    body = ast.parse((PAGES / name).read_text(encoding="utf-8")).body
+    bare = [node.lineno for node in body[1:] if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)]
+    assert not bare, f"{name}: bare strings at lines {bare}"

@@ -27,12 +27,10 @@ from shopclip.ui.layout import section
 if TYPE_CHECKING:
     from shopclip.indexer.catalogue import Catalogue
 
-CODES_CHARTED = 40
-"""Bars in the per-code chart (the largest codes); the table below it lists every code (over 1000 in the real
-catalogue)."""
+# Module-level strings would show on the page (Streamlit magic): constants are documented by comments.
+CODES_CHARTED = 40  # bars of the per-code chart (the largest codes); its table lists every code (1000+ for real)
 RECENT_DROPS = 20
-REJECTS_SHOWN = 1000
-"""Rejected rows shown in a drop's table; the download holds them all."""
+REJECTS_SHOWN = 1000  # rejected rows shown in a drop's table; the download holds them all
 NEW, CHANGED, INGESTED = "new: not ingested yet", "changed since its ingest", "ingested"
 
 

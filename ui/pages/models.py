@@ -23,11 +23,10 @@ from shopclip.ui import session
 from shopclip.ui.backends import Backends
 from shopclip.ui.layout import section
 
-EVAL_DIR = "eval"
-"""Where `shopclip evaluate` writes eval.json and confusion_matrix.png by default (BUNDLE/eval)."""
+# Module-level strings would show on the page (Streamlit magic): constants are documented by comments.
+EVAL_DIR = "eval"  # where `shopclip evaluate` writes eval.json and confusion_matrix.png by default
 DONE_KEY = "models_rollback_done"
-ROUND_KEY = "models_rollback_round"
-"""Bumped after each rollback, so the next one starts from an unticked confirmation and an empty reason."""
+ROUND_KEY = "models_rollback_round"  # bumped by each rollback: the next starts unticked, with no reason
 DECISIONS_SHOWN = 10
 SHORT = 12
 

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import streamlit as st
-import streamlit.components.v1 as components
 from sqlalchemy.engine import Engine
 
 from shopclip.ui import session
@@ -28,8 +27,9 @@ if TYPE_CHECKING:
 PERIODS = {"7 days": 7, "30 days": 30, "90 days": 90}
 EARLIER_REPORTS = 20
 PAGE_HEIGHT = 900
-ALERT_STYLE = "background-color: #f8d7da; font-weight: bold"
-"""The monitor's own HTML page marks alert rows with these colours."""
+PAGE_SUFFIXES = (".html", ".htm")
+# Module-level strings would show on the page (Streamlit magic): constants are documented by comments.
+ALERT_STYLE = "background-color: #f8d7da; font-weight: bold"  # as the monitor's own page marks alert rows
 
 
 def render(backends: Backends) -> None:
@@ -111,7 +111,8 @@ def report_page(report: StoredReport | None, folder: str | None) -> Path | None:
             candidates.append(Path(folder) / named.name)
         pages = sorted(Path(folder).glob("*.html"), key=lambda path: path.stat().st_mtime, reverse=True)
         candidates += pages[:1]
-    return next((path for path in candidates if path.is_file()), None)
+    # Only HTML pages: a stored path names a file that is shown to every console user.
+    return next((path for path in candidates if path.suffix.lower() in PAGE_SUFFIXES and path.is_file()), None)
 
 
 def _plots(report: StoredReport | None, folder: str | None) -> None:
@@ -124,7 +125,9 @@ def _plots(report: StoredReport | None, folder: str | None) -> None:
         return
     html = path.read_text(encoding="utf-8", errors="replace")
     st.caption(f"{path} (the monitor replaces it at each run)")
-    components.html(html, height=PAGE_HEIGHT, scrolling=True)
+    # An iframe keeps the page's own styles out of the console. Its HTML is the monitor's (no script, no external
+    # resource: shopclip.monitor.html), never something a user typed.
+    st.iframe(html, height=PAGE_HEIGHT)
     st.download_button("Download the report page", html, file_name=path.name, mime="text/html",
                        key="monitor_report_page")
 
