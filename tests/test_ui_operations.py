@@ -377,12 +377,7 @@ def test_monitoring_page_of_an_empty_log(tmp_path: Path, monkeypatch: pytest.Mon
 
 # -- ui.history on both dialects ---------------------------------------------------------------------------------
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def log_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'log.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
-
-
-def test_series_count_per_utc_hour_and_day(log_url: str) -> None:
+def test_series_count_per_utc_hour_and_day(db_url: str) -> None:
     from shopclip.predictions import Feedback, PredictionRecord
     from shopclip.predlog.store import PredictionStore
     from shopclip.products import ProductInput
@@ -395,7 +390,7 @@ def test_series_count_per_utc_hour_and_day(log_url: str) -> None:
                                    predictions=[(10, 0.9), (40, 0.1)], abstain=n % 2 == 1, model_fingerprint="m",
                                    index_version="v", latency_ms=1.0, request_id=f"req{n}",
                                    created_at=moment.astimezone(paris)) for n, moment in enumerate(moments)]
-    store = PredictionStore.open(log_url)
+    store = PredictionStore.open(db_url)
     try:
         store.insert_predictions(records)
         for n, code in ((0, 10), (1, 40), (2, 10)):
