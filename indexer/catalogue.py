@@ -15,6 +15,7 @@ or when its content hash (text + image bytes) changed since. Label or metadata c
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -122,6 +123,10 @@ class Catalogue:
             if where:
                 query = query.where(where)
             return query.to_arrow()
+
+    def rows_per_batch(self) -> dict[str, int]:
+        """How many products each source batch (drop, corrections batch) last wrote, by batch name."""
+        return dict(Counter(self._select(["source_batch"]).column("source_batch").to_pylist()))
 
     def row_states(self) -> pa.Table:
         """productid, row_hash, content_hash, created_at of every product (what ingest compares against)."""

@@ -148,8 +148,7 @@ def drop_rows(index_root: Path, drops: str | None, batches: dict[str, int] | Non
 
 def rows_per_drop(catalogue: "Catalogue") -> dict[str, int]:
     """Catalogue rows by the drop (source batch) their current version came from."""
-    # Catalogue has no public read of source_batch alone; its _select is the one column-projected read it has.
-    return dict(Counter(catalogue._select(["source_batch"]).column("source_batch").to_pylist()))
+    return catalogue.rows_per_batch()
 
 
 def _drops(backends: Backends) -> None:
