@@ -27,10 +27,11 @@ def main() -> None:
     current = session.backends()
     with st.sidebar:
         st.caption(f"server {current.config.target}")
-    if not session.signed_in(current):
-        return
-    pages = {group: [st.Page(str(PAGES / name), title=title, icon=icon) for name, title, icon in entries]
-             for group, entries in NAVIGATION.items()}
+    if session.signed_in(current):
+        pages = {group: [st.Page(str(PAGES / name), title=title, icon=icon) for name, title, icon in entries]
+                 for group, entries in NAVIGATION.items()}
+    else:  # navigation is always declared: without it Streamlit would list the files of pages/ itself
+        pages = {"": [st.Page(session.sign_in, title="Sign in", icon=":material/lock:", url_path="sign-in")]}
     st.navigation(pages).run()
 
 

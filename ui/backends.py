@@ -64,8 +64,8 @@ class Backends:
             try:
                 return open_registry(self.config.registry)
             except NotFound as exc:
-                raise Unavailable(f"No model registry at {self.config.registry.registry_uri}: {exc}. "
-                                  f"Register a bundle (shopclip model register) or pass --registry-uri.") from None
+                raise Unavailable(f"No model registry: {exc}. Register a bundle (shopclip model register) or "
+                                  f"pass --registry-uri.") from None
 
         return self._part("registry", open_it)
 

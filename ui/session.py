@@ -28,23 +28,28 @@ def backends() -> Backends:
 
 
 def signed_in(current: Backends) -> bool:
-    """False (with a sign-in form) while the server wants a token this session has not given. A server that does
-    not answer is only a warning: the pages that need it say so, the others (models, monitoring) still work."""
+    """False while the server wants a token this session has not given (then `sign_in` is the only page). A
+    server that does not answer is only a warning: the pages that need it say so, the others still work."""
     try:
         current.client().info(timeout=5)
         return True
     except ShopclipRpcError as error:
-        if error.code != grpc.StatusCode.UNAUTHENTICATED:
-            st.warning(f"The shopclip server at {current.config.target} does not answer ({error.code.name}): "
-                       f"classification and search are unavailable until it does.")
-            return True
+        if error.code == grpc.StatusCode.UNAUTHENTICATED:
+            return False
+        st.warning(f"The shopclip server at {current.config.target} does not answer ({error.code.name}): "
+                   f"classification and search are unavailable until it does.")
+        return True
+
+
+def sign_in() -> None:
+    """The sign-in page: the server's token, kept in this browser session only."""
+    current = backends()
+    st.title("Sign in")
+    st.caption(f"The server at {current.config.target} requires its access token.")
     with st.form("sign-in"):
-        st.subheader("Sign in")
-        st.caption(f"The server at {current.config.target} requires its access token.")
         token = st.text_input("Token", type="password")
         if st.form_submit_button("Sign in") and token:
             st.session_state[TOKEN_KEY] = token
             st.rerun()
     if st.session_state.get(TOKEN_KEY):
         st.error("That token was refused by the server.")
-    return False
