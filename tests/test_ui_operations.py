@@ -199,7 +199,7 @@ def test_a_rollback_without_the_restored_models_index_moves_nothing(
 def test_models_page_without_a_registry_says_how_to_configure_one() -> None:
     at = page("models.py").run()
     assert not at.exception and not at.error
-    assert "No model registry at" in texts(at.info) and "--registry-uri" in texts(at.info)
+    assert "No model registry" in texts(at.info) and "--registry-uri" in texts(at.info)
 
 
 def test_models_page_of_an_empty_registry(empty_registry: Path, tmp_path: Path,
