@@ -27,12 +27,13 @@ COPY registry registry
 COPY orchestration orchestration
 COPY predlog predlog
 COPY monitor monitor
+COPY ui ui
 COPY proto proto
 # build_py generates the gRPC stubs from proto/ inside the wheel.
-# monitor brings predlog: `serve --prediction-log`, `shopclip corrections` and `shopclip monitor` run from this image.
-RUN pip install ".[server,training,s3,registry,monitor]" ${FAISS_PACKAGE} \
+# monitor brings predlog: `serve --prediction-log`, `corrections`, `monitor` and `ui` (the console) run from this image.
+RUN pip install ".[server,training,s3,registry,monitor,ui]" ${FAISS_PACKAGE} \
  && python -c "import shopclip.v1.classification_pb2, shopclip.server, shopclip.indexer, shopclip.registry, \
-shopclip.predlog.writer, shopclip.monitor.cli"
+shopclip.predlog.writer, shopclip.monitor.cli, shopclip.ui.cli"
 
 # The monthly-drop DAG's image: the same install plus Airflow (docker-compose runs its scheduler, DAG processor
 # and API server from it, on PostgreSQL metadata).
@@ -68,7 +69,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     SHOPCLIP_METRICS_PORT=9100
 USER shopclip
 WORKDIR /home/shopclip
-EXPOSE 50051 9100
+EXPOSE 50051 9100 8501
 # SERVING only once model and index are loaded (grpc.health.v1), so orchestration waits for a real readiness.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
   CMD python -c "import grpc,sys; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; \

@@ -205,5 +205,6 @@ def _quickstart(args: argparse.Namespace) -> int:
     log_url = prediction_log_url(workdir)
     _step(f"done: bundle {bundle}, index {index_root}, every answer in {log_url}; serve it yourself with "
           f"`shopclip serve --bundle {bundle} --index-root {index_root} --prediction-log {log_url}`, "
-          f"then watch it with `shopclip monitor --prediction-log {log_url} --reference {data}`")
+          f"then watch it with `shopclip monitor --prediction-log {log_url} --reference {data}`; `make ui` opens "
+          f"the administrators' console on all of it")
     return 0

@@ -174,3 +174,13 @@ def test_every_named_volume_is_declared() -> None:
             source = volume.split(":")[0]
             if not source.startswith((".", "/")):
                 assert source in declared, f"{name}: volume {source} is not declared"
+
+
+def test_the_consoles_variables_are_console_options() -> None:
+    from shopclip.ui.config import UiConfig
+
+    console = COMPOSE["services"]["ui"]
+    assert shopclip_variables("ui") <= variables_of(UiConfig)
+    assert console["environment"]["SHOPCLIP_PREDICTION_LOG"] == \
+        COMPOSE["services"]["server"]["environment"]["SHOPCLIP_PREDICTION_LOG"]
+    assert console["environment"]["SHOPCLIP_TARGET"] == "server:50051" and "8501:8501" in console["ports"]

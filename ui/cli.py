@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 from shopclip import settings
+from shopclip.input_policy import ProductLimits
 from shopclip.ui.config import UiConfig
 
 APP = Path(__file__).resolve().parent / "app.py"
+UPLOAD_LIMIT_MB = -(-ProductLimits().max_image_bytes // 2**20)
+"""The browser refuses an image larger than the server would take (--max-image-bytes' default)."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,11 +32,14 @@ def streamlit_command(config: UiConfig) -> list[str]:
     return [sys.executable, "-m", "streamlit", "run", str(APP),
             "--server.address", config.ui_host, "--server.port", str(config.ui_port),
             "--server.headless", "true", "--browser.gatherUsageStats", "false",
-            "--server.fileWatcherType", "none", "--client.toolbarMode", "minimal"]
+            "--server.fileWatcherType", "none", "--client.toolbarMode", "minimal",
+            "--server.maxUploadSize", str(UPLOAD_LIMIT_MB)]
 
 
 def run_ui(args: argparse.Namespace) -> int:
     config = settings.from_sources(UiConfig, args, os.environ)
     env = {**os.environ, **settings.to_env(config)}
     print(f"shopclip console on http://{config.ui_host}:{config.ui_port} (server {config.target})", flush=True)
-    return subprocess.call(streamlit_command(config), env=env)
+    command = streamlit_command(config)
+    os.execve(command[0], command, env)  # Streamlit becomes this process: signals (SIGTERM, Ctrl-C) reach it
+    return 0  # not reached
