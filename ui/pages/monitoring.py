@@ -157,8 +157,8 @@ def _accuracy(engine: Engine, since: datetime) -> None:
         st.info("No feedback on a logged prediction in this period: the shop backend's confirmations and "
                 "corrections give live accuracy.")
         return
-    st.metric("live accuracy", f"{hits / total:.1%}", help=f"{hits:,} of {total:,} feedback rows confirm the "
-                                                           f"logged prediction's top code")
+    st.metric("live accuracy", f"{hits / total:.1%}", delta=f"on {total:,} feedback", delta_color="off",
+              delta_arrow="off", help=f"{hits:,} of {total:,} feedback rows confirm the logged prediction's top code")
     st.line_chart({"day": [p.start for p in points], "accuracy": [p.share for p in points]}, x="day",
                   y="accuracy")
     st.dataframe([{"day (UTC)": f"{p.start:%Y-%m-%d}", "feedback": p.total, "confirmed": p.hits,
