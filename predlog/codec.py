@@ -34,26 +34,22 @@ def decode_embedding(data: bytes) -> np.ndarray:
     return np.frombuffer(data, dtype=EMBEDDING_DTYPE).astype(np.float32)
 
 
+def _scalars(record: PredictionRecord) -> dict[str, Any]:
+    """The fields a row and a spill line hold alike."""
+    return {name: getattr(record, name) for name in (
+        "request_id", "productid", "content_hash", "text_length", "has_description", "has_image", "image_bytes",
+        "abstain", "model_fingerprint", "index_version", "latency_ms", "designation")}
+
+
 def record_row(record: PredictionRecord) -> dict[str, Any]:
     """A row of the `predictions` table for `record`."""
     return {
-        "request_id": record.request_id,
+        **_scalars(record),
         "created_at": _utc(record.created_at),
-        "productid": record.productid,
-        "content_hash": record.content_hash,
-        "text_length": record.text_length,
-        "has_description": record.has_description,
-        "has_image": record.has_image,
-        "image_bytes": record.image_bytes,
         "top_code": record.top_code,
         "top_probability": record.top_probability,
         "ranked": [[int(code), float(p)] for code, p in record.predictions],
-        "abstain": record.abstain,
-        "model_fingerprint": record.model_fingerprint,
-        "index_version": record.index_version,
-        "latency_ms": record.latency_ms,
         "embedding": None if record.embedding is None else encode_embedding(record.embedding),
-        "designation": record.designation,
     }
 
 
@@ -74,21 +70,10 @@ def row_record(row: Mapping[str, Any]) -> PredictionRecord:
 def record_to_json(record: PredictionRecord) -> dict[str, Any]:
     """`record` as a JSON-serialisable dict (one line of a spill file)."""
     return {
-        "request_id": record.request_id,
+        **_scalars(record),
         "created_at": _aware(record.created_at).isoformat(),
-        "productid": record.productid,
-        "content_hash": record.content_hash,
-        "text_length": record.text_length,
-        "has_description": record.has_description,
-        "has_image": record.has_image,
-        "image_bytes": record.image_bytes,
         "predictions": [[int(code), float(p)] for code, p in record.predictions],
-        "abstain": record.abstain,
-        "model_fingerprint": record.model_fingerprint,
-        "index_version": record.index_version,
-        "latency_ms": record.latency_ms,
         "embedding": None if record.embedding is None else list(record.embedding),
-        "designation": record.designation,
     }
 
 
