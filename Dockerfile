@@ -57,7 +57,8 @@ CMD ["scheduler"]
 # Last, so a plain `docker build .` gives the server/indexer image.
 FROM python:${PYTHON_VERSION}-slim AS runtime
 RUN useradd --create-home --uid 10001 shopclip \
- && mkdir -p /data/index /data/catalogue /data/drops /data/prediction-log-spill /data/store-cache /models \
+ && mkdir -p /data/index /data/catalogue /data/drops /data/prediction-log-spill /data/store-cache /data/registry \
+    /models \
  && chown -R shopclip:shopclip /data /models
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \

@@ -179,8 +179,30 @@ def test_every_named_volume_is_declared() -> None:
 def test_the_consoles_variables_are_console_options() -> None:
     from shopclip.ui.config import UiConfig
 
-    console = COMPOSE["services"]["ui"]
-    assert shopclip_variables("ui") <= variables_of(UiConfig)
-    assert console["environment"]["SHOPCLIP_PREDICTION_LOG"] == \
-        COMPOSE["services"]["server"]["environment"]["SHOPCLIP_PREDICTION_LOG"]
-    assert console["environment"]["SHOPCLIP_TARGET"] == "server:50051" and "8501:8501" in console["ports"]
+    console, airflow = service("ui"), service("airflow-scheduler")
+    assert shopclip_variables("ui") - variables_of(UiConfig) == set()
+    assert console["image"] == service("server")["image"] and console["command"][0] == "ui"
+    assert console["environment"]["SHOPCLIP_TARGET"] == "server:50051"
+    log_url = console["environment"]["SHOPCLIP_PREDICTION_LOG"]
+    assert log_url == service("server")["environment"]["SHOPCLIP_PREDICTION_LOG"]
+    # The registry the drop DAG promotes in, on the same volume.
+    registry_uri = console["environment"]["SHOPCLIP_REGISTRY_URI"]
+    assert registry_uri == airflow["environment"]["SHOPCLIP_REGISTRY_URI"]
+    registry_file = registry_uri.removeprefix("sqlite:///")
+
+    def volume_holding(name: str, path: str) -> tuple[str, str] | None:
+        mounts = [tuple(volume.split(":")[:2]) for volume in service(name).get("volumes", [])]
+        return next(((source, target) for source, target in mounts if path.startswith(target + "/")), None)
+
+    assert volume_holding("ui", registry_file) == volume_holding("airflow-scheduler", registry_file) is not None
+    assert "server" in console["depends_on"]
+
+
+def test_the_consoles_port_is_published_once() -> None:
+    from shopclip.ui.config import UiConfig
+
+    port = UiConfig().ui_port
+    assert published("ui") == {port}
+    others = [name for name, svc in COMPOSE["services"].items() if name != "ui"
+              for mapping in svc.get("ports", []) if mapping.rsplit(":", 1)[0].split(":")[-1] == str(port)]
+    assert others == [], f"host port {port} is also published by {others}"
