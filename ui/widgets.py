@@ -8,8 +8,10 @@ import streamlit as st
 
 from shopclip.client import ClassifyResult, Neighbor
 from shopclip.ui.backends import Backends
+from shopclip.ui.codes import CodeBook
 
 THUMBNAILS_PER_ROW = 5
+CARDS_SHOWN = 10
 
 
 def ranked_codes(result: ClassifyResult, backends: Backends) -> None:
@@ -36,6 +38,13 @@ def neighbours(found: Sequence[Neighbor], backends: Backends, caption: str) -> N
     st.caption(caption)
     book = backends.codebook()
     images = backends.image_files([n.productid for n in found])
+    _cards(found[:CARDS_SHOWN], book, images)
+    if len(found) > CARDS_SHOWN:  # a bundle's tuned k can be dozens of voters
+        with st.expander(f"{len(found) - CARDS_SHOWN} more"):
+            _cards(found[CARDS_SHOWN:], book, images)
+
+
+def _cards(found: Sequence[Neighbor], book: CodeBook, images: dict) -> None:
     for start in range(0, len(found), THUMBNAILS_PER_ROW):
         for column, neighbour in zip(st.columns(THUMBNAILS_PER_ROW), found[start:start + THUMBNAILS_PER_ROW]):
             with column.container(border=True):
