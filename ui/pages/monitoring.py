@@ -159,7 +159,7 @@ def _accuracy(engine: Engine, since: datetime) -> None:
         return
     st.metric("live accuracy", f"{hits / total:.1%}", delta=f"on {total:,} feedback", delta_color="off",
               delta_arrow="off", help=f"{hits:,} of {total:,} feedback rows confirm the logged prediction's top code")
-    st.line_chart({"day": [p.start for p in points], "accuracy": [p.share for p in points]}, x="day",
+    st.bar_chart({"day": [p.start for p in points], "accuracy": [p.share for p in points]}, x="day",
                   y="accuracy")
     st.dataframe([{"day (UTC)": f"{p.start:%Y-%m-%d}", "feedback": p.total, "confirmed": p.hits,
                    "accuracy": p.share} for p in points], hide_index=True, width="stretch",
@@ -173,7 +173,7 @@ def _abstain(engine: Engine, since: datetime, unit: Unit) -> None:
         st.info("No answer logged in this period.")
         return
     st.metric("abstain rate", f"{hits / total:.1%}", help=f"{hits:,} of {total:,} answers abstained")
-    st.line_chart({unit: [p.start for p in points], "abstain rate": [p.share for p in points]}, x=unit,
+    st.bar_chart({unit: [p.start for p in points], "abstain rate": [p.share for p in points]}, x=unit,
                   y="abstain rate")
 
 
