@@ -60,6 +60,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--store", choices=("s3", "folder"), default="s3", help="where the drop lands")
     parser.add_argument("--poll-interval-s", type=float, default=1.0, help="the server's index poll")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--embed-threads", type=int, help="the drop's `index run --embed-threads` (default: torch's)")
     parser.add_argument("--other-bundle", help="a second model: measure a model swap and a rollback to the first")
     return parser.parse_args(argv)
 
@@ -140,7 +141,8 @@ def index_run(args: argparse.Namespace, work: Path, drops: str | None, base: Pat
         run([sys.executable, "-m", "shopclip.cli", "index", "ingest", str(base), "--catalogue",
              str(work / "catalogue"), "--rejects", str(work / "base-rejects.csv")])
         return json.loads(run([sys.executable, "-m", "shopclip.cli", "index", "build", *common]).splitlines()[-1])
-    out = run([sys.executable, "-m", "shopclip.cli", "index", "run", "--drops", drops, "--once", *common])
+    threads = ["--embed-threads", str(args.embed_threads)] if args.embed_threads else []
+    out = run([sys.executable, "-m", "shopclip.cli", "index", "run", "--drops", drops, "--once", *common, *threads])
     return json.loads(out.strip().splitlines()[-1])
 
 

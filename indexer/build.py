@@ -90,6 +90,10 @@ def embed_stale(catalogue: Catalogue, embedder: Embedder, options: BuildOptions)
     total = stale.num_rows
     if total == 0:
         return 0
+    if options.embed_threads is not None:
+        import torch
+
+        torch.set_num_threads(options.embed_threads)
     with tqdm(total=total, desc="embedding", unit="row", disable=None, mininterval=1.0) as progress:
         for start in range(0, total, options.commit_every):
             chunk = stale.slice(start, options.commit_every).to_pydict()

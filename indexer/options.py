@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from shopclip.errors import InvalidInput
 from shopclip.settings import option
 
 INDEX_KINDS = ("auto", "flat", "ivf", "hnsw")
@@ -40,5 +41,12 @@ class BuildOptions:
     recall_queries: int = option(1000, "catalogue vectors used as queries by the recall check")
     recall_k: int = option(10, "k of the recall check")
     embed_batch: int = option(32, "products per embedding call")
+    embed_threads: int | None = option(None, "CPU threads of the embedding forward (default: torch's own, every "
+                                              "core); on cores a server also uses, fewer leave it its share "
+                                              "(measure with bench/drop.py --embed-threads)")
     commit_every: int = option(2048, "rows per committed embedding chunk (what a killed build does not redo)")
     keep_versions: int = option(3, "published versions to keep", flag="keep")
+
+    def __post_init__(self) -> None:
+        if self.embed_threads is not None and self.embed_threads < 1:
+            raise InvalidInput("embed_threads", f"must be >= 1, got {self.embed_threads}")

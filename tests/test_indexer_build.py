@@ -141,3 +141,18 @@ def test_approximate_build_reports_recall_and_finds_what_exact_finds(tmp_path: P
     found = index.search(queries, 10)
     overlap = np.mean([len(set(t.tolist()) & {h.productid for h in hits}) / 10 for t, hits in zip(truth, found)])
     assert overlap >= 0.9
+
+
+def test_embed_threads_bounds_the_forward_and_is_validated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    import torch
+
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(n))
+    calls: list[int] = []
+    catalogue = catalogue_with(tmp_path, range(1, 11))
+    build_and_publish(catalogue, tmp_path / "index", CountingEmbedder(), dataclasses.replace(SMALL, embed_threads=1))
+    assert calls == [1]
+    with pytest.raises(InvalidInput) as error:
+        BuildOptions(embed_threads=0)
+    assert error.value.field == "embed_threads"
