@@ -196,8 +196,9 @@ def swap_and_roll_back(args: argparse.Namespace, work: Path, target: str, first:
     again, wait until it is served: the seconds of each."""
     common = ["--catalogue", str(work / "catalogue"), "--index-root", str(work / "index")]
     built = time.monotonic()
+    threads = ["--embed-threads", str(args.embed_threads)] if args.embed_threads else []
     other = json.loads(run([sys.executable, "-m", "shopclip.cli", "index", "build", *common, "--bundle",
-                            args.other_bundle]).strip().splitlines()[-1])["version"]
+                            args.other_bundle, *threads]).strip().splitlines()[-1])["version"]
     published = time.monotonic()
     wait_version(target, other)
     swapped = time.monotonic()
