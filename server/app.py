@@ -210,7 +210,12 @@ async def create_server(config: ServerConfig, index_source: IndexSource | None =
                                       load_model=_model_loader(config) if config.follow_model
                                       else None)
         await _load_first_index(server.watcher)
-    server.port = _bind(grpc_server, config)
+    try:
+        server.port = _bind(grpc_server, config)
+    except InvalidInput:
+        if owned_log is not None:  # a server that never started must not leave its log's writer running
+            await asyncio.to_thread(owned_log.close)
+        raise
     await server.start()
     log.info("serving %s on %s:%d (tls=%s, auth=%s, index=%s)", embedder.fingerprint, config.host, server.port,
              config.tls, bool(config.token), engine.versions().index_version or "none")
