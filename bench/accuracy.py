@@ -6,7 +6,8 @@ method learns from the fold's training products and is scored on its held-out pr
 - TF-IDF (word 1-2 + char_wb 2-5) + LinearSVC (C=0.5), the reference text baseline;
 - frozen USE-multilingual + logistic regression; frozen multilingual-e5-small (full text) + logistic regression;
 - the average of those three probabilities (the SVC calibrated by scikit-learn's CalibratedClassifierCV);
-- frozen EfficientNet-Lite0 (white borders cropped) + logistic regression, on products with an image;
+- frozen EfficientNet-Lite0 at 224 px (white borders cropped) + logistic regression, on products with an image,
+  and the same over the image trunks of `shopclip train`'s default model (Lite0 at 288 px + Lite2 at 320 px);
 - "simple ensemble": the three-model average where there is text, the image model for image-only products;
 - shopclip: `shopclip train`'s defaults on the fold's training products, then exactly what the server
   computes for each held-out product: one forward pass through the bundle, exact search over the fold's
@@ -84,7 +85,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of the folds (training keeps its own default)")
     parser.add_argument("--cache", default="runs/bench-cache", help="frozen features, per product")
     parser.add_argument("--out", default="runs/bench-accuracy", help="fold bundles and accuracy.json")
-    parser.add_argument("--methods", default="tfidf_svc,use_lr,e5_lr,avg3,image_lr,simple_ensemble,shopclip",
+    parser.add_argument("--methods", default="tfidf_svc,use_lr,e5_lr,avg3,image_lr,image_default_lr,"
+                                             "simple_ensemble,shopclip",
                         help="comma-separated subset of the methods")
     parser.add_argument("--epochs", type=int, default=None, help="override `shopclip train`'s epochs (quick looks)")
     return parser.parse_args(argv)
@@ -108,8 +110,10 @@ def make_folds(labels: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
 # -- baselines ---------------------------------------------------------------------------------------------
 
 def baseline_features(products, cache: Path) -> dict[str, np.ndarray]:
-    """Frozen USE, e5 (whole text, 512 tokens) and EfficientNet-Lite0 outputs of every product, rows in
-    `products` order (zeros where the modality is missing), through shopclip's own towers and cache."""
+    """Frozen outputs of every product, rows in `products` order (zeros where the modality is missing), through
+    shopclip's own towers and cache: USE, e5 (whole text, 512 tokens), EfficientNet-Lite0 at 224 px (the
+    reference image baseline) and the image trunks of `shopclip train`'s default model ("image_default", which
+    the folds' training then reads from the same cache)."""
     import torch
 
     from shopclip.model.clip import IMAGE_FEATURES, build_model
@@ -117,16 +121,21 @@ def baseline_features(products, cache: Path) -> dict[str, np.ndarray]:
     from shopclip.training.encoding import FeatureStore, ProductInputs, TowerCache, feature_signatures
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    model = build_model(ModelConfig(text_towers=["use", "e5"], e5_max_tokens=512,
-                                    codes=sorted({p.prdtypecode for p in products}))).eval()
-    model.freeze_towers()
-    inputs = ProductInputs(products, model.codes)
-    tower_cache = TowerCache.build(model, inputs, torch.device("cpu"), 16, 1,
-                                   FeatureStore(cache, feature_signatures(model)))
-    all_rows = torch.arange(len(products))
-    features = tower_cache.features(all_rows)
-    return {"use": features["use"], "e5": features["e5"], "image": features[IMAGE_FEATURES],
-            "image_ok": tower_cache.image_ok.numpy()}
+    codes = sorted({p.prdtypecode for p in products})
+
+    def frozen_outputs(config: ModelConfig) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        model = build_model(config).eval()
+        model.freeze_towers()
+        inputs = ProductInputs(products, model.codes)
+        tower_cache = TowerCache.build(model, inputs, torch.device("cpu"), 16, 1,
+                                       FeatureStore(cache, feature_signatures(model)))
+        return tower_cache.features(torch.arange(len(products))), tower_cache.image_ok.numpy()
+
+    reference, image_ok = frozen_outputs(ModelConfig(text_towers=["use", "e5"], e5_max_tokens=512, image_size=224,
+                                                     image_extra_trunks=[], codes=codes))
+    default, _ = frozen_outputs(ModelConfig(text_towers=["use"], e5_tuned_layers=0, codes=codes))
+    return {"use": reference["use"], "e5": reference["e5"], "image": reference[IMAGE_FEATURES],
+            "image_default": default[IMAGE_FEATURES], "image_ok": image_ok}
 
 
 def fold_baselines(products, features: dict[str, np.ndarray], labels: np.ndarray, num_classes: int,
@@ -152,7 +161,7 @@ def fold_baselines(products, features: dict[str, np.ndarray], labels: np.ndarray
         out["tfidf_cal"] = _on_rows(test, text, num_classes,
                                     lambda tr, te: _svc(texts, labels, tr, te, num_classes, calibrated=True), train)
     for name, key, c, mask in (("use_lr", "use", 10.0, text), ("e5_lr", "e5", 10.0, text),
-                               ("image_lr", "image", 1.0, image)):
+                               ("image_lr", "image", 1.0, image), ("image_default_lr", "image_default", 3.0, image)):
         if name in wanted:
             out[name] = _on_rows(test, mask, num_classes,
                                  lambda tr, te, key=key, c=c: _lr(features[key], labels, tr, te, num_classes, c),
@@ -254,6 +263,7 @@ def _on_codes(probs: np.ndarray, model_codes: list[int], codes: list[int]) -> np
 
 LABELS = {"tfidf_svc": "TF-IDF + LinearSVC", "use_lr": "frozen USE + LR", "e5_lr": "frozen e5-small + LR",
           "avg3": "average of the three", "image_lr": "frozen EfficientNet-Lite0 + LR",
+          "image_default_lr": "frozen shopclip image trunks + LR",
           "simple_ensemble": "simple ensemble (avg3 / image LR)", "shopclip": "shopclip Classify",
           "shopclip_image_withheld": "shopclip, image withheld"}
 

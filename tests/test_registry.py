@@ -32,7 +32,8 @@ CODES = (10, 20, 30, 40, 50, 60)
 PER_CLASS = 10
 REGRESSION_PER_CLASS = 6
 TINY_TRAINING = ["--text-towers", "ngram", "--ngram-buckets", str(2**12), "--ngram-dim", "16", "--embed-dim", "16",
-                 "--image-size", "64", "--no-image-pretrained", "--epochs", "1", "--sparse-c", "1",
+                 "--image-size", "64", "--image-extra-trunks", "", "--no-image-pretrained", "--epochs", "1",
+                 "--sparse-c", "1",
                  "--image-view-c", "1", "--device", "cpu"]
 
 

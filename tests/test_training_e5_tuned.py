@@ -30,7 +30,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     assert main(["train", "--data", str(data), "--out", str(out), "--text-towers", "ngram,e5",
                  "--e5-tuned-layers", "1", "--e5-tune-epochs", "3", "--e5-tune-lr", "1e-3", "--e5-max-tokens", "16",
                  "--ngram-buckets", str(2**14), "--ngram-dim", "32", "--embed-dim", "32", "--image-size", "64",
-                 "--epochs", "2", "--device", "cpu", "--val-fraction", "0.25"]) == 0
+                 "--image-extra-trunks", "", "--epochs", "2", "--device", "cpu", "--val-fraction", "0.25"]) == 0
     return data, out
 
 

@@ -103,7 +103,7 @@ TEXT_FEATURE_CODE = ("text.py", "use_tower.py", "e5_tower.py", "packed_linear.py
 """The model modules that decide what a frozen text tower outputs for a product (cleaning, tokenising, forward)."""
 IMAGE_FEATURE_CODE = ("preprocess.py", "image_tower.py", "open_clip_backbone.py")
 """Likewise for the frozen image trunk (decoding, cropping, forward)."""
-IMAGE_CONFIG = ("backbone", "image_tower", "image_size", "image_pretrained")
+IMAGE_CONFIG = ("backbone", "image_tower", "image_size", "image_extra_trunks", "image_pretrained")
 """The ModelConfig fields the image trunk's outputs depend on (text towers: every field but the image ones)."""
 
 

@@ -22,6 +22,7 @@ def tiny_bundle(folder: Path, codes: Sequence[int] = TINY_BUNDLE_CODES, knn_k: i
 
     torch.manual_seed(3)
     model = build_model(ModelConfig(text_towers=["ngram"], ngram_buckets=2**10, ngram_dim=16, image_size=64,
-                                    image_pretrained=False, embed_dim=32, codes=list(codes))).eval()
+                                    image_extra_trunks=[], image_pretrained=False, embed_dim=32,
+                                    codes=list(codes))).eval()
     metadata = {"knn": KnnParams(k=knn_k, weight=0.2).to_dict(), "metrics": metrics or {"test_weighted_f1": 0.61}}
     return str(save_bundle(folder / "bundle", model, metadata=metadata))

@@ -14,7 +14,7 @@ from PIL import Image
 NUM_CLASSES = 1210
 PER_CLASS = 3
 TINY_MODEL = ["--text-towers", "ngram", "--ngram-buckets", str(2**16), "--ngram-dim", "64", "--embed-dim", "64",
-              "--image-size", "64"]
+              "--image-size", "64", "--image-extra-trunks", ""]
 
 
 def class_words(rng: np.random.Generator) -> str:
