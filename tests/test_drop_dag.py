@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -79,7 +80,7 @@ def test_the_drop_dag_retrains_promotes_publishes_then_takes_the_short_path(s3, 
                 "models": f"s3://{bucket}/models", "work_dir": str(root), "server": target,
                 "served_timeout_s": 60, "registry_uri": f"sqlite:///{root / 'registry.db'}",
                 "regression_set": str(regression), "retrain_growth": 0.5,
-                "train_flags": " ".join([*TINY_MODEL, "--epochs", "2", "--device", "cpu"])}
+                "train_flags": shlex.join([*TINY_MODEL, "--epochs", "2", "--device", "cpu"])}
         first = run_dag(env, conf)
         assert first["state"] == "success", first.get("log")
         assert first["tasks"]["retrain"] == "success" and first["tasks"]["check"] == "success"
