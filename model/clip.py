@@ -126,7 +126,7 @@ class ShopClipModel(nn.Module):
                 else:
                     features[name] = self._text_tower_output(name, self.text_towers[name], tokens, None)
         if pixels is not None and self.image_tower.pretrained:
-            features[IMAGE_FEATURES] = self.image_tower.features(pixels)
+            features[IMAGE_FEATURES] = self.image_tower.inference_features(pixels)
         return features
 
     def e5_hidden_states(self, tokens: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -127,3 +127,72 @@ def test_imagenet_head_recognises_a_real_photo() -> None:
     with torch.inference_mode():
         top5 = classifier(pixels[None]).softmax(-1)[0].topk(5).indices.tolist()
     assert set(top5) & set(FITTING_IMAGENET_CLASSES), f"top-5 {top5} has none of {FITTING_IMAGENET_CLASSES}"
+
+
+def _small_tower(**extra) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_timm_image_tower("efficientnet_lite0", embed_dim=16, image_size=64, pretrained=False,
+                                  extra_trunks=(TrunkSpec("efficientnet_lite2", 48),), **extra)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_inference_features_equal_the_eager_features_at_any_batch(batch: int) -> None:
+    tower = _small_tower().eval()
+    pixels = torch.randn(batch, 3, 64, 64)
+    with torch.inference_mode():
+        torch.testing.assert_close(tower.inference_features(pixels), tower.features(pixels), atol=1e-4, rtol=1e-4)
+    assert tower._graph._graph is not None  # really the frozen graph, not the eager fallback
+
+
+def test_the_inference_graph_follows_new_trunk_weights() -> None:
+    tower, other = _small_tower().eval(), build_timm_image_tower(
+        "efficientnet_lite0", embed_dim=16, image_size=64, pretrained=False,
+        extra_trunks=(TrunkSpec("efficientnet_lite2", 48),)).eval()
+    pixels = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        before = tower.inference_features(pixels)
+    tower.load_state_dict(other.state_dict())  # what loading a bundle into a built model does
+    with torch.inference_mode():
+        after = tower.inference_features(pixels)
+        torch.testing.assert_close(after, other.features(pixels), atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(before, after)
+
+
+def test_inference_features_run_eagerly_while_a_trunk_trains() -> None:
+    tower = _small_tower().train()
+    pixels = torch.randn(2, 3, 64, 64)
+    tower.inference_features(pixels).sum().backward()  # gradients reach the trunk: the eager path
+    assert tower.trunk.conv_stem.weight.grad is not None and tower._graph._graph is None
+    assert tower.projection.training  # building no graph left every mode as it was
+
+
+def test_building_the_graph_leaves_the_projection_mode_alone() -> None:
+    tower = _small_tower()
+    for trunk in tower.trunks:
+        trunk.eval()  # frozen trunks in a model that trains its projection
+    with torch.no_grad():
+        tower.inference_features(torch.randn(2, 3, 64, 64))
+    assert tower._graph._graph is not None and tower.projection.training
+
+
+def test_a_graph_that_cannot_be_built_leaves_the_eager_path(monkeypatch: pytest.MonkeyPatch,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    tower = _small_tower().eval()
+    monkeypatch.setattr(torch.jit, "trace", lambda *args, **kwargs: (_ for _ in ()).throw(RuntimeError("no tracer")))
+    pixels = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        torch.testing.assert_close(tower.inference_features(pixels), tower.features(pixels))
+    assert "could not be built (no tracer)" in caplog.text
+
+
+def test_a_copied_tower_builds_its_own_graph() -> None:
+    import copy
+
+    tower = _small_tower().eval()
+    pixels = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        tower.inference_features(pixels)
+    twin = copy.deepcopy(tower)
+    with torch.inference_mode():
+        torch.testing.assert_close(twin.inference_features(pixels), tower.features(pixels), atol=1e-4, rtol=1e-4)
+    assert twin._graph is not tower._graph and twin._graph._graph is not None
