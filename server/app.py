@@ -52,10 +52,24 @@ INDEX_HEALTH_SERVICE = "shopclip.index"
 index is loaded, or while the loaded one is no longer backed by a loadable published version (index root
 removed, its files changed, a newer version that fails to load). The services stay SERVING meanwhile: they
 answer from the copy in memory, so load balancers keep the server; monitoring watches this name."""
+def _blank_png() -> bytes:
+    """A small grey-on-white image in memory, for the warm-up."""
+    import io
+
+    from PIL import Image
+
+    canvas = Image.new("RGB", (64, 64), "white")
+    canvas.paste((128, 128, 128), (16, 16, 48, 48))
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 HEALTH_REASON_KEY = "shopclip-reason"
 """Trailing metadata of a health Check: why the service checked is NOT_SERVING (the protocol has no field)."""
-WARM_UP_PRODUCT = ProductInput(designation="warm-up")
-"""Run once through a newly loaded model before it serves (text only: every model reads text)."""
+WARM_UP_PRODUCTS = (ProductInput(designation="warm-up"), ProductInput(image=_blank_png()))
+"""Run through a newly loaded model before it serves: a text and an image, so that what each path builds on first
+use (the image trunks' inference graph, oneDNN's kernels) is paid before the first request."""
 
 
 class HealthWithReasons(health.aio.HealthServicer):
@@ -176,8 +190,8 @@ async def create_server(config: ServerConfig, index_source: IndexSource | None =
     # The model is loaded on the thread that will run it: torch keeps an OpenMP thread team per calling thread,
     # and a second team (loading elsewhere) made every forward ~50% slower on 2 cores (bench/serve.py).
     forward_executor = ThreadPoolExecutor(config.forward_workers, thread_name_prefix="shopclip-forward")
-    embedder = await asyncio.get_running_loop().run_in_executor(forward_executor, load_embedder, config.bundle,
-                                                                config.device, config.limits)
+    embedder = await asyncio.get_running_loop().run_in_executor(forward_executor, load_and_warm_up, config.bundle,
+                                                                config)
     if index_source is None and config.index_root is not None:
         index_source = PublishedIndexSource(config.index_root)
     engine = Engine(embedder, abstain_threshold=config.abstain_threshold, index_required=index_source is not None)
@@ -253,18 +267,21 @@ def _add_servicers(grpc_server: grpc.aio.Server, engine: Engine, batcher: MicroB
     reflection.enable_server_reflection(SERVICE_NAMES, grpc_server)
 
 
+def load_and_warm_up(bundle: str, config: ServerConfig) -> Embedder:
+    """The model at `bundle`, after one forward of each kind of input (WARM_UP_PRODUCTS)."""
+    embedder = load_embedder(bundle, config.device, config.limits)
+    for product in WARM_UP_PRODUCTS:  # one at a time: each shape a real request has (batch of one) is built
+        embedder.embed([product])
+    return embedder
+
+
 def _model_loader(config: ServerConfig) -> ModelLoader:
     """Loads a model a published index names while the current one keeps serving: on a thread of its own (the
     forward thread is the batcher's, busy serving), then one warm-up forward there, so lazy initialisation is
     paid before the model takes its first batch rather than by it."""
-    def load_and_warm_up(bundle: str) -> Embedder:
-        embedder = load_embedder(bundle, config.device, config.limits)
-        embedder.embed([WARM_UP_PRODUCT])
-        return embedder
-
     async def load(bundle: str) -> Embedder:
         log.info("loading model %s for a newly published index", bundle)
-        return await asyncio.to_thread(load_and_warm_up, bundle)
+        return await asyncio.to_thread(load_and_warm_up, bundle, config)
 
     return load
 
