@@ -28,7 +28,7 @@ the new model and index. Each step's seconds and the total from landing to serve
 
     python bench/drop.py --bundle fake:dim=32,classes=27        # plumbing, seconds
     python bench/drop.py --bundle runs/bundle                   # the figure (a trained bundle)
-    python bench/drop.py --retrain                              # the full path (twice as long as training)
+    python bench/drop.py --retrain --embed-threads 1 --train-flags "--threads 1"   # the full path
 """
 
 from __future__ import annotations

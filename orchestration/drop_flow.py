@@ -13,7 +13,9 @@
 - `retrain`: export every labelled product of the catalogue, `shopclip train` on it (`--train-flags`), the
   bundle written under `--models`, named by the export's content so a retried task reuses a finished bundle.
 - `gate`: register the bundle (lineage: data fingerprint, parent = the champion), then the promotion gate of
-  shopclip.registry; a refused challenger leaves the champion in place and the flow goes on with it.
+  shopclip.registry; a refused challenger leaves the champion in place and the flow goes on with it. It embeds
+  with `--embed-threads` threads, as the index build does; training takes its own `--threads` in `--train-flags`
+  (on cores a server also uses, both leave it its share).
 - `publish`: build and publish the index with the champion (new rows embedded, or everything for a new model);
   servers that follow models swap model and index together.
 - `check`: the server at `--server` answers with the published version (model and index), else NotReady.
@@ -177,6 +179,10 @@ def gate(config: DropFlowConfig, bundle: str, references: str | None = None) -> 
 
     options = config.gate if config.gate.reference_set or not references else replace(
         config.gate, reference_set=references)
+    if config.build.embed_threads is not None:  # the gate embeds with both models: the builder's share of the cores
+        import torch
+
+        torch.set_num_threads(config.build.embed_threads)
     registry = open_registry(config.registry, create=True)
     record = registry.register(bundle, description="retrained by the drop flow")  # a retry gets the same version
     champion = registry.alias("champion")

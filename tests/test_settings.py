@@ -119,3 +119,28 @@ def test_to_env_hands_every_option_to_a_child_process_unchanged() -> None:
     assert env["SHOPCLIP_FOLLOW_MODEL"] == "false" and "SHOPCLIP_TORCH_THREADS" not in env
     assert env["SHOPCLIP_MAX_IMAGE_BYTES"] == str(config.limits.max_image_bytes)  # nested options too
     assert ServerConfig.from_sources({}, env) == config
+
+
+def test_training_threads_are_checked_and_applied(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from shopclip.errors import InvalidConfig
+    from shopclip.training import train as training
+    from shopclip.training.config import TrainConfig
+
+    with pytest.raises(InvalidConfig) as caught:
+        TrainConfig(threads=0)
+    assert caught.value.field == "threads"
+    applied: list[int] = []
+    monkeypatch.setattr(torch, "set_num_threads", applied.append)
+
+    class Stop(Exception):
+        pass
+
+    def no_trainer(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - only the order matters here
+        raise Stop
+
+    monkeypatch.setattr(training, "Trainer", no_trainer)
+    with pytest.raises(Stop):
+        training.train_products([], "unused", config=TrainConfig(threads=1))
+    assert applied == [1]  # set before anything of the run computes

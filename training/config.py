@@ -68,12 +68,17 @@ class TrainConfig:
     """Folder keeping frozen towers' outputs per product across runs (benchmarks, repeated training); keyed
     by the model config and the model code, so a change to either computes them again."""
     device: str | None = option(None, "cpu or cuda (default: cuda when available)")
+    threads: int | None = option(None, "CPU threads of training (default: torch's own, every core); on cores a "
+                                       "server also uses, fewer leave it its share")
+    """torch's CPU threads for the whole run. Two OpenMP teams spinning on the same cores (a server's and
+    training's) slow both by far more than half (bench/drop.py --retrain), so a box that also serves trains on
+    fewer threads than it has cores."""
     workers: int = option(0, "image-decoding DataLoader workers when towers are fine-tuned")
     """DataLoader workers decoding images when towers are fine-tuned."""
     text_batch: int = option(64, "texts per forward pass when caching frozen text towers")
     image_batch: int | None = option(None, "images per forward pass when caching the frozen image trunk")
-    """Images per forward pass when caching the frozen image trunk; None: 1 on CPU (EfficientNet-Lite0's
-    depthwise convolutions are fastest per image there), 64 on CUDA."""
+    """Images per forward pass when caching the frozen image trunk; None: model.bundle's CPU image batch (the
+    trunks' inference graph is fastest per image at a few images), 64 on CUDA."""
     embed_batch: int | None = option(None, "products per forward pass when embedding with live towers")
     """Products per forward pass when embedding with live towers (validation, evaluation); None: 8 on CPU
     (small image batches, yet enough texts per USE call), 128 on CUDA."""
@@ -88,6 +93,8 @@ class TrainConfig:
             values = getattr(self, name)
             if not values or min(values) <= 0:
                 raise InvalidConfig(name, f"expected positive candidates, got {values}")
+        if self.threads is not None and self.threads < 1:
+            raise InvalidConfig("threads", f"must be >= 1, got {self.threads}")
         for name in ("epochs", "batch_size", "e5_tune_epochs"):
             if getattr(self, name) < 1:
                 raise InvalidConfig(name, f"must be >= 1, got {getattr(self, name)}")
@@ -106,7 +113,9 @@ class TrainConfig:
         return device.type == "cpu" if self.freeze_towers is None else self.freeze_towers
 
     def image_batch_for(self, device: "torch.device") -> int:
-        return self.image_batch or (1 if device.type == "cpu" else 64)
+        from shopclip.model.bundle import CPU_BATCH_SIZES
+
+        return self.image_batch or (CPU_BATCH_SIZES["image"] if device.type == "cpu" else 64)
 
     def embed_batch_for(self, device: "torch.device") -> int:
         return self.embed_batch or (8 if device.type == "cpu" else 128)

@@ -469,7 +469,10 @@ def train(data_dir: str | Path, out_dir: str | Path, model_config: ModelConfig |
 def train_products(products: Sequence[SourceRow], out_dir: str | Path, model_config: ModelConfig | None = None,
                    config: TrainConfig | None = None, resume: bool = False, source: str = "") -> Path:
     """Train on these labelled products (a folder's, a benchmark fold's) and write the bundle to `out_dir`."""
-    trainer = Trainer(products, out_dir, model_config or ModelConfig(), config or TrainConfig(), source)
+    config = config or TrainConfig()
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    trainer = Trainer(products, out_dir, model_config or ModelConfig(), config, source)
     if resume:
         trainer.resume()
     return trainer.run()
