@@ -95,8 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     drop, base = products[:args.drop_size], products[args.drop_size:]
     with tempfile.TemporaryDirectory(prefix="shopclip-bench-drop-") as tmp, drops_location(args, Path(tmp)) as drops:
         work = Path(tmp)
-        if args.retrain:
-            base, regression = hold_out_regression_set(args, work, base)
+        base, regression = hold_out_regression_set(args, work, base) if args.retrain else (base, None)
         write_drop(work / "base", base)
         if args.retrain:
             args.bundle = train_champion(args, work / "base", work / "champion")
@@ -105,25 +104,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         server_args = argparse.Namespace(bundle=args.bundle, index_root=str(work / "index"), max_batch=None,
                                          max_wait_ms=None, torch_threads=None, forward_workers=None)
         with running_server(server_args) as server, load_generator(server.target, args.callers) as load:
-            before = current_version(server.target)
-            if args.retrain:
-                flow = flow_config(args, work, drops, server.target, regression)
+            flow = flow_config(args, work, drops, server.target, regression) if args.retrain else None
+            if flow is not None:
                 crown(flow, args.bundle)
+            before = current_version(server.target)
             landed = land_drop(drops, write_drop(work / "drop", drop))
-            if args.retrain:
+            if flow is not None:
                 path = full_path(flow)
-                published, served = path.pop("published_at"), time.monotonic()
-                job, served_version = {"build": path["publish"]["build"]}, path["publish"]["version"]
+                published, build, served_version = path.pop("published_at"), path["publish"]["build"], \
+                    path["publish"]["version"]
             else:
-                job, path = index_run(args, work, drops=drops), {}
+                path, build = {}, index_run(args, work, drops=drops)["build"]
                 published = time.monotonic()
                 served_version = wait_served(server.target, before, drop[0].productid)
-                served = time.monotonic()
+            served = time.monotonic()
             swap = swap_and_roll_back(args, work, server.target, served_version) if args.other_bundle else {}
             time.sleep(1.0)  # a last second of load on the new version
         report = {"drop_products": len(drop), "catalogue_before": len(base), "store": args.store,
                   "bundle": args.bundle, "landed_to_published_s": round(published - landed, 2),
-                  "landed_to_served_s": round(served - landed, 2), "embedded": job["build"]["embedded"],
+                  "landed_to_served_s": round(served - landed, 2), "embedded": build["embedded"],
                   "served_version": served_version, "calls_answered": load.answered, "calls_failed": load.failed,
                   "failures": load.errors[:5], **swap, **path}
     print(format_report(report))
