@@ -116,7 +116,9 @@ def decide(candidates: list[Candidate], scores: list[Scores], options: GateOptio
     champion_summary = None
     if len(candidates) > 1:
         champion, theirs = candidates[1], scores[1]
-        failures += _f1_drops(ours, theirs, challenger.figures, champion.figures, options)
+        comparable = _same_data(challenger, champion)
+        failures += _f1_drops(ours, theirs, challenger.figures if comparable else {},
+                              champion.figures if comparable else {}, options)
         failed_classes = _recall_drops(ours, theirs, options)
         if failed_classes:
             failures.append(f"{len(failed_classes)} class(es) lost more than {options.max_recall_drop:.2f} recall: "
@@ -127,6 +129,9 @@ def decide(candidates: list[Candidate], scores: list[Scores], options: GateOptio
         "decision": REFUSED if failures else PASSED, "at": _now(),
         "challenger": _summary(challenger, ours), "champion": champion_summary,
         "regression_set": {**regression_info, "classes_judged": _judged_count(ours, options)},
+        "recorded_figures": ("compared" if len(candidates) > 1 and _same_data(challenger, candidates[1]) else
+                             "not compared: the two models were validated on different data"
+                             if len(candidates) > 1 else "no champion"),
         "thresholds": options.thresholds(), "failed_classes": failed_classes,
         "failed_classes_total": len(failed_classes),
         "reason": "; ".join(failures) if failures else _why_passed(ours, scores[1:], options),
@@ -142,6 +147,8 @@ def format_decision(decision: dict[str, Any]) -> str:
         lines.append(f"regression set: {regression['products']} products from {regression['source']} "
                      f"(left out: {regression['excluded_seen']} seen in training, {regression['excluded_unknown_code']}"
                      f" of codes neither model knows); references: {regression['references']}")
+    if decision.get("recorded_figures", "").startswith("not compared"):
+        lines.append(f"recorded figures {decision['recorded_figures']}")
     for role in ("challenger", "champion"):
         model = decision.get(role)
         if model and "weighted_f1" in model:
@@ -245,6 +252,15 @@ def _floor(ours: Scores, options: GateOptions) -> list[str]:
     if ours.weighted_f1 >= options.min_weighted_f1:
         return []
     return [f"regression weighted F1 {ours.weighted_f1:.4f} is below the floor {options.min_weighted_f1:.2f}"]
+
+
+def _same_data(challenger: Candidate, champion: Candidate) -> bool:
+    """Whether the figures the two bundles recorded are on the same products: only when both trained on the same
+    data (fingerprint), as two recipes compared on one folder. A model retrained after a drop validates on other
+    products than its champion did, so a lower figure there says nothing about which model is better; the fixed
+    regression set is what compares them then."""
+    ours, theirs = challenger.record.data_fingerprint, champion.record.data_fingerprint
+    return bool(ours) and ours == theirs
 
 
 def _f1_drops(ours: Scores, theirs: Scores, our_figures: dict[str, float], their_figures: dict[str, float],

@@ -174,7 +174,8 @@ def test_the_gate_promotes_a_first_model_and_an_equal_one_and_refuses_shuffled_l
     assert decision["challenger"]["weighted_f1"] < 0.5 <= decision["champion"]["weighted_f1"]
     assert decision["regression_set"]["products"] == len(CODES) * REGRESSION_PER_CLASS
     assert decision["failed_classes"] and decision["failed_classes_total"] >= len(decision["failed_classes"])
-    assert "regression weighted F1 fell" in decision["reason"] and "recorded validation" in decision["reason"]
+    assert "regression weighted F1 fell" in decision["reason"]
+    assert decision["recorded_figures"].startswith("not compared")  # shuffled labels: other data
     assert registry.get("2").gate_decisions[-1]["decision"] == "passed"
 
     assert model("list") == 0
@@ -208,11 +209,20 @@ def test_a_drop_in_a_figure_both_bundles_recorded_refuses() -> None:
     assert unrecorded["decision"] == "passed"  # compared only where both recorded it
 
 
-def _candidate(version: str, val: float | None = None) -> Candidate:
+def test_recorded_figures_are_compared_only_between_models_trained_on_the_same_data() -> None:
+    options = GateOptions(regression_set="unused")
+    same = Scores(0.9, {1: 0.9}, {1: 10})
+    after_a_drop = decide([_candidate("2", val=0.61, data="after"), _candidate("1", val=0.65, data="before")],
+                          [same, same], options, {})
+    assert after_a_drop["decision"] == "passed" and after_a_drop["recorded_figures"].startswith("not compared")
+
+
+def _candidate(version: str, val: float | None = None, data: str = "folder") -> Candidate:
     from shopclip.registry.store import ModelRecord
 
     figures = {} if val is None else {"val_weighted_f1_classify": val}
-    return Candidate(ModelRecord("shopclip", version, f"/bundles/{version}", 0), None, [], set(), figures)
+    record = ModelRecord("shopclip", version, f"/bundles/{version}", 0, tags={lineage.DATA_FINGERPRINT: data})
+    return Candidate(record, None, [], set(), figures)
 
 
 def test_forced_promotion_is_recorded_as_forced(options: RegistryOptions, bundles: Bundles) -> None:
