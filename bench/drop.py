@@ -169,7 +169,7 @@ def hold_out_regression_set(args: argparse.Namespace, work: Path, base: Sequence
 def train_champion(args: argparse.Namespace, catalogue: Path, out: Path) -> str:
     """The model serving before the drop: `shopclip train` on the catalogue, with the flags the flow retrains
     with, so champion and challenger differ by the drop only (not timed). Nothing else runs yet, so it takes every
-    core whatever --threads the flags give (threads change the time, not the model)."""
+    core whatever --threads the flags give (threads change the time, not the recipe)."""
     print(f"training the champion on {catalogue} ...", file=sys.stderr, flush=True)
     run([sys.executable, "-m", "shopclip.cli", "train", "--data", str(catalogue), "--out", str(out),
          *shlex.split(args.train_flags), "--threads", str(os.cpu_count() or 1)])
