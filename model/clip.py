@@ -104,7 +104,7 @@ class ShopClipModel(nn.Module):
         """(n, embed_dim). `precomputed` is the trunk output (`tower_features(...)["image"]`)."""
         if precomputed is None and pixels is None:
             raise ValueError("encode_image: pass pixels or precomputed trunk features")
-        features = precomputed if precomputed is not None else self.image_tower.features(pixels)
+        features = precomputed if precomputed is not None else self.image_tower.inference_features(pixels)
         embedding = self.image_tower.project(features)
         return F.normalize(embedding, dim=-1) if normalize else embedding
 

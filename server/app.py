@@ -68,8 +68,9 @@ def _blank_png() -> bytes:
 HEALTH_REASON_KEY = "shopclip-reason"
 """Trailing metadata of a health Check: why the service checked is NOT_SERVING (the protocol has no field)."""
 WARM_UP_PRODUCTS = (ProductInput(designation="warm-up"), ProductInput(image=_blank_png()))
-"""Run through a newly loaded model before it serves: a text and an image, so that what each path builds on first
-use (the image trunks' inference graph, oneDNN's kernels) is paid before the first request."""
+"""Run through a model loaded for a swap before it serves: a text and an image, so that what each path builds on
+first use (the image trunks' inference graph, oneDNN's kernels) is paid before it takes a request. The model loaded
+at start is not warmed: the first requests after a start pay that once (about a second for the image graph)."""
 
 
 class HealthWithReasons(health.aio.HealthServicer):
@@ -190,8 +191,8 @@ async def create_server(config: ServerConfig, index_source: IndexSource | None =
     # The model is loaded on the thread that will run it: torch keeps an OpenMP thread team per calling thread,
     # and a second team (loading elsewhere) made every forward ~50% slower on 2 cores (bench/serve.py).
     forward_executor = ThreadPoolExecutor(config.forward_workers, thread_name_prefix="shopclip-forward")
-    embedder = await asyncio.get_running_loop().run_in_executor(forward_executor, load_and_warm_up, config.bundle,
-                                                                config)
+    embedder = await asyncio.get_running_loop().run_in_executor(forward_executor, load_embedder, config.bundle,
+                                                                config.device, config.limits)
     if index_source is None and config.index_root is not None:
         index_source = PublishedIndexSource(config.index_root)
     engine = Engine(embedder, abstain_threshold=config.abstain_threshold, index_required=index_source is not None)
