@@ -64,7 +64,8 @@ def shopclip_default(device: torch.device) -> list[Candidate]:
         return model.encode_image(None, precomputed=model.image_tower.inference_features(pixels))
 
     def image_eager(files: Sequence[bytes]) -> torch.Tensor:
-        return model.encode_image(torch.stack([model.preprocess_image(data) for data in files]).to(device))
+        pixels = torch.stack([model.preprocess_image(data) for data in files]).to(device)
+        return model.encode_image(None, precomputed=model.image_tower.features(pixels))
 
     towers = "+".join(model.config.text_towers)
     trunks = "+".join([model.config.image_tower, *(spec.name for spec in model.config.extra_trunks)])
