@@ -51,8 +51,8 @@ _VERSIONED_PACKAGES = ("shopclip", "torch", "open_clip_torch", "timm", "safetens
 
 CPU_BATCH_SIZES = {"text": 32, "image": 4}
 """Measured on the 2-core CPUs with the default towers (bench/embed.py): the text towers gain per text up to a
-batch of ~32, while the image trunks' depthwise convolutions get slower per image beyond a few images at once;
-through the frozen inference graph (model/image_tower.py) 4 at a time is fastest, eagerly 1."""
+batch of ~32, while the image trunks' depthwise convolutions get slower per image as the batch grows: through the
+frozen inference graph (model/image_tower.py) up to 4 at a time cost no more per image, eagerly only 1 does."""
 GPU_BATCH_SIZES = {"text": 256, "image": 64}
 """On a GPU every tower gains from batching; these bound the memory of one call."""
 

