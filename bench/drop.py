@@ -21,10 +21,12 @@ the server answering with that pair are printed (rollback target: under 10 s).
 With --retrain, the drop takes the full path instead, under the same load: the steps of the Airflow DAG
 (orchestration/drop_flow.py, called here as its tasks call them). First, untimed, the bench trains the champion
 on the catalogue before the drop (a stratified --regression-size products held out of everything) and registers
-it in an MLflow registry on SQLite; then, timed from the landing: ingest -> plan -> retrain (`shopclip train` on the whole labelled catalogue,
---train-flags added) -> gate (register, score challenger and champion on a fixed regression set of the
-catalogue, promote or refuse) -> publish the index of the new champion -> check that the server answers with
-the new model and index. Each step's seconds and the total from landing to served are printed.
+it in an MLflow registry on SQLite. Then, timed from the landing: ingest -> plan -> retrain (`shopclip train` on
+the whole labelled catalogue, --train-flags added) -> gate (register, score challenger and champion on the
+held-out regression products, promote or refuse) -> publish the index of the champion (the new one, or the old
+one embedding the new rows after a refusal) -> check that the server answers with that model and index. Each
+step's seconds, the gate's decision and the total from landing to served are printed; the run fails unless the
+challenger was promoted.
 
     python bench/drop.py --bundle fake:dim=32,classes=27        # plumbing, seconds
     python bench/drop.py --bundle runs/bundle                   # the figure (a trained bundle)
