@@ -113,10 +113,11 @@ def decide(candidates: list[Candidate], scores: list[Scores], options: GateOptio
     challenger, ours = candidates[0], scores[0]
     failures = _floor(ours, options)
     failed_classes: list[dict[str, Any]] = []
-    champion_summary = None
+    champion_summary, recorded = None, "no champion"
     if len(candidates) > 1:
         champion, theirs = candidates[1], scores[1]
         comparable = _same_data(challenger, champion)
+        recorded = "compared" if comparable else "not compared: the two models were validated on different data"
         failures += _f1_drops(ours, theirs, challenger.figures if comparable else {},
                               champion.figures if comparable else {}, options)
         failed_classes = _recall_drops(ours, theirs, options)
@@ -129,9 +130,7 @@ def decide(candidates: list[Candidate], scores: list[Scores], options: GateOptio
         "decision": REFUSED if failures else PASSED, "at": _now(),
         "challenger": _summary(challenger, ours), "champion": champion_summary,
         "regression_set": {**regression_info, "classes_judged": _judged_count(ours, options)},
-        "recorded_figures": ("compared" if len(candidates) > 1 and _same_data(challenger, candidates[1]) else
-                             "not compared: the two models were validated on different data"
-                             if len(candidates) > 1 else "no champion"),
+        "recorded_figures": recorded,
         "thresholds": options.thresholds(), "failed_classes": failed_classes,
         "failed_classes_total": len(failed_classes),
         "reason": "; ".join(failures) if failures else _why_passed(ours, scores[1:], options),

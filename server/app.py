@@ -52,25 +52,8 @@ INDEX_HEALTH_SERVICE = "shopclip.index"
 index is loaded, or while the loaded one is no longer backed by a loadable published version (index root
 removed, its files changed, a newer version that fails to load). The services stay SERVING meanwhile: they
 answer from the copy in memory, so load balancers keep the server; monitoring watches this name."""
-def _blank_png() -> bytes:
-    """A small grey-on-white image in memory, for the warm-up."""
-    import io
-
-    from PIL import Image
-
-    canvas = Image.new("RGB", (64, 64), "white")
-    canvas.paste((128, 128, 128), (16, 16, 48, 48))
-    buffer = io.BytesIO()
-    canvas.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 HEALTH_REASON_KEY = "shopclip-reason"
 """Trailing metadata of a health Check: why the service checked is NOT_SERVING (the protocol has no field)."""
-WARM_UP_PRODUCTS = (ProductInput(designation="warm-up"), ProductInput(image=_blank_png()))
-"""Run through a model loaded for a swap before it serves: a text and an image, so that what each path builds on
-first use (the image trunks' inference graph, oneDNN's kernels) is paid before it takes a request. The model loaded
-at start is not warmed: the first requests after a start pay that once (about a second for the image graph)."""
 
 
 class HealthWithReasons(health.aio.HealthServicer):
@@ -268,6 +251,25 @@ def _add_servicers(grpc_server: grpc.aio.Server, engine: Engine, batcher: MicroB
     reflection.enable_server_reflection(SERVICE_NAMES, grpc_server)
 
 
+def _blank_png() -> bytes:
+    """A small grey-on-white image in memory, for the warm-up."""
+    import io
+
+    from PIL import Image
+
+    canvas = Image.new("RGB", (64, 64), "white")
+    canvas.paste((128, 128, 128), (16, 16, 48, 48))
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+WARM_UP_PRODUCTS = (ProductInput(designation="warm-up"), ProductInput(image=_blank_png()))
+"""Run through a model loaded for a swap before it serves: a text and an image, so that what each path builds on
+first use (the image trunks' inference graph, oneDNN's kernels) is paid before it takes a request. The model loaded
+at start is not warmed: the first requests after a start pay that once (about a second for the image graph)."""
+
+
 def load_and_warm_up(bundle: str, config: ServerConfig) -> Embedder:
     """The model at `bundle`, after one forward of each kind of input (WARM_UP_PRODUCTS)."""
     embedder = load_embedder(bundle, config.device, config.limits)
@@ -278,7 +280,7 @@ def load_and_warm_up(bundle: str, config: ServerConfig) -> Embedder:
 
 def _model_loader(config: ServerConfig) -> ModelLoader:
     """Loads a model a published index names while the current one keeps serving: on a thread of its own (the
-    forward thread is the batcher's, busy serving), then one warm-up forward there, so lazy initialisation is
+    forward thread is the batcher's, busy serving), then the warm-up forwards there, so lazy initialisation is
     paid before the model takes its first batch rather than by it."""
     async def load(bundle: str) -> Embedder:
         log.info("loading model %s for a newly published index", bundle)
