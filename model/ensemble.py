@@ -10,6 +10,9 @@ the linear models cannot separate. Each view is kept for what it does best:
 - `DenseView` ("use", "e5", "image"): a softmax linear head (logistic regression) over one pretrained
   tower's L2-normalised output, read from the same forward pass that makes the product's vector.
 - "clip": the two-tower model's own head on the fused vector (log-probabilities).
+- `NeighbourView` ("image_knn"): the vote of the nearest labelled training products in one tower's output,
+  kept in the bundle in a whitened low-dimensional projection (log of the smoothed vote). On image trunk
+  features it separates codes the linear head cannot, for products the index vote barely helps (image only).
 - "knn": the vote of the labelled neighbours found in the published index (log of the smoothed vote).
 
 `ViewCombiner` adds the views a product has, each scaled by a non-negative weight of the product's group
@@ -34,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from shopclip.model.knn import exact_search, knn_votes
 
 CLIP_VIEW = "clip"
 KNN_VIEW = "knn"
@@ -162,8 +167,49 @@ class DenseView:
     """(feature dim, classes)."""
     bias: np.ndarray
 
+    @property
+    def num_classes(self) -> int:
+        return len(self.bias)
+
     def scores(self, features: np.ndarray) -> np.ndarray:
         return log_softmax(l2_normalise(features.astype(np.float64)) @ self.weight + self.bias)
+
+
+@dataclass
+class NeighbourView:
+    """Labelled products' outputs of one tower as a memory -> log of their k-NN vote (`knn_scores`).
+
+    Features are L2-normalised, centred, projected on their principal directions scaled by the inverse
+    singular values (whitening: every direction counts alike, so a few dominant ones do not decide the
+    neighbours) and L2-normalised again; similarity is the cosine there."""
+
+    name: str
+    source: str
+    modality: str
+    mean: np.ndarray
+    """(feature dim,) mean of the normalised training features."""
+    projection: np.ndarray
+    """(feature dim, reduced dim) whitening projection."""
+    keys: np.ndarray
+    """(products, reduced dim) float32, the projected training products."""
+    labels: np.ndarray
+    """(products,) class index of each key."""
+    num_classes: int
+    k: int
+    temperature: float
+
+    def project(self, features: np.ndarray) -> np.ndarray:
+        centred = l2_normalise(features.astype(np.float64)) - self.mean
+        return l2_normalise(centred @ self.projection).astype(np.float32)
+
+    def scores(self, features: np.ndarray) -> np.ndarray:
+        similarities, rows = exact_search(self.project(features), self.keys, self.k)
+        votes = knn_votes(self.labels[rows], similarities, range(self.num_classes), self.temperature)
+        return knn_scores(votes)
+
+
+FeatureView = DenseView | NeighbourView
+"""A view that reads a tower's output (`ViewInputs.features[view.source]`)."""
 
 
 @dataclass
@@ -224,7 +270,7 @@ class EnsembleClassifier:
     """The views and their combiner: everything Classify needs beyond the two-tower model and the index."""
 
     sparse_views: list[SparseTextView]
-    dense_views: list[DenseView]
+    dense_views: list[FeatureView]
     combiner: ViewCombiner
     uses_clip_head: bool = True
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -241,7 +287,7 @@ class EnsembleClassifier:
             scores[view.name], present[view.name] = full, np.asarray(inputs.has_text, dtype=bool)
         for view in self.dense_views:
             has = np.asarray(inputs.has_image if view.modality == "image" else inputs.has_text, dtype=bool)
-            full = np.zeros((len(has), len(view.bias)))
+            full = np.zeros((len(has), view.num_classes))
             if has.any():
                 full[has] = view.scores(inputs.features[view.source][has])
             scores[view.name], present[view.name] = full, has
@@ -277,10 +323,20 @@ class EnsembleClassifier:
                 parts.append({"analyser": part.analyser, "ngram_range": list(part.ngram_range)})
             views.append({"name": view.name, "kind": "sparse_text", "modality": view.modality, "parts": parts})
         for view in self.dense_views:
-            arrays[f"{view.name}.weight"], arrays[f"{view.name}.bias"] = view.weight, view.bias
-            views.append({"name": view.name, "kind": "dense", "source": view.source, "modality": view.modality})
+            entry = {"name": view.name, "kind": "dense", "source": view.source, "modality": view.modality}
+            if isinstance(view, NeighbourView):
+                arrays[f"{view.name}.mean"], arrays[f"{view.name}.projection"] = view.mean, view.projection
+                # keys and labels keep their own dtypes: the memory grows with the catalogue
+                arrays[f"{view.name}.keys"] = view.keys.astype(np.float16)
+                arrays[f"{view.name}.labels"] = view.labels.astype(np.int32)
+                entry.update(kind="neighbours", num_classes=view.num_classes, k=view.k,
+                             temperature=view.temperature)
+            else:
+                arrays[f"{view.name}.weight"], arrays[f"{view.name}.bias"] = view.weight, view.bias
+            views.append(entry)
         with replace_atomically(folder / ARRAYS_FILE) as temporary:
-            save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in arrays.items()}, str(temporary))
+            save_file({k: np.ascontiguousarray(v if v.dtype in (np.float16, np.int32) else v.astype(np.float32))
+                       for k, v in arrays.items()}, str(temporary))
         write_json_atomically(folder / VOCABULARY_FILE, vocabularies, indent=None)
         return {"views": views, "uses_clip_head": self.uses_clip_head,
                 "combiner": {"view_names": self.combiner.view_names, "with_knn": self.combiner.with_knn,
@@ -292,11 +348,18 @@ class EnsembleClassifier:
         from safetensors.numpy import load_file
 
         folder = Path(folder)
-        arrays = {k: v.astype(np.float64) for k, v in load_file(str(folder / ARRAYS_FILE)).items()}
+        arrays = {k: v.astype(np.float64) if v.dtype == np.float32 else v
+                  for k, v in load_file(str(folder / ARRAYS_FILE)).items()}
         vocabularies = json.loads((folder / VOCABULARY_FILE).read_text())
         sparse, dense = [], []
         for view in config["views"]:
             name = view["name"]
+            if view["kind"] == "neighbours":
+                dense.append(NeighbourView(name, view["source"], view["modality"], arrays[f"{name}.mean"],
+                                           arrays[f"{name}.projection"], arrays[f"{name}.keys"].astype(np.float32),
+                                           arrays[f"{name}.labels"].astype(np.int64), int(view["num_classes"]),
+                                           int(view["k"]), float(view["temperature"])))
+                continue
             weight, bias = arrays[f"{name}.weight"], arrays[f"{name}.bias"]
             if view["kind"] == "sparse_text":
                 parts = [TfidfPart(part["analyser"], tuple(part["ngram_range"]), vocabularies[f"{name}.{p}"],

@@ -108,13 +108,49 @@ def test_classifier_round_trips_through_its_files(tmp_path) -> None:
     np.testing.assert_allclose(loaded.probabilities(inputs, votes), classifier.probabilities(inputs, votes),
                                atol=1e-5)
     assert loaded.metadata == {"val_weighted_f1": 1.0}
-    assert [v.name for v in loaded.dense_views] == ["use", "image"]
+    assert [v.name for v in loaded.dense_views] == ["use", "image", "image_knn"]
+    knn_view, loaded_view = classifier.dense_views[-1], loaded.dense_views[-1]
+    assert loaded_view.keys.dtype == np.float32 and loaded_view.k == knn_view.k
+    np.testing.assert_allclose(loaded_view.keys, knn_view.keys, atol=1e-3)  # stored as float16
+
+
+def test_no_image_neighbour_view_when_its_dimensions_are_zero() -> None:
+    _, inputs = _classifier()
+    _, dense = fit_views(inputs, LABELS, 5, ViewSpec(image_knn_dims=0), {"use": "text", "image": "image"})
+    assert [v.name for v in dense] == ["use", "image"]
+
+
+def _nuisance_clusters(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Three classes told apart by small offsets in 4 dims, buried under 2 dims of large uninformative spread."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, n)
+    signal = np.eye(4)[labels] * 0.6 + rng.standard_normal((n, 4)) * 0.1
+    nuisance = rng.standard_normal((n, 2)) * 5.0
+    return np.hstack([signal, nuisance]), labels
+
+
+def test_neighbour_view_votes_in_the_whitened_space() -> None:
+    from shopclip.model.ensemble import l2_normalise
+    from shopclip.model.knn import exact_search
+    from shopclip.training.ensemble import fit_neighbour_view
+
+    train, train_labels = _nuisance_clusters(300, 0)
+    test, test_labels = _nuisance_clusters(100, 1)
+    view = fit_neighbour_view("image_knn", "image", "image", train, train_labels, 4, dims=6, k=10,
+                              temperature=0.1)
+    scores = view.scores(test)
+    assert scores.shape == (100, 4) and np.isfinite(scores).all()
+    assert (scores[:, 3] < np.log(0.01)).all(), "a class no neighbour has stays unlikely, not impossible"
+    whitened_accuracy = (scores.argmax(axis=1) == test_labels).mean()
+    _, rows = exact_search(l2_normalise(test).astype(np.float32), l2_normalise(train).astype(np.float32), 10)
+    plain = np.array([np.bincount(train_labels[r], minlength=3).argmax() for r in rows])
+    assert whitened_accuracy > 0.9 > (plain == test_labels).mean() + 0.2, "whitening lets the signal decide"
 
 
 def test_a_product_without_an_image_is_not_scored_by_the_image_view() -> None:
     classifier, inputs = _classifier()
     scores, present = classifier.view_scores(inputs)
-    assert not present["image"][~inputs.has_image].any()
+    assert not present["image"][~inputs.has_image].any() and not present["image_knn"][~inputs.has_image].any()
     changed = ViewInputs(inputs.texts, inputs.has_text, inputs.has_image,
                          {**inputs.features, "image": inputs.features["image"] * 0 + 99.0}, inputs.clip_log_probs)
     probs, probs_changed = classifier.probabilities(inputs, None), classifier.probabilities(changed, None)

@@ -73,8 +73,10 @@ def test_bundle_records_split_classes_history_and_tuned_knn(trained: tuple[Path,
     assert learnt["products"] == len(split["train"]) + len(split["val"])  # every product but the test split
     assert learnt["epochs"] == max(training["history"], key=lambda h: h["val_weighted_f1"])["epoch"]
     classifier = config["classifier"]
-    assert [v["name"] for v in classifier["views"]] == ["tfidf", "image"]
-    assert classifier["combiner"]["view_names"] == ["tfidf", "image", "clip"]
+    assert [v["name"] for v in classifier["views"]] == ["tfidf", "image", "image_knn"]
+    assert classifier["combiner"]["view_names"] == ["tfidf", "image", "image_knn", "clip"]
+    memory = next(v for v in classifier["views"] if v["name"] == "image_knn")
+    assert memory["kind"] == "neighbours" and memory["source"] == "image" and memory["k"] == 30
     assert set(classifier["combiner"]["with_knn"]) == {"text", "image_only"}
     idf = model.text_towers["ngram"].idf
     assert idf.min() >= 1.0 and idf.max() > idf.min()  # fitted on the training texts and saved in the bundle

@@ -58,6 +58,12 @@ class TrainConfig:
                                                                "pretrained text tower's output")
     image_view_c: tuple[float, ...] = option((1.0, 3.0, 10.0), "candidate C of the logistic regression on the "
                                                                "image trunk's output")
+    image_knn_dims: int = option(128, "whitened dimensions of the image neighbour view's memory (0: no such "
+                                      "view)")
+    """The image neighbour view (`shopclip.model.ensemble.NeighbourView`): the vote of the nearest labelled
+    training images in a whitened projection of the trunk's output, kept in the bundle."""
+    image_knn_k: int = option(30, "neighbours that vote in the image neighbour view")
+    image_knn_temperature: float = option(0.1, "softmax temperature over the image neighbours' similarities")
     e5_tune_epochs: int = option(6, "most epochs of fine-tuning the e5 top (the best validation epoch is kept)")
     """Most epochs of fine-tuning the e5 top (ModelConfig.e5_tuned_layers); validation chooses the best."""
     e5_tune_lr: float = option(1e-4, "learning rate of the tuned e5 layers")
@@ -95,9 +101,14 @@ class TrainConfig:
                 raise InvalidConfig(name, f"expected positive candidates, got {values}")
         if self.threads is not None and self.threads < 1:
             raise InvalidConfig("threads", f"must be >= 1, got {self.threads}")
-        for name in ("epochs", "batch_size", "e5_tune_epochs"):
+        for name in ("epochs", "batch_size", "e5_tune_epochs", "image_knn_k"):
             if getattr(self, name) < 1:
                 raise InvalidConfig(name, f"must be >= 1, got {getattr(self, name)}")
+        if self.image_knn_dims < 0:
+            raise InvalidConfig("image_knn_dims", f"must be >= 0 (0: no image neighbour view), got "
+                                                  f"{self.image_knn_dims}")
+        if self.image_knn_temperature <= 0:
+            raise InvalidConfig("image_knn_temperature", f"must be > 0, got {self.image_knn_temperature}")
 
     @property
     def split_fractions(self) -> tuple[float, float]:

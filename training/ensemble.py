@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shopclip.model.ensemble import (CLIP_VIEW, GROUPS, KNN_VIEW, MISSING_CLASS_BIAS, DenseView,
-                                     SparseTextView, TfidfPart, ViewCombiner, ViewInputs,
+from shopclip.model.ensemble import (CLIP_VIEW, GROUPS, KNN_VIEW, MISSING_CLASS_BIAS, DenseView, FeatureView,
+                                     NeighbourView, SparseTextView, TfidfPart, ViewCombiner, ViewInputs,
                                      group_of, knn_scores, l2_normalise)
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,8 @@ VoteFunction = Callable[[int, float], np.ndarray]
 WORD_NGRAMS = (1, 2)
 CHAR_NGRAMS = (2, 5)
 SPARSE_VIEW = "tfidf"
+NEIGHBOUR_SUFFIX = "_knn"
+"""A neighbour view is named after the features it reads: "image" -> "image_knn"."""
 COMBINER_L2 = 1e-3
 """Ridge on the combiner's weights: a view that adds nothing on validation drifts to zero, not to noise."""
 
@@ -41,6 +43,11 @@ class ViewSpec:
     """Logistic regression on a text tower's normalised output."""
     image_c: tuple[float, ...] = (1.0, 3.0, 10.0)
     """Logistic regression on the image trunk's normalised output (1280 dims for a few thousand images)."""
+    image_knn_dims: int = 128
+    """Whitened dimensions of the image neighbour view's memory; 0: no such view. Chosen, with k and the
+    temperature below, by cross-validation over the image products of ../shared/data (README)."""
+    image_knn_k: int = 30
+    image_knn_temperature: float = 0.1
 
     def candidates(self, modality: str, sparse: bool = False) -> tuple[float, ...]:
         return self.sparse_c if sparse else self.image_c if modality == "image" else self.text_c
@@ -48,6 +55,25 @@ class ViewSpec:
     def default(self, modality: str, sparse: bool = False) -> float:
         grid = self.candidates(modality, sparse)
         return grid[len(grid) // 2]
+
+
+def fit_neighbour_view(name: str, source: str, modality: str, features: np.ndarray, labels: np.ndarray,
+                       num_classes: int, dims: int, k: int, temperature: float) -> NeighbourView:
+    """Memory of these labelled products in a whitened projection of their normalised features (see
+    `NeighbourView`): the top `dims` principal directions, each scaled by its inverse singular value."""
+    from sklearn.utils.extmath import randomized_svd
+
+    normalised = l2_normalise(features.astype(np.float64))
+    mean = normalised.mean(axis=0)
+    centred = normalised - mean
+    dims = min(dims, *centred.shape)
+    _, singular, components = randomized_svd(centred, dims, random_state=0)
+    kept = singular > singular[0] * 1e-6  # a direction with no variance would divide by zero
+    projection = components[kept].T / singular[kept]
+    view = NeighbourView(name, source, modality, mean, projection, np.zeros((0, int(kept.sum())), np.float32),
+                         np.asarray(labels, dtype=np.int64), num_classes, k, temperature)
+    view.keys = view.project(features)
+    return view
 
 
 def fit_sparse_text_view(texts: Sequence[str], labels: np.ndarray, num_classes: int, c: float,
@@ -94,31 +120,35 @@ def _full_classes(coef: np.ndarray, intercept: np.ndarray, classes: np.ndarray, 
 
 def fit_views(inputs: ViewInputs, labels: np.ndarray, num_classes: int, spec: ViewSpec,
               sources: Mapping[str, str], chosen_c: Mapping[str, float] | None = None
-              ) -> tuple[list[SparseTextView], list[DenseView]]:
+              ) -> tuple[list[SparseTextView], list[FeatureView]]:
     """Every view on the products of `inputs` that have its modality, with the C of `chosen_c` (a view
     missing there gets its kind's default). `sources`: feature key -> modality."""
     chosen_c = chosen_c or {}
     sparse, dense = [], []
-    for kind, name, modality, rows in _view_rows(inputs, labels, sources):
+    for kind, name, modality, rows in _view_rows(inputs, labels, sources, spec):
         c = chosen_c.get(name, spec.default(modality, sparse=kind == "sparse"))
-        view = _fit_one(kind, name, modality, inputs, labels, rows, num_classes, c)
+        view = _fit_one(kind, name, modality, inputs, labels, rows, num_classes, c, spec)
         (sparse if kind == "sparse" else dense).append(view)
     return sparse, dense
 
 
 def choose_views(train: ViewInputs, train_labels: np.ndarray, val: ViewInputs, val_labels: np.ndarray,
                  num_classes: int, spec: ViewSpec, sources: Mapping[str, str]
-                 ) -> tuple[list[SparseTextView], list[DenseView], dict[str, float]]:
-    """For each view, the C among its candidates with the best weighted F1 on the validation products that
-    have its modality (ties: the first, i.e. the stronger regularisation); returns the fitted views and C."""
+                 ) -> tuple[list[SparseTextView], list[FeatureView], dict[str, float]]:
+    """For each linear view, the C among its candidates with the best weighted F1 on the validation products
+    that have its modality (ties: the first, i.e. the stronger regularisation); returns the fitted views and
+    C. Neighbour views have nothing to choose here: the combiner's weight decides what they count for."""
     from shopclip.training.metrics import scores as classification_scores
 
     sparse, dense, chosen = [], [], {}
-    for kind, name, modality, rows in _view_rows(train, train_labels, sources):
+    for kind, name, modality, rows in _view_rows(train, train_labels, sources, spec):
+        if kind == "neighbours":
+            dense.append(_fit_one(kind, name, modality, train, train_labels, rows, num_classes, 0.0, spec))
+            continue
         has = np.asarray(val.has_image if modality == "image" else val.has_text, dtype=bool)
         best, best_f1 = None, -1.0
         for c in spec.candidates(modality, sparse=kind == "sparse"):
-            view = _fit_one(kind, name, modality, train, train_labels, rows, num_classes, c)
+            view = _fit_one(kind, name, modality, train, train_labels, rows, num_classes, c, spec)
             f1 = _view_f1(view, val, has, val_labels, classification_scores) if has.any() else 0.0
             if f1 > best_f1:
                 best, best_f1, chosen[name] = view, f1, c
@@ -127,8 +157,9 @@ def choose_views(train: ViewInputs, train_labels: np.ndarray, val: ViewInputs, v
     return sparse, dense, chosen
 
 
-def _view_rows(inputs: ViewInputs, labels: np.ndarray, sources: Mapping[str, str]):
-    """(kind, name, modality, training rows) of every view that has something to learn from."""
+def _view_rows(inputs: ViewInputs, labels: np.ndarray, sources: Mapping[str, str], spec: ViewSpec):
+    """(kind, name, modality, training rows) of every view that has something to learn from: the sparse
+    text view, a linear view per tower and a neighbour view over the image trunk."""
     text_rows = np.nonzero(inputs.has_text)[0]
     if len(np.unique(labels[text_rows])) >= 2:
         yield "sparse", SPARSE_VIEW, "text", text_rows
@@ -138,16 +169,22 @@ def _view_rows(inputs: ViewInputs, labels: np.ndarray, sources: Mapping[str, str
             log.warning("view %s skipped: fewer than two classes among its %d training products", source, len(rows))
             continue
         yield "dense", source, modality, rows
+        if modality == "image" and spec.image_knn_dims > 0:
+            yield "neighbours", source + NEIGHBOUR_SUFFIX, modality, rows
 
 
 def _fit_one(kind: str, name: str, modality: str, inputs: ViewInputs, labels: np.ndarray, rows: np.ndarray,
-             num_classes: int, c: float) -> SparseTextView | DenseView:
+             num_classes: int, c: float, spec: ViewSpec) -> SparseTextView | FeatureView:
     if kind == "sparse":
         return fit_sparse_text_view([inputs.texts[i] for i in rows], labels[rows], num_classes, c, name=name)
+    if kind == "neighbours":
+        source = name.removesuffix(NEIGHBOUR_SUFFIX)
+        return fit_neighbour_view(name, source, modality, inputs.features[source][rows], labels[rows],
+                                  num_classes, spec.image_knn_dims, spec.image_knn_k, spec.image_knn_temperature)
     return fit_dense_view(name, name, modality, inputs.features[name][rows], labels[rows], num_classes, c)
 
 
-def _view_f1(view: SparseTextView | DenseView, val: ViewInputs, has: np.ndarray, labels: np.ndarray,
+def _view_f1(view: SparseTextView | FeatureView, val: ViewInputs, has: np.ndarray, labels: np.ndarray,
              classification_scores) -> float:
     rows = np.nonzero(has)[0]
     if isinstance(view, SparseTextView):
@@ -157,7 +194,7 @@ def _view_f1(view: SparseTextView | DenseView, val: ViewInputs, has: np.ndarray,
     return classification_scores(labels[rows], predicted)["weighted_f1"]
 
 
-def view_names(sparse: Sequence[SparseTextView], dense: Sequence[DenseView]) -> list[str]:
+def view_names(sparse: Sequence[SparseTextView], dense: Sequence[FeatureView]) -> list[str]:
     """The combiner's views, in its order: the sparse views, the dense views, then the two-tower head."""
     return [view.name for view in sparse] + [view.name for view in dense] + [CLIP_VIEW]
 

@@ -34,7 +34,7 @@ from shopclip.catalogue_files import SourceRow
 from shopclip.model.clip import IMAGE_FEATURES
 from shopclip.model.config import ModelConfig
 from shopclip.model.e5_tuned import E5_TUNED
-from shopclip.model.ensemble import GROUPS, DenseView, EnsembleClassifier, ViewCombiner, ViewInputs
+from shopclip.model.ensemble import GROUPS, EnsembleClassifier, FeatureView, ViewCombiner, ViewInputs
 from shopclip.model.knn import KnnParams
 from shopclip.training.config import TrainConfig
 from shopclip.training.data import fingerprint, load_products, split_products
@@ -292,7 +292,7 @@ class Trainer:
         log.info("tuned e5: best validation epoch %d of %s", epoch, [round(f, 4) for f in curve])
         return epoch
 
-    def _with_tuned_view(self, dense: list[DenseView]) -> list[DenseView]:
+    def _with_tuned_view(self, dense: list[FeatureView]) -> list[FeatureView]:
         return dense + [tuned_view(self.model.e5_tuned)] if self.tuning is not None else dense
 
     # ------------------------------------------------------------------ classifier
@@ -316,8 +316,10 @@ class Trainer:
         return sources
 
     def view_spec(self) -> ViewSpec:
-        return ViewSpec(sparse_c=tuple(self.config.sparse_c), text_c=tuple(self.config.text_view_c),
-                        image_c=tuple(self.config.image_view_c))
+        config = self.config
+        return ViewSpec(sparse_c=tuple(config.sparse_c), text_c=tuple(config.text_view_c),
+                        image_c=tuple(config.image_view_c), image_knn_dims=config.image_knn_dims,
+                        image_knn_k=config.image_knn_k, image_knn_temperature=config.image_knn_temperature)
 
     def _select_classifier(self) -> dict:
         """Views fitted on the training split; combiner and k-NN vote fitted on validation."""
