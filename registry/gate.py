@@ -8,7 +8,10 @@ vote), and the challenger is refused when
 - that weighted F1, or a figure both bundles recorded (cross-validation, else validation weighted F1), fell by
   more than a tolerance;
 - a class with enough regression products lost more than a set recall (a better average can hide a class that a
-  new drop broke).
+  new drop broke), and more than chance explains: both models answer the same products, so the class's loss is
+  judged by an exact one-sided McNemar test on the products only one of them gets right. With ~15 products a
+  class, two answers flipping already move recall by 0.13; across 27 classes some such flips are near certain
+  for any retrained model, and a gate refusing on them would refuse every retraining.
 The decision, both models' numbers, the classes that failed and the reason are recorded on the challenger's
 version (registry/store.py `record_gate`) whatever the outcome, and forced promotions are recorded as forced.
 
@@ -60,11 +63,24 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Scores:
-    """One model's answers on the regression products."""
+    """One model's answers on the regression products (the same products, in the same order, for every model)."""
 
     weighted_f1: float
-    recall: dict[int, float]
-    support: dict[int, int]
+    truth: "np.ndarray"
+    """(products,) the true code of each regression product."""
+    correct: "np.ndarray"
+    """(products,) whether the model's answer was that code."""
+
+    @property
+    def support(self) -> dict[int, int]:
+        import numpy as np
+
+        codes, counts = np.unique(self.truth, return_counts=True)
+        return {int(code): int(n) for code, n in zip(codes, counts)}
+
+    @property
+    def recall(self) -> dict[int, float]:
+        return {code: float(self.correct[self.truth == code].mean()) for code in self.support}
 
 
 def promote(registry: Registry, ref: str, options: GateOptions, *, force: bool = False,
@@ -122,7 +138,8 @@ def decide(candidates: list[Candidate], scores: list[Scores], options: GateOptio
                               champion.figures if comparable else {}, options)
         failed_classes = _recall_drops(ours, theirs, options)
         if failed_classes:
-            failures.append(f"{len(failed_classes)} class(es) lost more than {options.max_recall_drop:.2f} recall: "
+            failures.append(f"{len(failed_classes)} class(es) lost more than {options.max_recall_drop:.2f} recall "
+                            f"beyond chance: "
                             + ", ".join(f"{c['code']} ({c['champion_recall']:.2f} -> {c['challenger_recall']:.2f})"
                                         for c in failed_classes[:5]))
         champion_summary = _summary(champion, theirs)
@@ -157,8 +174,9 @@ def format_decision(decision: dict[str, Any]) -> str:
         elif model:
             lines.append(f"{role:<10} version {model['version']}")
     for failed in decision.get("failed_classes", []):
+        chance = f" (p = {failed['p_value']:.3g})" if "p_value" in failed else ""  # decisions before the test
         lines.append(f"  class {failed['code']}: recall {failed['champion_recall']:.3f} -> "
-                     f"{failed['challenger_recall']:.3f} on {failed['products']} products")
+                     f"{failed['challenger_recall']:.3f} on {failed['products']} products{chance}")
     return "\n".join(lines)
 
 
@@ -227,11 +245,8 @@ def _score(candidate: Candidate, products: list["SourceRow"]) -> Scores:
     probs = classify_products(embedder, products, _embed(embedder, candidate.references), reference_codes)
     predicted = np.asarray(embedder.codes, dtype=np.int64)[probs.argmax(axis=1)]
     truth = np.array([p.prdtypecode for p in products], dtype=np.int64)
-    codes, support = np.unique(truth, return_counts=True)
-    recall = {int(code): float((predicted[truth == code] == code).mean()) for code in codes}
     log.info("version %s: %d regression products scored", candidate.record.version, len(products))
-    return Scores(float(f1_score(truth, predicted, average="weighted", zero_division=0)), recall,
-                  {int(code): int(n) for code, n in zip(codes, support)})
+    return Scores(float(f1_score(truth, predicted, average="weighted", zero_division=0)), truth, predicted == truth)
 
 
 def _embed(embedder: "BundleEmbedder", products: list["SourceRow"]) -> "np.ndarray":
@@ -273,12 +288,29 @@ def _f1_drops(ours: Scores, theirs: Scores, our_figures: dict[str, float], their
 
 
 def _recall_drops(ours: Scores, theirs: Scores, options: GateOptions) -> list[dict[str, Any]]:
-    """Judged classes (enough regression products) whose recall fell by more than the tolerance, worst first."""
-    failed = [{"code": code, "products": n, "champion_recall": round(theirs.recall[code], 4),
-               "challenger_recall": round(ours.recall[code], 4)}
-              for code, n in ours.support.items()
-              if n >= options.min_class_products and theirs.recall[code] - ours.recall[code] > options.max_recall_drop]
+    """Judged classes (enough regression products) whose recall fell by more than the tolerance and beyond
+    chance (`recall_loss_p_value` below the gate's significance), worst first."""
+    our_recall, their_recall = ours.recall, theirs.recall
+    failed = []
+    for code, n in ours.support.items():
+        if n < options.min_class_products or their_recall[code] - our_recall[code] <= options.max_recall_drop:
+            continue
+        p_value = recall_loss_p_value(ours, theirs, code)
+        if p_value < options.recall_drop_significance:
+            failed.append({"code": code, "products": n, "champion_recall": round(their_recall[code], 4),
+                           "challenger_recall": round(our_recall[code], 4), "p_value": round(p_value, 4)})
     return sorted(failed, key=lambda c: c["challenger_recall"] - c["champion_recall"])
+
+
+def recall_loss_p_value(ours: Scores, theirs: Scores, code: int) -> float:
+    """One-sided exact McNemar test on the class's products: the chance that a challenger as good as the champion
+    would lose at least as many of the products only one of them gets right. 1.0 when no answer differs."""
+    from scipy.stats import binomtest
+
+    rows = ours.truth == code
+    lost = int((theirs.correct[rows] & ~ours.correct[rows]).sum())
+    won = int((ours.correct[rows] & ~theirs.correct[rows]).sum())
+    return float(binomtest(lost, lost + won, 0.5, alternative="greater").pvalue) if lost + won else 1.0
 
 
 def _judged_count(ours: Scores, options: GateOptions) -> int:
@@ -290,7 +322,8 @@ def _why_passed(ours: Scores, theirs: list[Scores], options: GateOptions) -> str
         return (f"first champion: regression weighted F1 {ours.weighted_f1:.4f} reaches the floor "
                 f"{options.min_weighted_f1:.2f}")
     return (f"regression weighted F1 {ours.weighted_f1:.4f} vs champion {theirs[0].weighted_f1:.4f} (tolerance "
-            f"{options.max_f1_drop:.2f}); no judged class lost more than {options.max_recall_drop:.2f} recall")
+            f"{options.max_f1_drop:.2f}); no judged class lost more than {options.max_recall_drop:.2f} recall beyond "
+            f"chance (p < {options.recall_drop_significance:g})")
 
 
 # -- the record ---------------------------------------------------------------------------------------------

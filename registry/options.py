@@ -56,6 +56,9 @@ class GateOptions:
                                       "bundles) falls by more than this")
     max_recall_drop: float = option(0.10, "refuse when a class's recall on the regression set falls by more than "
                                           "this")
+    recall_drop_significance: float = option(0.05, "a class's recall drop counts only when chance explains it "
+                                                   "less often than this (one-sided exact McNemar p-value on "
+                                                   "its products; 1: every drop beyond the tolerance counts)")
     min_class_products: int = option(5, "classes with fewer regression products are not judged by recall (too "
                                         "few to tell a drop from noise)")
     min_weighted_f1: float = option(0.5, "floor on the challenger's regression weighted F1, and the whole test "
@@ -63,7 +66,7 @@ class GateOptions:
     device: str | None = option(None, "cpu or cuda for scoring (default: cuda when available)")
 
     def __post_init__(self) -> None:
-        for name in ("max_f1_drop", "max_recall_drop", "min_weighted_f1"):
+        for name in ("max_f1_drop", "max_recall_drop", "min_weighted_f1", "recall_drop_significance"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise InvalidConfig(name, f"must be in [0, 1], got {getattr(self, name)}")
         if self.min_class_products < 1:
@@ -72,4 +75,5 @@ class GateOptions:
     def thresholds(self) -> dict[str, float | int]:
         """The figures a decision was taken under (recorded with it)."""
         return {"max_f1_drop": self.max_f1_drop, "max_recall_drop": self.max_recall_drop,
+                "recall_drop_significance": self.recall_drop_significance,
                 "min_class_products": self.min_class_products, "min_weighted_f1": self.min_weighted_f1}

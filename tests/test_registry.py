@@ -187,22 +187,49 @@ def test_the_gate_promotes_a_first_model_and_an_equal_one_and_refuses_shuffled_l
     assert "gate decisions: 1" in shown and "REFUSED" in shown and "parent version:     2" in shown
 
 
+def _scores(weighted_f1: float, answers: dict[int, list[bool]]) -> Scores:
+    """Scores over products laid out class by class in `answers` order (the same for every model compared)."""
+    truth = np.concatenate([np.full(len(hits), code) for code, hits in answers.items()])
+    return Scores(weighted_f1, truth, np.concatenate([np.array(hits, dtype=bool) for hits in answers.values()]))
+
+
+def _hits(n: int, right: int) -> list[bool]:
+    """The first `right` of `n` products answered right."""
+    return [True] * right + [False] * (n - right)
+
+
 def test_a_class_that_loses_recall_is_refused_even_when_weighted_f1_holds() -> None:
     options = GateOptions(regression_set="unused", min_class_products=5, max_recall_drop=0.10)
-    champion = Scores(0.90, {1: 0.9, 2: 0.9, 3: 1.0}, {1: 50, 2: 50, 3: 4})
-    better_on_average = Scores(0.905, {1: 1.0, 2: 0.75, 3: 0.0}, champion.support)
+    champion = _scores(0.90, {1: _hits(50, 45), 2: _hits(50, 45), 3: _hits(4, 4)})
+    better_on_average = _scores(0.905, {1: _hits(50, 50), 2: _hits(50, 37), 3: _hits(4, 0)})
     decision = decide([_candidate("2"), _candidate("1")], [better_on_average, champion], options,
                       {"products": 104})
     assert decision["decision"] == "refused"
     assert [c["code"] for c in decision["failed_classes"]] == [2]  # class 3 has too few products to judge
+    assert decision["failed_classes"][0]["p_value"] < 0.01  # 8 products lost, none won
     assert decision["regression_set"]["classes_judged"] == 2
-    steady = Scores(0.895, {1: 0.85, 2: 0.85, 3: 0.0}, champion.support)
+    steady = _scores(0.895, {1: _hits(50, 42), 2: _hits(50, 42), 3: _hits(4, 0)})
     assert decide([_candidate("2"), _candidate("1")], [steady, champion], options, {})["decision"] == "passed"
+
+
+def test_a_recall_drop_that_chance_explains_is_not_a_refusal() -> None:
+    options = GateOptions(regression_set="unused", min_class_products=5, max_recall_drop=0.10)
+    champion = _scores(0.80, {1: _hits(15, 12), 2: _hits(15, 12)})
+    # class 1: 3 products lost and 1 won (recall 0.80 -> 0.67): one-sided McNemar p = 5/16
+    # class 2: 5 lost, none won (0.80 -> 0.47): p = 1/32
+    shuffled_answers = _scores(0.78, {1: _hits(9, 9) + [False, False, False, True, False, False],
+                                      2: _hits(15, 7)})
+    decision = decide([_candidate("2"), _candidate("1")], [shuffled_answers, champion], options, {})
+    assert [c["code"] for c in decision["failed_classes"]] == [2]
+    assert decision["failed_classes"][0]["p_value"] == pytest.approx(1 / 32, abs=1e-4)
+    every_drop = GateOptions(regression_set="unused", min_class_products=5, recall_drop_significance=1.0)
+    judged_naively = decide([_candidate("2"), _candidate("1")], [shuffled_answers, champion], every_drop, {})
+    assert [c["code"] for c in judged_naively["failed_classes"]] == [2, 1]
 
 
 def test_a_drop_in_a_figure_both_bundles_recorded_refuses() -> None:
     options = GateOptions(regression_set="unused")
-    same = Scores(0.9, {1: 0.9}, {1: 10})
+    same = _scores(0.9, {1: _hits(10, 9)})
     decision = decide([_candidate("2", val=0.70), _candidate("1", val=0.75)], [same, same], options, {})
     assert decision["decision"] == "refused" and "recorded validation weighted F1 fell" in decision["reason"]
     unrecorded = decide([_candidate("2"), _candidate("1", val=0.75)], [same, same], options, {})
@@ -211,7 +238,7 @@ def test_a_drop_in_a_figure_both_bundles_recorded_refuses() -> None:
 
 def test_recorded_figures_are_compared_only_between_models_trained_on_the_same_data() -> None:
     options = GateOptions(regression_set="unused")
-    same = Scores(0.9, {1: 0.9}, {1: 10})
+    same = _scores(0.9, {1: _hits(10, 9)})
     after_a_drop = decide([_candidate("2", val=0.61, data="after"), _candidate("1", val=0.65, data="before")],
                           [same, same], options, {})
     assert after_a_drop["decision"] == "passed" and after_a_drop["recorded_figures"].startswith("not compared")
