@@ -169,6 +169,18 @@ class Catalogue:
         with self._errors("write embeddings"):
             self._table.merge_insert("productid").when_matched_update_all().execute(rows)
 
+    def current_vectors(self, fingerprint: str) -> list[tuple[int, str, np.ndarray]]:
+        """(productid, content hash, vector) of the products whose vector this model made from their current
+        content."""
+        where = (f"embed_fingerprint = {_quote(fingerprint)} AND embedding IS NOT NULL "
+                 "AND embedded_hash = content_hash")
+        rows = self._select(["productid", "embedded_hash", "embedding"], where)
+        if not rows.num_rows:
+            return []
+        flat = rows.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        vectors = flat.astype(np.float32, copy=False).reshape(rows.num_rows, -1)
+        return list(zip(rows.column("productid").to_pylist(), rows.column("embedded_hash").to_pylist(), vectors))
+
     def embedded_products(self, fingerprint: str) -> pa.Table:
         """Everything an index version needs, for the products that have a vector from this model."""
         where = f"embed_fingerprint = {_quote(fingerprint)} AND embedding IS NOT NULL"

@@ -58,6 +58,9 @@ class JobConfig:
     table: str = DEFAULT_TABLE
     build: BuildOptions = field(default_factory=BuildOptions)
     sources: SourceOptions = field(default_factory=SourceOptions)
+    known_vectors: Path | None = None
+    """Folder of vectors computed before the build (indexer/known_vectors.py): the model's kept vectors are
+    stored for the products they fit and not embedded again. None: embed everything stale."""
 
 
 def parse_duration(text: str) -> float:
@@ -160,6 +163,10 @@ def run_once(config: JobConfig) -> tuple[int, dict]:
             from shopclip.model import load_embedder  # heavy: only once there is work to check
 
             embedder = load_embedder(config.bundle)
+            if config.known_vectors is not None:
+                from shopclip.indexer.known_vectors import seed_catalogue
+
+                summary["reused_vectors"] = seed_catalogue(catalogue, config.known_vectors, embedder.fingerprint)
             if needs_build(config.index_root, catalogue, embedder.fingerprint):
                 result = build_under_lock(catalogue, config.index_root, embedder, config.build)
                 summary["build"] = {"version": result.version, "embedded": result.embedded,

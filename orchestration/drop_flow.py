@@ -15,9 +15,10 @@
 - `gate`: register the bundle (lineage: data fingerprint, parent = the champion), then the promotion gate of
   shopclip.registry; a refused challenger leaves the champion in place and the flow goes on with it. It embeds
   with `--embed-threads` threads, as the index build does; training takes its own `--threads` in `--train-flags`
-  (on cores a server also uses, both leave it its share).
-- `publish`: build and publish the index with the champion (new rows embedded, or everything for a new model);
-  servers that follow models swap model and index together.
+  (on cores a server also uses, both leave it its share). The champion's reference vectors come from the
+  catalogue where it has them; the vectors the gate computes are kept under the work folder.
+- `publish`: build and publish the index with the champion (new rows embedded, or everything for a new model,
+  less the vectors the gate kept for it); servers that follow models swap model and index together.
 - `check`: the server at `--server` answers with the published version (model and index), else NotReady.
 
 Every step is idempotent and safe to retry: ingest compares drop signatures, training skips a bundle that is
@@ -174,6 +175,8 @@ def gate(config: DropFlowConfig, bundle: str, references: str | None = None) -> 
     earlier export, replaced since, so it cannot serve as its references."""
     from dataclasses import replace
 
+    from shopclip.indexer.catalogue import Catalogue
+    from shopclip.indexer.known_vectors import KnownVectors
     from shopclip.registry.gate import promote
     from shopclip.registry.store import open_registry
 
@@ -188,8 +191,9 @@ def gate(config: DropFlowConfig, bundle: str, references: str | None = None) -> 
     champion = registry.alias("champion")
     if champion is not None and champion.version == record.version:
         return {"version": record.version, "promoted": True, "decision": "already champion"}
+    known = KnownVectors(Catalogue(config.catalogue), _known_vectors_folder(config))
     try:
-        decision = promote(registry, record.version, options, reason="drop flow")
+        decision = promote(registry, record.version, options, reason="drop flow", known_vectors=known)
     except PromotionRefused as refused:
         log.warning("version %s refused: %s", record.version, refused)
         return {"version": record.version, "promoted": False, "decision": refused.decision}
@@ -207,7 +211,8 @@ def publish(config: DropFlowConfig) -> dict[str, Any]:
     if code != 0:
         raise NotReady(f"index publish failed ({summary.get('status')}): {summary.get('error', '')}")
     return {"version": summary["current_version"], "model_version": champion.version,
-            "model_fingerprint": champion.bundle_fingerprint, "build": summary["build"]}
+            "model_fingerprint": champion.bundle_fingerprint, "build": summary["build"],
+            "reused_vectors": summary.get("reused_vectors", 0)}
 
 
 def check(config: DropFlowConfig, published: dict[str, Any]) -> dict[str, Any]:
@@ -237,7 +242,13 @@ def _job_config(config: DropFlowConfig, bundle: str):
     from shopclip.indexer.job import JobConfig
 
     return JobConfig(drops=config.drops, catalogue_uri=config.catalogue, index_root=Path(config.index_root),
-                     bundle=bundle, build=config.build, sources=config.sources)
+                     bundle=bundle, build=config.build, sources=config.sources,
+                     known_vectors=_known_vectors_folder(config))
+
+
+def _known_vectors_folder(config: DropFlowConfig) -> Path:
+    """Where the gate keeps the vectors it computed, for the publish step to reuse (indexer/known_vectors.py)."""
+    return Path(config.work_dir) / "known-vectors"
 
 
 def _champion(config: DropFlowConfig):

@@ -17,16 +17,19 @@ version (registry/store.py `record_gate`) whatever the outcome, and forced promo
 
 References are each bundle's own training products (as `shopclip evaluate` uses), or one catalogue folder for
 both (`--reference-set`, as a served index would hold them). Regression products a model learnt from or was
-validated on are left out for both models, so neither is flattered and both answer the same products.
+validated on are left out for both models, so neither is flattered and both answer the same products. A
+`KnownVectors` (the drop flow passes one) supplies reference vectors a model already has and keeps the ones
+computed here, so the index build after a promotion does not embed the catalogue again.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from shopclip import settings
 from shopclip.errors import InvalidInput, PromotionRefused
@@ -49,6 +52,17 @@ REFERENCE_BATCH = 32
 """Products per embedding call for the references (as the indexer embeds them)."""
 
 
+class KnownVectors(Protocol):
+    """Reference vectors a model already computed elsewhere, and a place for the ones the gate computes (the
+    drop flow's is indexer/known_vectors.py: the catalogue's vectors, and those kept for the index build)."""
+
+    def lookup(self, fingerprint: str, products: Sequence["SourceRow"]) -> dict[int, "np.ndarray"]:
+        """Vectors of model `fingerprint` for some of `products` (by productid), computed from their content."""
+
+    def keep(self, fingerprint: str, products: Sequence["SourceRow"], vectors: "np.ndarray") -> None:
+        """Remember vectors the gate computed with model `fingerprint`."""
+
+
 @dataclass
 class Candidate:
     """A registered version loaded for scoring."""
@@ -59,6 +73,8 @@ class Candidate:
     seen: set[int]
     """Productids it learnt from or was validated on: left out of the regression products."""
     figures: dict[str, float]
+    reused_references: int = 0
+    """References whose vector came from KnownVectors instead of an embedding."""
 
 
 @dataclass(frozen=True)
@@ -84,10 +100,11 @@ class Scores:
 
 
 def promote(registry: Registry, ref: str, options: GateOptions, *, force: bool = False,
-            reason: str = "") -> dict[str, Any]:
+            reason: str = "", known_vectors: KnownVectors | None = None) -> dict[str, Any]:
     """Gate `ref` (a version or `challenger`) against the champion and make it champion if it passes, or
     unconditionally with `force`. The decision is recorded on the version first; PromotionRefused (carrying
-    it as `.decision`) when refused, the champion unchanged."""
+    it as `.decision`) when refused, the champion unchanged. `known_vectors` spares embedding references
+    whose vectors exist, and keeps the ones computed."""
     challenger = registry.get(ref)
     champion = registry.alias(CHAMPION)
     if champion is not None and champion.version == challenger.version:
@@ -95,7 +112,7 @@ def promote(registry: Registry, ref: str, options: GateOptions, *, force: bool =
     if force:
         decision = _forced(challenger, champion, reason or "forced by the operator, gate not run")
     else:
-        decision = evaluate_gate(challenger, champion, options)
+        decision = evaluate_gate(challenger, champion, options, known_vectors)
     registry.record_gate(challenger.version, decision)
     if decision["decision"] == REFUSED:
         raise PromotionRefused(f"version {challenger.version} refused: {decision['reason']}", decision=decision)
@@ -104,8 +121,9 @@ def promote(registry: Registry, ref: str, options: GateOptions, *, force: bool =
     return decision
 
 
-def evaluate_gate(challenger: ModelRecord, champion: ModelRecord | None, options: GateOptions) -> dict[str, Any]:
-    """Score both versions on the regression set and decide; nothing is written."""
+def evaluate_gate(challenger: ModelRecord, champion: ModelRecord | None, options: GateOptions,
+                  known_vectors: KnownVectors | None = None) -> dict[str, Any]:
+    """Score both versions on the regression set and decide; nothing is written to the registry."""
     from shopclip.training.data import fingerprint, load_products
 
     if not options.regression_set:
@@ -115,7 +133,7 @@ def evaluate_gate(challenger: ModelRecord, champion: ModelRecord | None, options
     shared = _shared_references(options, regression)
     candidates = [_load(record, options, shared) for record in (challenger, champion) if record is not None]
     products, excluded = _eligible(regression, candidates)
-    scores = [_score(candidate, products) for candidate in candidates]
+    scores = [_score(candidate, products, known_vectors) for candidate in candidates]
     regression_info = {"source": str(Path(options.regression_set).resolve()), "fingerprint": fingerprint(regression),
                         "products": len(products), **excluded,
                         "references": "shared: " + str(Path(options.reference_set).resolve()) if shared is not None
@@ -234,7 +252,7 @@ def _eligible(regression: list["SourceRow"], candidates: list[Candidate]) -> tup
                       "excluded_unknown_code": len(unseen) - len(products)}
 
 
-def _score(candidate: Candidate, products: list["SourceRow"]) -> Scores:
+def _score(candidate: Candidate, products: list["SourceRow"], known_vectors: KnownVectors | None) -> Scores:
     import numpy as np
     from sklearn.metrics import f1_score
 
@@ -242,11 +260,32 @@ def _score(candidate: Candidate, products: list["SourceRow"]) -> Scores:
 
     embedder = candidate.embedder
     reference_codes = np.array([p.prdtypecode for p in candidate.references], dtype=np.int64)
-    probs = classify_products(embedder, products, _embed(embedder, candidate.references), reference_codes)
+    references = _reference_vectors(candidate, known_vectors)
+    probs = classify_products(embedder, products, references, reference_codes)
     predicted = np.asarray(embedder.codes, dtype=np.int64)[probs.argmax(axis=1)]
     truth = np.array([p.prdtypecode for p in products], dtype=np.int64)
     log.info("version %s: %d regression products scored", candidate.record.version, len(products))
     return Scores(float(f1_score(truth, predicted, average="weighted", zero_division=0)), truth, predicted == truth)
+
+
+def _reference_vectors(candidate: Candidate, known_vectors: KnownVectors | None) -> "np.ndarray":
+    """(references, dim) in the candidate's reference order: known vectors where there are some, the others
+    embedded (and handed to `known_vectors.keep`)."""
+    import numpy as np
+
+    embedder, references = candidate.embedder, candidate.references
+    if known_vectors is None:
+        return _embed(embedder, references)
+    known = known_vectors.lookup(embedder.fingerprint, references)
+    missing = [p for p in references if p.productid not in known]
+    computed = _embed(embedder, missing)
+    if missing:
+        known_vectors.keep(embedder.fingerprint, missing, computed)
+    known.update((p.productid, vector) for p, vector in zip(missing, computed))
+    candidate.reused_references = len(references) - len(missing)
+    log.info("version %s: %d reference vectors reused, %d embedded", candidate.record.version,
+             candidate.reused_references, len(missing))
+    return np.stack([known[p.productid] for p in references]) if references else computed
 
 
 def _embed(embedder: "BundleEmbedder", products: list["SourceRow"]) -> "np.ndarray":
@@ -331,7 +370,7 @@ def _why_passed(ours: Scores, theirs: list[Scores], options: GateOptions) -> str
 def _summary(candidate: Candidate, scores: Scores) -> dict[str, Any]:
     return {"version": candidate.record.version, "bundle_fingerprint": candidate.record.bundle_fingerprint,
             "weighted_f1": round(scores.weighted_f1, 4), "figures": candidate.figures,
-            "references": len(candidate.references)}
+            "references": len(candidate.references), "reused_references": candidate.reused_references}
 
 
 def _forced(challenger: ModelRecord, champion: ModelRecord | None, reason: str) -> dict[str, Any]:

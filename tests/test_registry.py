@@ -329,6 +329,44 @@ def test_bundles_training_data_and_regression_set_in_the_object_store(s3, option
     assert decision["regression_set"]["products"] == len(CODES) * REGRESSION_PER_CLASS
 
 
+class DictVectors:
+    """KnownVectors in memory, recording what the gate asked for and kept."""
+
+    def __init__(self) -> None:
+        self.vectors: dict[tuple[str, int], np.ndarray] = {}
+        self.kept: list[tuple[str, int]] = []
+
+    def lookup(self, fingerprint: str, products: list) -> dict[int, np.ndarray]:
+        return {p.productid: self.vectors[fingerprint, p.productid] for p in products
+                if (fingerprint, p.productid) in self.vectors}
+
+    def keep(self, fingerprint: str, products: list, vectors: np.ndarray) -> None:
+        for product, vector in zip(products, vectors, strict=True):
+            self.vectors[fingerprint, product.productid] = vector
+            self.kept.append((fingerprint, product.productid))
+
+
+def test_the_gate_reuses_known_reference_vectors_and_keeps_those_it_embeds(options: RegistryOptions,
+                                                                          bundles: Bundles) -> None:
+    from shopclip.registry.gate import evaluate_gate
+
+    registry = open_registry(options)
+    good, shuffled = registry.register(bundles.good), registry.register(bundles.shuffled)
+    plain = evaluate_gate(shuffled, good, gate(bundles))
+    known = DictVectors()
+    first = evaluate_gate(shuffled, good, gate(bundles), known)
+    references = first["challenger"]["references"] + first["champion"]["references"]
+    assert len(known.kept) == len(set(known.kept)) == references  # each model's references, embedded once
+    assert first["challenger"]["reused_references"] == first["champion"]["reused_references"] == 0
+    again = evaluate_gate(shuffled, good, gate(bundles), known)
+    assert len(known.kept) == references  # nothing embedded the second time
+    assert again["challenger"]["reused_references"] == again["challenger"]["references"]
+    for decision in (first, again):  # the same answers as when every reference is embedded
+        assert decision["challenger"]["weighted_f1"] == plain["challenger"]["weighted_f1"]
+        assert decision["champion"]["weighted_f1"] == plain["champion"]["weighted_f1"]
+        assert decision["decision"] == plain["decision"] == "refused"
+
+
 def test_the_server_does_not_import_the_registry() -> None:
     server = Path(__file__).resolve().parent.parent / "server"
     imported = set()
@@ -348,7 +386,8 @@ def test_the_drop_flows_gate_refuses_a_shuffled_label_model_and_keeps_the_champi
     from shopclip.orchestration import drop_flow
 
     config = drop_flow.config_from_environment({"regression_set": bundles.regression, "device": "cpu",
-                                                "work_dir": str(tmp_path / "work")})
+                                                "work_dir": str(tmp_path / "work"),
+                                                "catalogue": str(tmp_path / "catalogue")})
     first = drop_flow.gate(config, bundles.good)
     assert first["promoted"] and first["version"] == "1"
     refused = drop_flow.gate(config, bundles.shuffled)
