@@ -222,9 +222,14 @@ def full_path(flow) -> dict:  # noqa: ANN001 - DropFlowConfig
     published_at = time.monotonic()
     timed("check", drop_flow.check, flow, published)
     decision = gated["decision"]
-    return {"published_at": published_at, "steps_s": steps, "plan": planned["reason"], "trained_on": trained["export"].get("products"),
-            "promoted": gated["promoted"], "gate": decision if isinstance(decision, str) else decision.get("reason"),
-            "publish": {"version": published["version"], "build": published["build"]}}
+    reused = {} if isinstance(decision, str) else {
+        side: {key: (decision.get(side) or {}).get(key) for key in ("references", "reused_references")}
+        for side in ("challenger", "champion")}
+    return {"published_at": published_at, "steps_s": steps, "plan": planned["reason"],
+            "trained_on": trained["export"].get("products"), "promoted": gated["promoted"],
+            "gate": decision if isinstance(decision, str) else decision.get("reason"), "gate_references": reused,
+            "publish": {"version": published["version"], "build": published["build"],
+                        "reused_vectors": published.get("reused_vectors", 0)}}
 
 
 def land_drop(drops: str, folder: Path) -> float:
