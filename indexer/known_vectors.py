@@ -5,7 +5,8 @@ vectors for catalogue products are already in the catalogue, and the challenger'
 build after its promotion would compute. `KnownVectors` gives the gate the vectors that exist (the catalogue's,
 then those kept earlier) and keeps the ones it computes, one file per model fingerprint under a work folder;
 `seed_catalogue` writes kept vectors into the catalogue for the products still waiting for that model, so the
-build embeds only the rest.
+build embeds only the rest. Training can leave the vectors of the products it learnt from there too
+(`shopclip train --keep-vectors`): its last step computes them anyway, from its cached tower outputs.
 
 A vector is reused only for the same productid *and* the same content hash (text and image bytes, as ingest
 computes it): a product edited in between is embedded again.
@@ -46,11 +47,17 @@ class KnownVectors:
         return found
 
     def keep(self, fingerprint: str, products: Sequence[SourceRow], vectors: np.ndarray) -> None:
-        """Remember these vectors of model `fingerprint` (added to what is kept for it; the newest wins)."""
-        entries = {pid: (digest, vector) for pid, digest, vector in read_kept(self.folder, fingerprint)}
-        for product, vector in zip(products, vectors, strict=True):
-            entries[product.productid] = (content_hash(product), vector)
-        write_kept(self.folder, fingerprint, entries)
+        keep_vectors(self.folder, fingerprint, products, vectors)
+
+
+def keep_vectors(folder: str | Path, fingerprint: str, products: Sequence[SourceRow], vectors: np.ndarray) -> None:
+    """Remember these vectors of model `fingerprint` (added to what is kept for it; the newest wins). The gate
+    keeps what it embeds; `shopclip train --keep-vectors` keeps the vectors of the products it learnt from."""
+    folder = Path(folder)
+    entries = {pid: (digest, vector) for pid, digest, vector in read_kept(folder, fingerprint)}
+    for product, vector in zip(products, vectors, strict=True):
+        entries[product.productid] = (content_hash(product), vector)
+    write_kept(folder, fingerprint, entries)
 
 
 def seed_catalogue(catalogue: Catalogue, folder: str | Path, fingerprint: str) -> int:
@@ -96,4 +103,4 @@ def write_kept(folder: Path, fingerprint: str, entries: dict[int, tuple[str, np.
     write_bytes_atomically(kept_file(folder, fingerprint), buffer.getvalue())
 
 
-__all__ = ["KnownVectors", "seed_catalogue", "read_kept"]
+__all__ = ["KnownVectors", "keep_vectors", "seed_catalogue", "read_kept"]

@@ -12,11 +12,12 @@
   grew by `--retrain-growth` since the champion's training data (`--retrain always|never` overrides).
 - `retrain`: export every labelled product of the catalogue, `shopclip train` on it (`--train-flags`), the
   bundle written under `--models`, named by the export's content so a retried task reuses a finished bundle.
+  Training keeps the new model's vectors of the exported products under the work folder (`--keep-vectors`).
 - `gate`: register the bundle (lineage: data fingerprint, parent = the champion), then the promotion gate of
   shopclip.registry; a refused challenger leaves the champion in place and the flow goes on with it. It embeds
   with `--embed-threads` threads, as the index build does; training takes its own `--threads` in `--train-flags`
-  (on cores a server also uses, both leave it its share). The champion's reference vectors come from the
-  catalogue where it has them; the vectors the gate computes are kept under the work folder.
+  (on cores a server also uses, both leave it its share). Reference vectors that exist are not computed again:
+  the champion's come from the catalogue, the challenger's from training; the ones the gate computes are kept.
 - `publish`: build and publish the index with the champion (new rows embedded, or everything for a new model,
   less the vectors the gate kept for it); servers that follow models swap model and index together.
 - `check`: the server at `--server` answers with the published version (model and index), else NotReady.
@@ -161,7 +162,8 @@ def retrain(config: DropFlowConfig) -> dict[str, Any]:
         return {"bundle": bundle, "export": export.to_dict(), "reused": True}
     from shopclip.cli import main as shopclip_main
 
-    code = shopclip_main(["train", "--data", export.folder, "--out", bundle, *shlex.split(config.train_flags)])
+    code = shopclip_main(["train", "--data", export.folder, "--out", bundle, *shlex.split(config.train_flags),
+                          "--keep-vectors", str(_known_vectors_folder(config))])
     if code != 0:
         raise InvalidInput("train_flags", f"shopclip train exited {code} (its log says why)")
     return {"bundle": bundle, "export": export.to_dict(), "reused": False}

@@ -99,6 +99,8 @@ def test_the_drop_dag_retrains_promotes_publishes_then_takes_the_short_path(s3, 
         registry = open_registry(RegistryOptions(registry_uri=conf["registry_uri"]))
         champion = registry.alias("champion")
         assert champion is not None and len(registry.versions()) == 1  # the short path trained nothing
+        judged = champion.gate_decisions[-1]["challenger"]
+        assert judged["reused_references"] == judged["references"] == 80  # kept by training, not embedded again
         with ShopclipClient(target) as client:
             info = client.info()
             assert info.versions.model_fingerprint == champion.bundle_fingerprint
@@ -109,7 +111,7 @@ def test_the_drop_dag_retrains_promotes_publishes_then_takes_the_short_path(s3, 
     assert set(state) == {"2026-01", "2026-02"}
     manifests = [json.loads(path.read_text()) for path in index_root.glob("versions/*/manifest.json")]
     embedded = [m["counts"]["embedded_this_build"] for m in sorted(manifests, key=lambda m: m["created_at"])]
-    assert embedded == [0, 20]  # the gate's vectors of the 80 products were reused; the short path embeds 20
+    assert embedded == [0, 20]  # the kept vectors of the 80 products were reused; the short path embeds 20
 
 
 def test_a_drop_of_unreadable_files_fails_the_run_and_leaves_no_index(s3, tmp_path: Path) -> None:

@@ -62,3 +62,21 @@ def test_kept_vectors_spare_the_next_build_those_products_and_stay_exact(tmp_pat
         if product.productid != 3:
             assert np.allclose(index.vector(product.productid), vector, atol=1e-6)
     assert seed_catalogue(catalogue, tmp_path / "kept", challenger.fingerprint) == 0  # nothing stale is left
+
+
+def test_training_keeps_the_vectors_its_bundle_computes_for_the_products_it_learnt_from(tmp_path: Path) -> None:
+    from shopclip.cli import main
+    from shopclip.model.bundle import load_bundle_embedder
+    from support.training import TINY_MODEL
+
+    catalogue, products = exported_catalogue(tmp_path, range(1, 61))
+    kept = tmp_path / "kept"
+    argv = ["train", "--data", str(tmp_path / "export"), "--out", str(tmp_path / "bundle"), *TINY_MODEL,
+            "--no-image-pretrained", "--epochs", "1", "--device", "cpu", "--keep-vectors", str(kept)]
+    assert main(argv) == 0
+    embedder = load_bundle_embedder(str(tmp_path / "bundle"), device="cpu")
+    found = KnownVectors(catalogue, kept).lookup(embedder.fingerprint, products)
+    assert sorted(found) == [p.productid for p in products]  # every product learnt from (no test share by default)
+    live = embedder.embed([product_input(p) for p in products])
+    assert any(p.image_path for p in products) and any(not p.image_path for p in products)
+    assert np.allclose(np.stack([found[p.productid] for p in products]), live, atol=1e-5)

@@ -73,6 +73,11 @@ class TrainConfig:
     feature_cache: str | None = option(None, "folder keeping frozen towers' outputs per product across runs")
     """Folder keeping frozen towers' outputs per product across runs (benchmarks, repeated training); keyed
     by the model config and the model code, so a change to either computes them again."""
+    keep_vectors: str | None = option(None, "folder to keep the new model's vectors of the products it learnt "
+                                            "from in, for the promotion gate and the index build to reuse")
+    """Folder where the vectors of the products learnt from are kept by model fingerprint and product content
+    (indexer/known_vectors.py), so the gate and the index build that follow do not embed them again; the drop
+    flow passes its own. None: not kept."""
     device: str | None = option(None, "cpu or cuda (default: cuda when available)")
     threads: int | None = option(None, "CPU threads of training (default: torch's own, every core); on cores a "
                                        "server also uses, fewer leave it its share")

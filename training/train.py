@@ -145,6 +145,7 @@ class Trainer:
         self.model = build_model(replace(model_config, codes=codes)).to(self.device)
         if self.frozen:
             self.model.freeze_towers()
+        self.products = list(products)
         self.inputs = ProductInputs(products, codes)
         self.rows = {name: self.inputs.rows_of(ids) for name, ids in self.split.items()}
         self.fit_rows = self.rows["train"]
@@ -436,7 +437,22 @@ class Trainer:
             "metrics": {"val_weighted_f1_head": self.best_f1,
                         "val_weighted_f1_classify": selection["figures"].get("val_weighted_f1", -1.0)},
         }
-        return save_bundle(self.out_dir, self.model, metadata=metadata, classifier=classifier)
+        bundle = save_bundle(self.out_dir, self.model, metadata=metadata, classifier=classifier)
+        if self.config.keep_vectors:
+            self._keep_vectors(bundle, fit_emb)
+        return bundle
+
+    def _keep_vectors(self, bundle: Path, fit_emb: Embeddings) -> None:
+        """The vectors of the products learnt from, as the bundle embeds them (the fused vector of the final
+        weights from the same tower outputs), for the gate and the index build to reuse."""
+        from shopclip.indexer.known_vectors import keep_vectors
+        from shopclip.model.bundle import read_bundle_config
+
+        fingerprint = str(read_bundle_config(bundle)["fingerprint"])
+        products = [self.products[i] for i in self.fit_rows.tolist()]
+        keep_vectors(self.config.keep_vectors, fingerprint, products, fit_emb.fused)
+        log.info("kept the vectors of %d products for model %s in %s", len(products), fingerprint,
+                 self.config.keep_vectors)
 
     def _no_validation_selection(self, sparse, dense) -> dict:
         """Without validation products nothing can be fitted: every view counts once, k-NN with defaults."""
