@@ -34,6 +34,7 @@ from shopclip.indexer import publish
 from shopclip.indexer.build import BuildOptions, build_under_lock, needs_build
 from shopclip.indexer.catalogue import DEFAULT_TABLE, Catalogue
 from shopclip.indexer.ingest import ingest_drop, is_drop_object
+from shopclip.indexer.known_vectors import discard_kept, seed_catalogue
 from shopclip.catalogue_files import SourceOptions, detect_layout, layout_of_names
 from shopclip.objectstore import ObjectInfo, ObjectStore, is_s3, name_of, signature
 
@@ -164,8 +165,6 @@ def run_once(config: JobConfig) -> tuple[int, dict]:
 
             embedder = load_embedder(config.bundle)
             if config.known_vectors is not None:
-                from shopclip.indexer.known_vectors import seed_catalogue
-
                 summary["reused_vectors"] = seed_catalogue(catalogue, config.known_vectors, embedder.fingerprint)
             if needs_build(config.index_root, catalogue, embedder.fingerprint):
                 result = build_under_lock(catalogue, config.index_root, embedder, config.build)
@@ -173,6 +172,8 @@ def run_once(config: JobConfig) -> tuple[int, dict]:
                                     "vectors": result.manifest["counts"]["vectors"],
                                     "index": result.manifest["index"]["kind"],
                                     "recall_at_k": result.manifest["index"]["recall_at_k"]}
+            if config.known_vectors is not None:
+                discard_kept(config.known_vectors)  # used, or of a model that is not serving: the catalogue has them
         status, code = ("published" if summary["build"] else "up-to-date"), EXIT_OK
         if any("error" in drop for drop in summary["drops"]):
             status, code = status + "-with-invalid-drops", exit_code(InvalidInput)

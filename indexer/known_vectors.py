@@ -75,6 +75,16 @@ def seed_catalogue(catalogue: Catalogue, folder: str | Path, fingerprint: str) -
     return len(matches)
 
 
+def discard_kept(folder: str | Path) -> int:
+    """Remove every kept file (once an index of the serving model is published, its vectors are in the
+    catalogue and the others' are of no use); returns how many. Nothing else runs then (one builder, one flow
+    run at a time)."""
+    files = list(Path(folder).glob("*.npz"))
+    for path in files:
+        path.unlink(missing_ok=True)
+    return len(files)
+
+
 # -- the kept files ------------------------------------------------------------------------------------------
 
 def kept_file(folder: Path, fingerprint: str) -> Path:
@@ -103,4 +113,4 @@ def write_kept(folder: Path, fingerprint: str, entries: dict[int, tuple[str, np.
     write_bytes_atomically(kept_file(folder, fingerprint), buffer.getvalue())
 
 
-__all__ = ["KnownVectors", "keep_vectors", "seed_catalogue", "read_kept"]
+__all__ = ["KnownVectors", "discard_kept", "keep_vectors", "seed_catalogue", "read_kept"]

@@ -112,6 +112,7 @@ def test_the_drop_dag_retrains_promotes_publishes_then_takes_the_short_path(s3, 
     manifests = [json.loads(path.read_text()) for path in index_root.glob("versions/*/manifest.json")]
     embedded = [m["counts"]["embedded_this_build"] for m in sorted(manifests, key=lambda m: m["created_at"])]
     assert embedded == [0, 20]  # the kept vectors of the 80 products were reused; the short path embeds 20
+    assert not list((root / "known-vectors").glob("*.npz"))  # used, then discarded after the publish
 
 
 def test_a_drop_of_unreadable_files_fails_the_run_and_leaves_no_index(s3, tmp_path: Path) -> None:
