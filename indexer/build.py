@@ -24,7 +24,7 @@ from tqdm import tqdm
 from shopclip import __version__
 from shopclip.errors import InvalidInput, NotFound, PublishRefused
 from shopclip.indexer import ann, publish
-from shopclip.indexer.catalogue import Catalogue
+from shopclip.indexer.catalogue import Catalogue, embedding_matrix
 from shopclip.indexer.faults import crash_point
 from shopclip.indexer.options import BuildOptions
 from shopclip.indexer.publish import CODES_FILE, INDEX_FILE, NO_CODE, PRODUCTIDS_FILE, PRODUCTS_FILE, VECTORS_FILE
@@ -112,14 +112,6 @@ def embed_stale(catalogue: Catalogue, embedder: Embedder, options: BuildOptions)
 
 
 # ---------------------------------------------------------------- index files
-
-
-def _vectors_of(products: pa.Table, dim: int) -> np.ndarray:
-    column = products.column("embedding").combine_chunks()
-    flat = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-    if flat.size != products.num_rows * dim:
-        raise InvalidInput("embedding", f"stored vectors do not all have the model's dimension {dim}")
-    return np.ascontiguousarray(flat.reshape(products.num_rows, dim))
 
 
 def _write_index_files(staging: Path, products: pa.Table, vectors: np.ndarray, index) -> None:
@@ -215,7 +207,7 @@ def build_under_lock(catalogue: Catalogue, index_root: str | Path, embedder: Emb
     products = catalogue.embedded_products(embedder.fingerprint).sort_by("productid")
     if products.num_rows == 0:
         raise NotFound(f"catalogue {catalogue.uri}: no product has a vector from {embedder.fingerprint}")
-    vectors = _vectors_of(products, embedder.dim)
+    vectors = embedding_matrix(products, embedder.dim)
     index, kind, recall = _index_and_check(vectors, options)
     version = publish.new_version_name(embedder.fingerprint)
     with publish.staged_version(index_root, version) as staging:

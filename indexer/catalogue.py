@@ -69,6 +69,16 @@ def _lance_message(exc: Exception) -> str:
     return _RUST_LOCATION.sub("", str(exc)).strip()
 
 
+def embedding_matrix(rows: pa.Table, dim: int) -> np.ndarray:
+    """The `embedding` column of `rows` (none null) as a (rows, dim) float32 matrix; InvalidInput when a stored
+    vector has another dimension."""
+    flat = rows.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    flat = flat.astype(np.float32, copy=False)
+    if flat.size != rows.num_rows * dim:
+        raise InvalidInput("embedding", f"stored vectors do not all have the model's dimension {dim}")
+    return np.ascontiguousarray(flat.reshape(rows.num_rows, dim))
+
+
 class Catalogue:
     """The product table of one LanceDB database."""
 
@@ -177,8 +187,7 @@ class Catalogue:
         rows = self._select(["productid", "embedded_hash", "embedding"], where)
         if not rows.num_rows:
             return []
-        flat = rows.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-        vectors = flat.astype(np.float32, copy=False).reshape(rows.num_rows, -1)
+        vectors = embedding_matrix(rows, len(rows.column("embedding")[0]))
         return list(zip(rows.column("productid").to_pylist(), rows.column("embedded_hash").to_pylist(), vectors))
 
     def embedded_products(self, fingerprint: str) -> pa.Table:

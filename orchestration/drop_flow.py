@@ -19,7 +19,7 @@
   (on cores a server also uses, both leave it its share). Reference vectors that exist are not computed again:
   the champion's come from the catalogue, the challenger's from training; the ones the gate computes are kept.
 - `publish`: build and publish the index with the champion (new rows embedded, or everything for a new model,
-  less the vectors the gate kept for it); servers that follow models swap model and index together.
+  less the vectors training or the gate kept for it); servers that follow models swap model and index together.
 - `check`: the server at `--server` answers with the published version (model and index), else NotReady.
 
 Every step is idempotent and safe to retry: ingest compares drop signatures, training skips a bundle that is
@@ -249,7 +249,8 @@ def _job_config(config: DropFlowConfig, bundle: str):
 
 
 def _known_vectors_folder(config: DropFlowConfig) -> Path:
-    """Where the gate keeps the vectors it computed, for the publish step to reuse (indexer/known_vectors.py)."""
+    """Where training and the gate keep the vectors they computed, for the gate and the publish step to reuse
+    (indexer/known_vectors.py)."""
     return Path(config.work_dir) / "known-vectors"
 
 
