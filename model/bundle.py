@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import platform
 from collections.abc import Sequence
@@ -35,9 +36,14 @@ from shopclip.model.embedder import Encoded
 from shopclip.model.ensemble import EnsembleClassifier, ViewInputs
 from shopclip.model.image_tower import IMAGENET_WEIGHT_PACKAGES
 from shopclip.model.knn import KnnParams, final_probabilities
+from shopclip.model.ocr import INSTALL_HINT as OCR_INSTALL_HINT
+from shopclip.model.ocr import ocr_available, read_words
+from shopclip.model.preprocess import prepare_image
 from shopclip.model.text import product_text
 from shopclip.products import ProductInput
 from shopclip.staging import resolve_bundle
+
+log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -230,6 +236,10 @@ class BundleEmbedder:
         self.fingerprint = str(config["fingerprint"])
         self.knn = KnnParams.from_dict(config.get("knn"))
         self.classifier = classifier
+        if classifier is not None and classifier.reads_ocr and not ocr_available():
+            log.warning("bundle %s has an OCR view but Tesseract with its French data was not found (%s): "
+                        "products without text are classified as if their images held no words", source,
+                        OCR_INSTALL_HINT)
         defaults = default_batch_sizes(self.device)
         self.text_batch_size = text_batch_size or defaults["text"]
         self.image_batch_size = image_batch_size or defaults["image"]
@@ -263,8 +273,20 @@ class BundleEmbedder:
             features = {**_spread(text_features, text_rows, len(products)),
                         **_spread(image_features, image_rows, len(products))}
             encoded.views = ViewInputs(all_texts, _mask(text_rows, len(products)), _mask(image_rows, len(products)),
-                                       features, np.log(np.clip(head, 1e-12, None)))
+                                       features, np.log(np.clip(head, 1e-12, None)), self._image_words(products))
         return encoded
+
+    def _image_words(self, products: Sequence[ProductInput]) -> list[str] | None:
+        """Words read on the images of products without text, when the classifier has an OCR view (else None):
+        the only products whose class the image alone decides, and OCR costs several image forwards."""
+        if not self.classifier.reads_ocr:
+            return None
+        rows = [i for i, product in enumerate(products) if product.has_image and not product.has_text]
+        images = [prepare_image(products[i].image, f"products[{i}].image", self.limits) for i in rows]
+        words = [""] * len(products)
+        for row, read in zip(rows, read_words(images, workers=torch.get_num_threads())):
+            words[row] = read
+        return words
 
     def classify(self, encoded: Encoded, knn_votes: np.ndarray | None) -> np.ndarray:
         if self.classifier is None or encoded.views is None:

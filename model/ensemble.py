@@ -7,6 +7,9 @@ the linear models cannot separate. Each view is kept for what it does best:
 
 - `SparseTextView` ("tfidf"): TF-IDF of word 1-2 grams and char_wb 2-5 grams of the product text (the same
   analysers as scikit-learn's, re-implemented here so serving needs no scikit-learn), linear SVM scores.
+- `SparseTextView` ("ocr"): the same kind of model over the words read on the image of a product without text
+  (`shopclip.model.ocr`), fitted on product texts and on the words read on the training images; it reads
+  book covers, game boxes and packaging that the image trunks see only as pictures.
 - `DenseView` ("use", "e5", "image"): a softmax linear head (logistic regression) over one pretrained
   tower's L2-normalised output, read from the same forward pass that makes the product's vector.
 - "clip": the two-tower model's own head on the fused vector (log-probabilities).
@@ -42,6 +45,8 @@ from shopclip.model.knn import exact_search, knn_votes
 
 CLIP_VIEW = "clip"
 KNN_VIEW = "knn"
+OCR_VIEW = OCR_MODALITY = "ocr"
+"""The sparse view over the words read on a product's image, and the modality it reads."""
 TEXT_GROUP, IMAGE_ONLY_GROUP = "text", "image_only"
 GROUPS = (TEXT_GROUP, IMAGE_ONLY_GROUP)
 ARRAYS_FILE = "classifier.safetensors"
@@ -224,12 +229,23 @@ class ViewInputs:
     """Tower outputs by source name, (n, dim), rows of products lacking that modality are ignored."""
     clip_log_probs: np.ndarray | None = None
     """(n, classes) log-probabilities of the two-tower model's head on the fused vector."""
+    ocr_texts: list[str] | None = None
+    """Words read on each product's image (`shopclip.model.ocr`), "" where none were read; None: not read."""
 
     def take(self, rows: Sequence[int] | np.ndarray) -> "ViewInputs":
         rows = np.asarray(rows, dtype=np.int64)
         return ViewInputs([self.texts[i] for i in rows.tolist()], self.has_text[rows], self.has_image[rows],
                           {key: value[rows] for key, value in self.features.items()},
-                          None if self.clip_log_probs is None else self.clip_log_probs[rows])
+                          None if self.clip_log_probs is None else self.clip_log_probs[rows],
+                          None if self.ocr_texts is None else [self.ocr_texts[i] for i in rows.tolist()])
+
+    def sparse_texts(self, modality: str) -> tuple[list[str], np.ndarray]:
+        """What a sparse view of `modality` reads and which products have it: the product text ("text") or
+        the words read on the image ("ocr")."""
+        if modality == OCR_MODALITY:
+            texts = self.ocr_texts if self.ocr_texts is not None else [""] * len(self.texts)
+            return texts, np.array([bool(text) for text in texts], dtype=bool)
+        return self.texts, np.asarray(self.has_text, dtype=bool)
 
 
 @dataclass
@@ -276,15 +292,20 @@ class EnsembleClassifier:
     metadata: dict[str, Any] = field(default_factory=dict)
     """How it was fitted (validation figures, sizes): JSON, stored in the bundle's config."""
 
+    @property
+    def reads_ocr(self) -> bool:
+        """True when a view reads the words on product images: the embedder must then read them."""
+        return any(view.modality == OCR_MODALITY for view in self.sparse_views)
+
     def view_scores(self, inputs: ViewInputs) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """(scores, present) per view name, each (n, classes) / (n,)."""
         scores, present = {}, {}
-        text_rows = np.nonzero(inputs.has_text)[0]
         for view in self.sparse_views:
-            full = np.zeros((len(inputs.texts), len(view.bias)))
-            if len(text_rows):
-                full[text_rows] = view.scores([inputs.texts[i] for i in text_rows])
-            scores[view.name], present[view.name] = full, np.asarray(inputs.has_text, dtype=bool)
+            texts, has = inputs.sparse_texts(view.modality)
+            full = np.zeros((len(texts), len(view.bias)))
+            if has.any():
+                full[has] = view.scores([texts[i] for i in np.nonzero(has)[0]])
+            scores[view.name], present[view.name] = full, has
         for view in self.dense_views:
             has = np.asarray(inputs.has_image if view.modality == "image" else inputs.has_text, dtype=bool)
             full = np.zeros((len(has), view.num_classes))

@@ -62,6 +62,10 @@ class TrainConfig:
                                       "view)")
     """The image neighbour view (`shopclip.model.ensemble.NeighbourView`): the vote of the nearest labelled
     training images in a whitened projection of the trunk's output, kept in the bundle."""
+    ocr_view: bool = option(True, "read the words on the images of products without text (Tesseract OCR) "
+                                  "and fit the OCR view on them")
+    """The OCR view (`shopclip.model.ocr`): left out, with a warning, where Tesseract or its French data is
+    missing; the bundle records whether it has one."""
     image_knn_k: int = option(30, "neighbours that vote in the image neighbour view")
     image_knn_temperature: float = option(0.1, "softmax temperature over the image neighbours' similarities")
     e5_tune_epochs: int = option(6, "most epochs of fine-tuning the e5 top (the best validation epoch is kept)")

@@ -3,6 +3,8 @@
 `ProductInputs` holds what the model needs of every product (text, image file, label index).
 `TowerCache` holds the outputs of frozen towers for every product, computed once, so a frozen-tower
 epoch only runs the cheap trainable parts (n-gram tower, projections, head): minutes on a CPU.
+`image_words` reads the words printed on the images of products without text (the OCR view's input), cached
+per product like the towers' outputs.
 `encode_rows` is the one place a batch of products becomes text, image and fused embeddings, from
 raw inputs or from the cache, with gradients when training.
 """
@@ -167,6 +169,49 @@ class FeatureStore:
         with replace_atomically(self._path(key)) as temporary:
             with open(temporary, "wb") as handle:
                 np.savez(handle, productids=ids, features=np.stack([features[i] for i in ids.tolist()]))
+
+
+OCR_CODE = ("preprocess.py", "ocr.py")
+"""The model modules that decide which words are read on an image (cropping, enlarging, Tesseract's options)."""
+
+
+def image_words(inputs: ProductInputs, workers: int, cache_folder: str | Path | None = None) -> list[str]:
+    """Words read on the image of each product without text ("" for the others, for an image without words
+    and everywhere when Tesseract is missing). With `cache_folder`, words already read there by the same
+    Tesseract and code are reused and new ones added (`ocr-<signature>.json`)."""
+    import json
+
+    import shopclip.model as model_package
+    from shopclip.atomic import write_json_atomically
+    from shopclip.model.ocr import read_words, tesseract_version
+    from shopclip.model.preprocess import prepare_image
+
+    rows = torch.nonzero(inputs.has_image & ~inputs.has_text).squeeze(1).tolist()
+    version = tesseract_version()
+    if version is None:
+        return [""] * len(inputs)
+    folder = Path(model_package.__file__).parent
+    path = None if cache_folder is None else Path(cache_folder) / (
+        f"ocr-{_digest({'tesseract': version}, [folder / name for name in OCR_CODE])}.json")
+    known = json.loads(path.read_text()) if path is not None and path.is_file() else {}
+    missing = [row for row in rows if str(inputs.productids[row]) not in known]
+
+    def prepared(row: int):  # noqa: ANN202 - a PIL image or None
+        try:
+            return prepare_image(inputs.image_paths[row].read_bytes())
+        except (InvalidInput, OSError) as exc:
+            log.warning("image of product %d not read for words: %s", inputs.productids[row], exc)
+            return None
+
+    read = read_words(missing, workers, prepared, progress="reading words on images")
+    known.update({str(inputs.productids[row]): words for row, words in zip(missing, read)})
+    if path is not None and missing:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomically(path, known, indent=None)
+    words = [""] * len(inputs)
+    for row in rows:
+        words[row] = known[str(inputs.productids[row])]
+    return words
 
 
 class TowerCache:

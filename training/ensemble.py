@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shopclip.model.ensemble import (CLIP_VIEW, GROUPS, KNN_VIEW, MISSING_CLASS_BIAS, DenseView, FeatureView,
-                                     NeighbourView, SparseTextView, TfidfPart, ViewCombiner, ViewInputs,
-                                     group_of, knn_scores, l2_normalise)
+from shopclip.model.ensemble import (CLIP_VIEW, GROUPS, KNN_VIEW, MISSING_CLASS_BIAS, OCR_MODALITY, OCR_VIEW,
+                                     DenseView, FeatureView, NeighbourView, SparseTextView, TfidfPart,
+                                     ViewCombiner, ViewInputs, group_of, knn_scores, l2_normalise)
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,9 @@ class ViewSpec:
     temperature below, by cross-validation over the image products of ../shared/data (README)."""
     image_knn_k: int = 30
     image_knn_temperature: float = 0.1
+    ocr: bool = False
+    """Fit the OCR view: TF-IDF + LinearSVC over product texts and the words read on the images of training
+    products without text (`ViewInputs.ocr_texts`), applied to the words read on a product's image."""
 
     def candidates(self, modality: str, sparse: bool = False) -> tuple[float, ...]:
         return self.sparse_c if sparse else self.image_c if modality == "image" else self.text_c
@@ -77,7 +80,7 @@ def fit_neighbour_view(name: str, source: str, modality: str, features: np.ndarr
 
 
 def fit_sparse_text_view(texts: Sequence[str], labels: np.ndarray, num_classes: int, c: float,
-                         name: str = SPARSE_VIEW) -> SparseTextView:
+                         name: str = SPARSE_VIEW, modality: str = "text") -> SparseTextView:
     """TF-IDF (word 1-2 + char_wb 2-5, sublinear tf) + LinearSVC; texts must be non-empty product texts."""
     from scipy.sparse import hstack
     from sklearn.feature_extraction.text import TfidfVectorizer
@@ -90,7 +93,7 @@ def fit_sparse_text_view(texts: Sequence[str], labels: np.ndarray, num_classes: 
     weight, bias = _full_classes(svc.coef_, svc.intercept_, svc.classes_, num_classes)
     parts = [TfidfPart(v.analyzer, v.ngram_range, {gram: int(i) for gram, i in v.vocabulary_.items()},
                        v.idf_.astype(np.float64)) for v in vectorisers]
-    return SparseTextView(name, parts, weight, bias)
+    return SparseTextView(name, parts, weight, bias, modality)
 
 
 def fit_dense_view(name: str, source: str, modality: str, features: np.ndarray, labels: np.ndarray,
@@ -145,7 +148,8 @@ def choose_views(train: ViewInputs, train_labels: np.ndarray, val: ViewInputs, v
         if kind == "neighbours":
             dense.append(_fit_one(kind, name, modality, train, train_labels, rows, num_classes, 0.0, spec))
             continue
-        has = np.asarray(val.has_image if modality == "image" else val.has_text, dtype=bool)
+        has = (val.sparse_texts(modality)[1] if kind == "sparse"
+               else np.asarray(val.has_image if modality == "image" else val.has_text, dtype=bool))
         best, best_f1 = None, -1.0
         for c in spec.candidates(modality, sparse=kind == "sparse"):
             view = _fit_one(kind, name, modality, train, train_labels, rows, num_classes, c, spec)
@@ -163,6 +167,13 @@ def _view_rows(inputs: ViewInputs, labels: np.ndarray, sources: Mapping[str, str
     text_rows = np.nonzero(inputs.has_text)[0]
     if len(np.unique(labels[text_rows])) >= 2:
         yield "sparse", SPARSE_VIEW, "text", text_rows
+    if spec.ocr:
+        read = inputs.sparse_texts(OCR_MODALITY)[1] & ~np.asarray(inputs.has_text, dtype=bool)
+        rows = np.nonzero(np.asarray(inputs.has_text, dtype=bool) | read)[0]
+        if read.any() and len(np.unique(labels[rows])) >= 2:
+            yield "sparse", OCR_VIEW, OCR_MODALITY, rows
+        else:
+            log.warning("OCR view skipped: no words read on the images of training products without text")
     for source, modality in sources.items():
         rows = np.nonzero(inputs.has_image if modality == "image" else inputs.has_text)[0]
         if len(np.unique(labels[rows])) < 2:
@@ -176,7 +187,8 @@ def _view_rows(inputs: ViewInputs, labels: np.ndarray, sources: Mapping[str, str
 def _fit_one(kind: str, name: str, modality: str, inputs: ViewInputs, labels: np.ndarray, rows: np.ndarray,
              num_classes: int, c: float, spec: ViewSpec) -> SparseTextView | FeatureView:
     if kind == "sparse":
-        return fit_sparse_text_view([inputs.texts[i] for i in rows], labels[rows], num_classes, c, name=name)
+        return fit_sparse_text_view(_learning_texts(inputs, modality, rows), labels[rows], num_classes, c,
+                                    name=name, modality=modality)
     if kind == "neighbours":
         source = name.removesuffix(NEIGHBOUR_SUFFIX)
         return fit_neighbour_view(name, source, modality, inputs.features[source][rows], labels[rows],
@@ -184,11 +196,21 @@ def _fit_one(kind: str, name: str, modality: str, inputs: ViewInputs, labels: np
     return fit_dense_view(name, name, modality, inputs.features[name][rows], labels[rows], num_classes, c)
 
 
+def _learning_texts(inputs: ViewInputs, modality: str, rows: np.ndarray) -> list[str]:
+    """What a sparse view learns from: the product texts, and for the OCR view the words read on the image
+    where a product has no text (product titles teach it the vocabulary, image words how print reads)."""
+    if modality != OCR_MODALITY:
+        return [inputs.texts[i] for i in rows]
+    words = inputs.sparse_texts(OCR_MODALITY)[0]
+    return [inputs.texts[i] if inputs.has_text[i] else words[i] for i in rows]
+
+
 def _view_f1(view: SparseTextView | FeatureView, val: ViewInputs, has: np.ndarray, labels: np.ndarray,
              classification_scores) -> float:
     rows = np.nonzero(has)[0]
     if isinstance(view, SparseTextView):
-        predicted = view.scores([val.texts[i] for i in rows])
+        texts = val.sparse_texts(view.modality)[0]
+        predicted = view.scores([texts[i] for i in rows])
     else:
         predicted = view.scores(val.features[view.source][rows])
     return classification_scores(labels[rows], predicted)["weighted_f1"]

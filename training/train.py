@@ -39,7 +39,8 @@ from shopclip.model.knn import KnnParams
 from shopclip.training.config import TrainConfig
 from shopclip.training.data import fingerprint, load_products, split_products
 from shopclip.training.encoding import (Batch, Embeddings, FeatureStore, ImageBatches, ProductInputs, TowerCache,
-                                        embed, encode_rows, feature_signatures, live_tower_features, needs_pixels)
+                                        embed, encode_rows, feature_signatures, image_words, live_tower_features,
+                                        needs_pixels)
 from shopclip.training.ensemble import ViewSpec, choose_views, fit_views, select_combiner, view_names
 from shopclip.training.metrics import K_GRID, TEMPERATURE_GRID, knn_probabilities, nearest, scores
 from shopclip.training.tune_e5 import E5Tuning, TuneSettings, tuned_view
@@ -155,6 +156,8 @@ class Trainer:
         store = FeatureStore(config.feature_cache, feature_signatures(self.model)) if config.feature_cache else None
         self.cache = TowerCache.build(self.model, self.inputs, self.device, config.text_batch,
                                       config.image_batch_for(self.device), store) if self.frozen else None
+        self.image_words = self._read_image_words()
+        """Words read on the images of products without text (the OCR view's input); None: no OCR view."""
         self.tuning = None
         if self.model.e5_tuned is not None:
             self.model.e5_tuned.float()  # trained in float32 (bfloat16 autocast); served in tower_precision
@@ -168,6 +171,22 @@ class Trainer:
         self.best_state: dict[str, torch.Tensor] | None = None
         self.selection: dict | None = None
         self._start_optimisation()
+
+    def _read_image_words(self) -> list[str] | None:
+        from shopclip.model.ocr import INSTALL_HINT, ocr_available
+
+        if not self.config.ocr_view or not bool((self.inputs.has_image & ~self.inputs.has_text).any()):
+            return None
+        if not ocr_available():
+            log.warning("the OCR view is left out: Tesseract with its French data was not found (%s)", INSTALL_HINT)
+            return None
+        return image_words(self.inputs, torch.get_num_threads(), self.config.feature_cache)
+
+    def _ocr_engine(self) -> str | None:
+        """The Tesseract that read the words the OCR view learnt from (the bundle records it), or None."""
+        from shopclip.model.ocr import tesseract_version
+
+        return tesseract_version() if self.image_words is not None else None
 
     def _start_optimisation(self) -> None:
         """Objective (class weights of the rows learnt from), optimiser and schedule over `epochs`."""
@@ -305,9 +324,10 @@ class Trainer:
             self.model, self.inputs, rows, self.device, self.config.embed_batch_for(self.device))
         if self.tuning is not None:
             features[E5_TUNED] = self.tuning.pooled(rows)
+        words = None if self.image_words is None else [self.image_words[i] for i in rows.tolist()]
         return ViewInputs(texts=[self.inputs.texts[i] for i in rows.tolist()],
                           has_text=self.inputs.has_text[rows].numpy(), has_image=has_image, features=features,
-                          clip_log_probs=np.log(np.clip(embeddings.probs_fused, 1e-12, None)))
+                          clip_log_probs=np.log(np.clip(embeddings.probs_fused, 1e-12, None)), ocr_texts=words)
 
     def view_sources(self) -> dict[str, str]:
         """Feature key -> modality of the dense views: every pretrained text tower and the image trunk."""
@@ -320,7 +340,8 @@ class Trainer:
         config = self.config
         return ViewSpec(sparse_c=tuple(config.sparse_c), text_c=tuple(config.text_view_c),
                         image_c=tuple(config.image_view_c), image_knn_dims=config.image_knn_dims,
-                        image_knn_k=config.image_knn_k, image_knn_temperature=config.image_knn_temperature)
+                        image_knn_k=config.image_knn_k, image_knn_temperature=config.image_knn_temperature,
+                        ocr=self.image_words is not None)
 
     def _select_classifier(self) -> dict:
         """Views fitted on the training split; combiner and k-NN vote fitted on validation."""
@@ -428,6 +449,7 @@ class Trainer:
             "training": {
                 "data_dir": self.source, "data_fingerprint": self.data_fingerprint,
                 "seed": self.config.seed, "split": self.split, "frozen_towers": self.frozen,
+                "ocr": self._ocr_engine(),
                 "device": self.device.type, "config": _json_config(self.config),
                 "history": [asdict(h) for h in self.history],
                 "trained_on": {"products": len(learnt_from), "refit_on_validation": bool(
