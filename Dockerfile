@@ -42,6 +42,9 @@ RUN pip install ".[orchestration]" "apache-airflow[postgres]==3.3.2" asyncpg \
  && python -c "import shopclip.orchestration.drop_flow, airflow.sdk"
 
 FROM python:${PYTHON_VERSION}-slim AS airflow
+# Tesseract + French data: retraining fits the OCR view on the words read on product images (model/ocr.py).
+RUN apt-get update && apt-get install -y --no-install-recommends tesseract-ocr tesseract-ocr-fra \
+ && rm -rf /var/lib/apt/lists/*
 RUN useradd --create-home --uid 10001 shopclip \
  && mkdir -p /opt/airflow /data/index /data/catalogue /data/work /data/registry \
  && chown -R shopclip:shopclip /opt/airflow /data
@@ -56,6 +59,9 @@ CMD ["scheduler"]
 
 # Last, so a plain `docker build .` gives the server/indexer image.
 FROM python:${PYTHON_VERSION}-slim AS runtime
+# Tesseract + French data: Classify reads the words on the image of a product without text (model/ocr.py).
+RUN apt-get update && apt-get install -y --no-install-recommends tesseract-ocr tesseract-ocr-fra \
+ && rm -rf /var/lib/apt/lists/*
 RUN useradd --create-home --uid 10001 shopclip \
  && mkdir -p /data/index /data/catalogue /data/drops /data/prediction-log-spill /data/store-cache /data/registry \
     /models \

@@ -180,3 +180,54 @@ def test_validation_chooses_each_views_regularisation() -> None:
     assert chosen == {"tfidf": 0.5, "use": 10.0}  # the near-zero C cannot learn anything
     assert [v.name for v in sparse] == ["tfidf"] and [v.name for v in dense] == ["use"]
     assert (dense[0].scores(val.features["use"]).argmax(axis=1) == labels[80:]).mean() > 0.9
+
+
+def _ocr_inputs() -> tuple[ViewInputs, np.ndarray]:
+    """Texts for 8 products, then 4 image-only products: two whose images read as words, two without words."""
+    texts = TEXTS[:8] + [""] * 4
+    words = [""] * 8 + ["peluche lapin douce", "", "coque silicone", ""]
+    labels = np.concatenate([LABELS[:8], [0, 1, 3, 2]])
+    has_text = np.array([True] * 8 + [False] * 4)
+    inputs = ViewInputs(texts, has_text, ~has_text, {}, None, words)
+    return inputs, labels
+
+
+def test_ocr_view_learns_from_product_texts_and_image_words_and_reads_only_image_words() -> None:
+    from shopclip.model.ensemble import OCR_VIEW
+
+    inputs, labels = _ocr_inputs()
+    sparse, _ = fit_views(inputs, labels, 5, ViewSpec(ocr=True), {})
+    assert [(v.name, v.modality) for v in sparse] == [("tfidf", "text"), (OCR_VIEW, "ocr")]
+    classifier = EnsembleClassifier(sparse, [], ViewCombiner([], {}, {}), uses_clip_head=False)
+    assert classifier.reads_ocr
+    scores, present = classifier.view_scores(inputs)
+    assert present[OCR_VIEW].tolist() == [False] * 8 + [True, False, True, False]
+    assert not scores[OCR_VIEW][~present[OCR_VIEW]].any()
+    assert scores[OCR_VIEW][8].argmax() == 0 and scores[OCR_VIEW][10].argmax() == 3  # "peluche", "coque"
+    # the image words also taught it: a view fitted on product texts alone scores them differently
+    text_only = fit_sparse_text_view(TEXTS[:8], LABELS[:8], 5, 0.5)
+    assert not np.allclose(text_only.scores(["peluche lapin douce"]), scores[OCR_VIEW][8:9])
+
+
+def test_no_ocr_view_unless_asked_and_some_image_held_words() -> None:
+    inputs, labels = _ocr_inputs()
+    assert [v.name for v in fit_views(inputs, labels, 5, ViewSpec(), {})[0]] == ["tfidf"]
+    silent = ViewInputs(inputs.texts, inputs.has_text, inputs.has_image, {}, None, [""] * 12)
+    assert [v.name for v in fit_views(silent, labels, 5, ViewSpec(ocr=True), {})[0]] == ["tfidf"]
+
+
+def test_ocr_view_round_trips_and_a_product_without_words_ignores_it(tmp_path) -> None:
+    from shopclip.model.ensemble import OCR_VIEW
+
+    inputs, labels = _ocr_inputs()
+    sparse, _ = fit_views(inputs, labels, 5, ViewSpec(ocr=True), {})
+    combiner = ViewCombiner(["tfidf", OCR_VIEW], {}, {"text": [1.0, 0.0], "image_only": [0.0, 2.0]})
+    classifier = EnsembleClassifier(sparse, [], combiner, uses_clip_head=False)
+    loaded = EnsembleClassifier.load(tmp_path, classifier.save(tmp_path))
+    assert loaded.reads_ocr and loaded.sparse_views[1].modality == "ocr"
+    np.testing.assert_allclose(loaded.probabilities(inputs, None), classifier.probabilities(inputs, None),
+                               atol=1e-6)
+    unread = ViewInputs(inputs.texts, inputs.has_text, inputs.has_image, {}, None, None)  # words never read
+    probs = loaded.probabilities(unread, None)
+    np.testing.assert_allclose(probs[8:], 1 / 5, atol=1e-6)  # nothing else to go on: uniform, not a crash
+    assert probs[8:].shape == (4, 5) and loaded.probabilities(inputs, None)[8].argmax() == 0

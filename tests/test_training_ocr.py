@@ -1,0 +1,89 @@
+"""The OCR view end to end: `shopclip train` reads the words printed on the images of products without text,
+fits the view, and the bundle's Classify reads them on a new product's image (real Tesseract; CI installs it)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageFont
+
+from shopclip.cli import main
+from shopclip.model import load_embedder, ocr
+from shopclip.products import ProductInput
+from support.services import service_missing
+from support.training import TINY_MODEL
+
+CLASSES = {10: ("peluche", "lapin"), 20: ("coque", "silicone"), 30: ("puzzle", "paysage"), 40: ("tasse", "porcelaine")}
+TEXT_PRODUCTS, IMAGE_PRODUCTS = 6, 6
+
+
+def printed(words: str) -> Image.Image:
+    """White image with black print only: nothing but the words tells the classes apart."""
+    image = Image.new("RGB", (480, 240), "white")
+    ImageDraw.Draw(image).text((30, 90), words.upper(), fill="black", font=ImageFont.load_default(size=40))
+    return image
+
+
+def write_catalogue(folder: Path) -> Path:
+    images = folder / "images"
+    images.mkdir(parents=True)
+    texts, index = [], []
+    for c, (code, (first, second)) in enumerate(CLASSES.items()):
+        for i in range(TEXT_PRODUCTS):
+            texts.append([len(texts), f"{first} {second} modèle {i}", "", 1000 * c + i + 1, 5000 * c + i, code])
+        for i in range(IMAGE_PRODUCTS):
+            productid, imageid = 1000 * c + 100 + i, 5000 * c + 100 + i
+            name = f"image_{imageid}_product_{productid}.jpg"
+            printed(f"{first} {second}").save(images / name)
+            index.append([name, len(index), productid, imageid, code, "synthetic", name, "0" * 40])
+    with open(folder / "rakuten_text.csv", "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([["row", "designation", "description", "productid", "imageid", "prdtypecode"],
+                                 *texts])
+    with open(folder / "images_index.csv", "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([["file", "row", "productid", "imageid", "prdtypecode", "source_repo",
+                                  "source_path", "source_commit"], *index])
+    return folder
+
+
+def jpeg(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format="JPEG")
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not ocr.ocr_available():
+        service_missing(f"tesseract with French data not found ({ocr.INSTALL_HINT})")
+    root = tmp_path_factory.mktemp("ocr")
+    data, bundle = write_catalogue(root / "data"), root / "bundle"
+    assert main(["train", "--data", str(data), "--out", str(bundle), *TINY_MODEL, "--epochs", "2",
+                 "--device", "cpu", "--feature-cache", str(root / "cache")]) == 0
+    return bundle
+
+
+def test_training_fits_the_ocr_view_and_the_bundle_says_which_tesseract_read(bundle: Path) -> None:
+    config = json.loads((bundle / "config.json").read_text())
+    assert config["training"]["ocr"] == ocr.tesseract_version()
+    views = {view["name"]: view["modality"] for view in config["classifier"]["views"]}
+    assert views["ocr"] == "ocr"
+    weights = dict(zip(config["classifier"]["combiner"]["view_names"], config["classifier"]["combiner"]["without_knn"]["image_only"]))
+    assert weights["ocr"] > 0  # validation found the words useful: they are all that tells these classes apart
+    cached = list((bundle.parent / "cache").glob("ocr-*.json"))
+    assert len(cached) == 1 and len(json.loads(cached[0].read_text())) == len(CLASSES) * IMAGE_PRODUCTS
+
+
+def test_classify_reads_the_words_on_a_new_products_image(bundle: Path) -> None:
+    embedder = load_embedder(str(bundle), device="cpu")
+    products = [ProductInput("", "", jpeg(printed(" ".join(words)))) for words in CLASSES.values()]
+    products.append(ProductInput("tasse porcelaine modèle 9", "", jpeg(printed("peluche lapin"))))
+    encoded = embedder.encode(products)
+    assert encoded.views.ocr_texts == [" ".join(words) for words in CLASSES.values()] + [""]  # text: not read
+    codes = np.array(embedder.codes)[embedder.classify(encoded, None).argmax(axis=1)]
+    assert codes[:len(CLASSES)].tolist() == list(CLASSES)
+    assert codes[-1] == 40  # a product with text is classified by its text, the print on its image not read
