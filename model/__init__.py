@@ -8,12 +8,14 @@ from shopclip.model.embedder import Embedder, FakeEmbedder
 __all__ = ["Embedder", "FakeEmbedder", "load_embedder"]
 
 
-def load_embedder(spec: str, device: str | None = None, limits: ProductLimits = DEFAULT_LIMITS) -> Embedder:
+def load_embedder(spec: str, device: str | None = None, limits: ProductLimits = DEFAULT_LIMITS,
+                  read_image_words: bool = True) -> Embedder:
     """The one factory for embedders.
 
     `spec` is a model bundle directory, or `fake` / `fake:dim=64,classes=1200` for the deterministic
     test double. `device` is `cpu`, `cuda` or None (CUDA when available). `limits` is the input policy the
-    embedder checks products and decodes images under.
+    embedder checks products and decodes images under. `read_image_words`: where the model has an OCR view, read
+    the words on the image of a product without text (off: such products are classified as if none were read).
     """
     if spec == "fake" or spec.startswith("fake:"):
         options = dict(part.split("=", 1) for part in spec[5:].split(",") if part)
@@ -21,4 +23,4 @@ def load_embedder(spec: str, device: str | None = None, limits: ProductLimits = 
                              limits=limits)
     from shopclip.model.bundle import load_bundle_embedder  # torch is imported only for real bundles
 
-    return load_bundle_embedder(spec, device=device, limits=limits)  # its `source` is `spec` as given
+    return load_bundle_embedder(spec, device=device, limits=limits, read_image_words=read_image_words)  # its `source` is `spec` as given

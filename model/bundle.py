@@ -203,12 +203,13 @@ def load_bundle(path: str | os.PathLike, device: str | torch.device | None = Non
 
 
 def load_bundle_embedder(path: str | os.PathLike, device: str | torch.device | None = None,
-                         limits: ProductLimits = DEFAULT_LIMITS) -> "BundleEmbedder":
+                         limits: ProductLimits = DEFAULT_LIMITS, read_image_words: bool = True) -> "BundleEmbedder":
     """`path` is a bundle folder or an s3:// URI (read from the local cache of its current content, downloaded
     once: shopclip.staging.resolve_bundle). `source` stays what was given, so a manifest names the URI."""
     local = resolve_bundle(str(path))
     model, config = load_bundle(local, device)
-    return BundleEmbedder(model, config, source=str(path), classifier=load_classifier(local, config), limits=limits)
+    return BundleEmbedder(model, config, source=str(path), classifier=load_classifier(local, config), limits=limits,
+                          read_image_words=read_image_words)
 
 
 def load_classifier(path: str | os.PathLike, config: dict[str, Any]) -> EnsembleClassifier | None:
@@ -223,9 +224,11 @@ class BundleEmbedder:
 
     def __init__(self, model: ShopClipModel, config: dict[str, Any], source: str = "",
                  text_batch_size: int | None = None, image_batch_size: int | None = None,
-                 classifier: EnsembleClassifier | None = None, limits: ProductLimits = DEFAULT_LIMITS) -> None:
+                 classifier: EnsembleClassifier | None = None, limits: ProductLimits = DEFAULT_LIMITS,
+                 read_image_words: bool = True) -> None:
         """Batch sizes are per modality; None picks the measured default for the model's device. Without a
-        `classifier` (bundles from before the views), Classify is the head + k-NN vote of `final_probabilities`."""
+        `classifier` (bundles from before the views), Classify is the head + k-NN vote of `final_probabilities`.
+        `read_image_words`: see `shopclip.model.load_embedder`."""
         self.model = model.eval()
         self.config = config
         self.source = source
@@ -236,7 +239,8 @@ class BundleEmbedder:
         self.fingerprint = str(config["fingerprint"])
         self.knn = KnnParams.from_dict(config.get("knn"))
         self.classifier = classifier
-        if classifier is not None and classifier.reads_ocr and not ocr_available():
+        self.read_image_words = read_image_words and classifier is not None and classifier.reads_ocr
+        if self.read_image_words and not ocr_available():
             log.warning("bundle %s has an OCR view but Tesseract with its French data was not found (%s): "
                         "products without text are classified as if their images held no words", source,
                         OCR_INSTALL_HINT)
@@ -279,7 +283,7 @@ class BundleEmbedder:
     def _image_words(self, products: Sequence[ProductInput]) -> list[str] | None:
         """Words read on the images of products without text, when the classifier has an OCR view (else None):
         the only products whose class the image alone decides, and OCR costs several image forwards."""
-        if not self.classifier.reads_ocr:
+        if not self.read_image_words:
             return None
         rows = [i for i, product in enumerate(products) if product.has_image and not product.has_text]
         images = [prepare_image(products[i].image, f"products[{i}].image", self.limits) for i in rows]

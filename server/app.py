@@ -174,8 +174,7 @@ async def create_server(config: ServerConfig, index_source: IndexSource | None =
     # The model is loaded on the thread that will run it: torch keeps an OpenMP thread team per calling thread,
     # and a second team (loading elsewhere) made every forward ~50% slower on 2 cores (bench/serve.py).
     forward_executor = ThreadPoolExecutor(config.forward_workers, thread_name_prefix="shopclip-forward")
-    embedder = await asyncio.get_running_loop().run_in_executor(forward_executor, load_embedder, config.bundle,
-                                                                config.device, config.limits)
+    embedder = await asyncio.get_running_loop().run_in_executor(forward_executor, load_model, config.bundle, config)
     if index_source is None and config.index_root is not None:
         index_source = PublishedIndexSource(config.index_root)
     engine = Engine(embedder, abstain_threshold=config.abstain_threshold, index_required=index_source is not None)
@@ -270,9 +269,14 @@ first use (the image trunks' inference graph, oneDNN's kernels) is paid before i
 at start is not warmed: the first requests after a start pay that once (about a second for the image graph)."""
 
 
+def load_model(bundle: str, config: ServerConfig) -> Embedder:
+    """The model at `bundle` as this server runs it (device, input policy, whether it reads image words)."""
+    return load_embedder(bundle, config.device, config.limits, config.read_image_words)
+
+
 def load_and_warm_up(bundle: str, config: ServerConfig) -> Embedder:
     """The model at `bundle`, after one forward of each kind of input (WARM_UP_PRODUCTS)."""
-    embedder = load_embedder(bundle, config.device, config.limits)
+    embedder = load_model(bundle, config)
     for product in WARM_UP_PRODUCTS:  # one at a time: each shape a real request has (batch of one) is built
         embedder.embed([product])
     return embedder

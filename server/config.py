@@ -34,6 +34,9 @@ class ServerConfig:
     max_wait_ms: float = option(1.0, "how long a forward waits for more requests to fill its batch")
     queue_size: int = option(1024, "products waiting for a forward before RESOURCE_EXHAUSTED")
     abstain_threshold: float = option(0.5, "Classify abstains when the top probability is below this")
+    read_image_words: bool = option(True, "read the words on the image of a product without text where the model "
+                                          "has an OCR view (Tesseract, on the forward thread); off: such products "
+                                          "are classified as if their images held no words")
     limits: ProductLimits = option(default_factory=ProductLimits)
     """The input policy's flags (`--max-image-bytes`, ...): what a product may hold."""
     max_classify_top_k: int = option(50, "largest Classify top_k")

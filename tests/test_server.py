@@ -427,7 +427,8 @@ def test_the_model_is_loaded_and_run_on_the_forward_thread(monkeypatch: pytest.M
     embedder = SlowEmbedder(0.0)
     threads: dict[str, set[str]] = {"load": set(), "forward": set()}
 
-    def load(spec: str, device: str | None = None, limits: object = None) -> SlowEmbedder:
+    def load(spec: str, device: str | None = None, limits: object = None, read_image_words: bool = True
+             ) -> SlowEmbedder:
         threads["load"].add(threading.current_thread().name)
         return embedder
 
@@ -446,6 +447,26 @@ def test_the_model_is_loaded_and_run_on_the_forward_thread(monkeypatch: pytest.M
     asyncio.run(scenario())
     assert len(threads["load"]) == 1 and threads["forward"] == threads["load"]
     assert threads["load"].pop().startswith("shopclip-forward")
+
+
+@pytest.mark.parametrize("read_image_words", [True, False])
+def test_the_server_loads_its_model_reading_image_words_as_configured(monkeypatch, read_image_words: bool) -> None:
+    """`--no-read-image-words` reaches the loaded model (an OCR view's words are then never read)."""
+    asked: list[bool] = []
+
+    def load(spec: str, device: str | None = None, limits: object = None, read_image_words: bool = True
+             ) -> SlowEmbedder:
+        asked.append(read_image_words)
+        return SlowEmbedder(0.0)
+
+    monkeypatch.setattr(app, "load_embedder", load)
+
+    async def scenario() -> None:
+        async with running_server(read_image_words=read_image_words):
+            pass
+
+    asyncio.run(scenario())
+    assert asked == [read_image_words]
 
 
 # ------------------------------------------------------------------ hot swap

@@ -87,3 +87,11 @@ def test_classify_reads_the_words_on_a_new_products_image(bundle: Path) -> None:
     codes = np.array(embedder.codes)[embedder.classify(encoded, None).argmax(axis=1)]
     assert codes[:len(CLASSES)].tolist() == list(CLASSES)
     assert codes[-1] == 40  # a product with text is classified by its text, the print on its image not read
+
+
+def test_a_server_may_leave_image_words_unread(bundle: Path) -> None:
+    embedder = load_embedder(str(bundle), device="cpu", read_image_words=False)
+    encoded = embedder.encode([ProductInput("", "", jpeg(printed("coque silicone")))])
+    assert encoded.views.ocr_texts is None
+    probs = embedder.classify(encoded, None)
+    assert probs.shape == (1, len(CLASSES)) and np.isclose(probs.sum(), 1.0, atol=1e-5)
