@@ -74,13 +74,15 @@ def words_of(raw: str) -> str:
     return " ".join(words) if len(words) >= MIN_WORDS else ""
 
 
-def read_image_words(image: Image.Image) -> str:
-    """The words printed on `image` (a prepared image: RGB, white borders cut), "" when none or on failure."""
+def read_image_words(image: Image.Image, page_segmentation: int = PAGE_SEGMENTATION, enlarge: int = ENLARGE) -> str:
+    """The words printed on `image` (a prepared image: RGB, white borders cut), "" when none or on failure.
+    The defaults are the shipped settings (bench/ocr.py compares the others)."""
     grey = image.convert("L")
-    grey = grey.resize((grey.width * ENLARGE, grey.height * ENLARGE), Image.Resampling.BICUBIC)
+    if enlarge != 1:
+        grey = grey.resize((grey.width * enlarge, grey.height * enlarge), Image.Resampling.BICUBIC)
     png = io.BytesIO()
     grey.save(png, format="PNG")
-    command = [TESSERACT, "stdin", "stdout", "-l", LANGUAGE, "--psm", str(PAGE_SEGMENTATION)]
+    command = [TESSERACT, "stdin", "stdout", "-l", LANGUAGE, "--psm", str(page_segmentation)]
     try:
         done = subprocess.run(command, input=png.getvalue(), capture_output=True, timeout=TIMEOUT_S,
                               env={**os.environ, "OMP_THREAD_LIMIT": "1"})

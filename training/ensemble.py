@@ -163,7 +163,8 @@ def choose_views(train: ViewInputs, train_labels: np.ndarray, val: ViewInputs, v
 
 def _view_rows(inputs: ViewInputs, labels: np.ndarray, sources: Mapping[str, str], spec: ViewSpec):
     """(kind, name, modality, training rows) of every view that has something to learn from: the sparse
-    text view, a linear view per tower and a neighbour view over the image trunk."""
+    text view, the OCR view (when asked and some training image without text held words), a linear view per
+    tower and a neighbour view over the image trunk."""
     text_rows = np.nonzero(inputs.has_text)[0]
     if len(np.unique(labels[text_rows])) >= 2:
         yield "sparse", SPARSE_VIEW, "text", text_rows
