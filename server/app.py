@@ -271,7 +271,7 @@ at start is not warmed: the first requests after a start pay that once (about a 
 
 def load_model(bundle: str, config: ServerConfig) -> Embedder:
     """The model at `bundle` as this server runs it (device, input policy, whether it reads image words)."""
-    return load_embedder(bundle, config.device, config.limits, config.read_image_words)
+    return load_embedder(bundle, config.device, config.limits, read_image_words=config.read_image_words)
 
 
 def load_and_warm_up(bundle: str, config: ServerConfig) -> Embedder:

@@ -14,8 +14,8 @@ from shopclip.server.config import ServerConfig
 def test_a_loaded_model_has_embedded_a_text_and_an_image(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list = []
 
-    def recording(bundle: str, device: str, limits):  # noqa: ANN001, ANN202 - load_embedder's signature
-        embedder = load_embedder(bundle, device, limits)
+    def recording(bundle: str, device: str, limits, read_image_words=True):  # noqa: ANN001, ANN202 - load_embedder's
+        embedder = load_embedder(bundle, device, limits, read_image_words)
         real = embedder.embed
         embedder.embed = lambda products: seen.extend(products) or real(products)
         return embedder

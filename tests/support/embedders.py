@@ -38,5 +38,5 @@ def install_embedder(monkeypatch: pytest.MonkeyPatch, embedder: FakeEmbedder) ->
     """Servers created during the test load `embedder` whatever their bundle spec says."""
     from shopclip.server import app
 
-    monkeypatch.setattr(app, "load_embedder", lambda spec, device=None, limits=None: embedder)
+    monkeypatch.setattr(app, "load_embedder", lambda spec, device=None, limits=None, read_image_words=True: embedder)
     return embedder
