@@ -3,7 +3,6 @@ fits the view, and the bundle's Classify reads them on a new product's image (re
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 from pathlib import Path
@@ -16,7 +15,7 @@ from shopclip.cli import main
 from shopclip.model import load_embedder, ocr
 from shopclip.products import ProductInput
 from support.services import service_missing
-from support.training import TINY_MODEL
+from support.training import TINY_MODEL, image_index_row, write_tables
 
 CLASSES = {10: ("peluche", "lapin"), 20: ("coque", "silicone"), 30: ("puzzle", "paysage"), 40: ("tasse", "porcelaine")}
 TEXT_PRODUCTS, IMAGE_PRODUCTS = 6, 6
@@ -40,14 +39,8 @@ def write_catalogue(folder: Path) -> Path:
             productid, imageid = 1000 * c + 100 + i, 5000 * c + 100 + i
             name = f"image_{imageid}_product_{productid}.jpg"
             printed(f"{first} {second}").save(images / name)
-            index.append([name, len(index), productid, imageid, code, "synthetic", name, "0" * 40])
-    with open(folder / "rakuten_text.csv", "w", newline="", encoding="utf-8") as f:
-        csv.writer(f).writerows([["row", "designation", "description", "productid", "imageid", "prdtypecode"],
-                                 *texts])
-    with open(folder / "images_index.csv", "w", newline="", encoding="utf-8") as f:
-        csv.writer(f).writerows([["file", "row", "productid", "imageid", "prdtypecode", "source_repo",
-                                  "source_path", "source_commit"], *index])
-    return folder
+            index.append(image_index_row(name, len(index), productid, imageid, code))
+    return write_tables(folder, texts, index)
 
 
 def jpeg(image: Image.Image) -> bytes:

@@ -39,7 +39,17 @@ def write_catalogue(folder: Path, num_classes: int = NUM_CLASSES, per_class: int
             if image_only or with_image:
                 name = f"image_{imageid}_product_{productid}.jpg"
                 Image.new("RGB", (40, 40), colour).save(images / name)
-                index.append([name, len(index), productid, imageid, code, "synthetic", name, "0" * 40])
+                index.append(image_index_row(name, len(index), productid, imageid, code))
+    return write_tables(folder, texts, index)
+
+
+def image_index_row(name: str, row: int, productid: int, imageid: int, code: int) -> list:
+    return [name, row, productid, imageid, code, "synthetic", name, "0" * 40]
+
+
+def write_tables(folder: Path, texts: list[list], index: list[list]) -> Path:
+    """rakuten_text.csv (rows: row, designation, description, productid, imageid, prdtypecode) and
+    images_index.csv (rows from `image_index_row`) in `folder`, which holds the images/ they name."""
     with open(folder / "rakuten_text.csv", "w", newline="", encoding="utf-8") as f:
         csv.writer(f).writerows([["row", "designation", "description", "productid", "imageid", "prdtypecode"],
                                  *texts])
