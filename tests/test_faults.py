@@ -205,7 +205,11 @@ def truncate_data_files(directory: Path) -> list[str]:
 
 
 def garble_manifest(directory: Path) -> list[str]:
-    (directory / publish.MANIFEST_FILE).write_bytes(b"{\x00 not json")
+    """Replaced whole (write then rename): an in-place write shows a poll the empty file first, a second damage
+    the server rightly logs too, and the test then counted two problems where it means one."""
+    path = directory / publish.MANIFEST_FILE
+    path.with_suffix(".garbage").write_bytes(b"{\x00 not json")
+    os.replace(path.with_suffix(".garbage"), path)
     return [publish.MANIFEST_FILE]
 
 
