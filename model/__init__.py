@@ -23,4 +23,5 @@ def load_embedder(spec: str, device: str | None = None, limits: ProductLimits = 
                              limits=limits)
     from shopclip.model.bundle import load_bundle_embedder  # torch is imported only for real bundles
 
-    return load_bundle_embedder(spec, device=device, limits=limits, read_image_words=read_image_words)  # its `source` is `spec` as given
+    # its `source` is `spec` as given
+    return load_bundle_embedder(spec, device=device, limits=limits, read_image_words=read_image_words)

@@ -65,7 +65,8 @@ def test_training_fits_the_ocr_view_and_the_bundle_says_which_tesseract_read(bun
     assert config["training"]["ocr"] == ocr.tesseract_version()
     views = {view["name"]: view["modality"] for view in config["classifier"]["views"]}
     assert views["ocr"] == "ocr"
-    weights = dict(zip(config["classifier"]["combiner"]["view_names"], config["classifier"]["combiner"]["without_knn"]["image_only"]))
+    combiner = config["classifier"]["combiner"]
+    weights = dict(zip(combiner["view_names"], combiner["without_knn"]["image_only"]))
     assert weights["ocr"] > 0  # validation found the words useful: they are all that tells these classes apart
     cached = list((bundle.parent / "cache").glob("ocr-*.json"))
     assert len(cached) == 1 and len(json.loads(cached[0].read_text())) == len(CLASSES) * IMAGE_PRODUCTS
