@@ -20,7 +20,7 @@ from pathlib import Path
 import grpc
 
 from shopclip.client.errors import ShopclipRpcError
-from shopclip.client.results import ClassifyResult, EmbedResult, FeedbackResult, Info, Neighbor, SearchResult
+from shopclip.client.results import ClassifyResult, EmbedResult, FeedbackResult, Info, Neighbor, SearchResult, Versions
 from shopclip.client.sync import ShopclipClient
 from shopclip.errors import InvalidInput, NotConfigured, NotFound, NotReady, Overloaded, ShopclipError
 from shopclip.products import ProductInput
@@ -285,7 +285,7 @@ def format_classify(result: ClassifyResult) -> str:
     codes = format_table(["rank", "prdtypecode", "probability"],
                          [[rank, p.code, p.probability] for rank, p in enumerate(result.predictions, 1)])
     verdict = "ABSTAIN: route to human review" if result.abstain else f"prdtypecode {result.code}"
-    parts = [codes, "", verdict, _versions_line(result.versions.model_fingerprint, result.versions.index_version)]
+    parts = [codes, "", verdict, _versions_line(result.versions)]
     if result.neighbors:
         shown = result.neighbors[:SHOWN_VOTERS]
         title = (f"the {len(shown)} closest of {len(result.neighbors)} neighbours that voted:"
@@ -307,7 +307,7 @@ def format_feedback(result: FeedbackResult, prdtypecode: int) -> str:
 
 def format_search(result: SearchResult) -> str:
     table = _neighbors_table(result.neighbors) if result.neighbors else "no similar product found"
-    return "\n".join([table, "", _versions_line(result.versions.model_fingerprint, result.versions.index_version)])
+    return "\n".join([table, "", _versions_line(result.versions)])
 
 
 def format_embed(result: EmbedResult) -> str:
@@ -315,11 +315,12 @@ def format_embed(result: EmbedResult) -> str:
     rows = [[i, result.dim, " ".join(f"{v:+.4f}" for v in vector[:shown]) + (" …" if len(vector) > shown else "")]
             for i, vector in enumerate(result.vectors)]
     return "\n".join([format_table(["product", "dim", "values"], rows), "",
-                      _versions_line(result.versions.model_fingerprint, result.versions.index_version)])
+                      _versions_line(result.versions)])
 
 
 def format_info(info: Info) -> str:
     rows = [["model fingerprint", info.versions.model_fingerprint],
+            ["model release", info.versions.model_release or "(not reported)"],
             ["architecture", info.architecture],
             ["embedding dim", info.embed_dim],
             ["classes", _codes_summary(info.prdtypecodes)],
@@ -337,5 +338,6 @@ def _codes_summary(codes: Sequence[int]) -> str:
     return f"{len(codes)}: {shown}" + (" …" if len(codes) > CODES_SHOWN else "")
 
 
-def _versions_line(model_fingerprint: str, index_version: str) -> str:
-    return f"model {model_fingerprint or '?'} · index {index_version or '(none)'}"
+def _versions_line(versions: Versions) -> str:
+    release = f" (release {versions.model_release})" if versions.model_release else ""
+    return f"model {versions.model_fingerprint or '?'}{release} · index {versions.index_version or '(none)'}"

@@ -15,8 +15,12 @@ class Versions:
     """Which model and index produced an answer."""
 
     model_fingerprint: str
+    """The weights: vectors of two answers with the same fingerprint are comparable."""
     index_version: str
     """"" when the server runs without an index."""
+    model_release: str = ""
+    """The weights and the classifier: two answers with the same release come from the same model ("" from a
+    server older than releases)."""
 
 
 @dataclass(frozen=True)

@@ -160,7 +160,8 @@ def embed_request(products: Sequence[ProductLike]) -> embedding_pb2.EmbedRequest
 
 
 def versions(message: product_pb2.Versions) -> Versions:
-    return Versions(model_fingerprint=message.model_fingerprint, index_version=message.index_version)
+    return Versions(model_fingerprint=message.model_fingerprint, index_version=message.index_version,
+                    model_release=message.model_release)
 
 
 def neighbor(message: product_pb2.Neighbor) -> Neighbor:

@@ -160,8 +160,8 @@ def _manifest(version: str, catalogue: Catalogue, embedder: Embedder, products: 
         "version": version,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "shopclip_version": __version__,
-        "model": {"fingerprint": embedder.fingerprint, "dim": embedder.dim, "bundle": embedder.source,
-                  "describe": embedder.describe()},
+        "model": {"fingerprint": embedder.fingerprint, "release": embedder.release, "dim": embedder.dim,
+                  "bundle": embedder.source, "describe": embedder.describe()},
         "catalogue": {"uri": catalogue.uri, "table": catalogue.table_name, "version": catalogue.version},
         "counts": {"vectors": products.num_rows, "labelled": labelled, "unlabelled": products.num_rows - labelled,
                    "codes": len(set(codes.drop_null().to_pylist())), "embedded_this_build": embedded},
@@ -246,11 +246,15 @@ def check_catalogue_not_behind(catalogue: Catalogue, index_root: str | Path) -> 
                                         "index root")
 
 
-def needs_build(index_root: str | Path, catalogue: Catalogue, fingerprint: str) -> bool:
-    """True when nothing is published, or the live version lags the catalogue or the model."""
+def needs_build(index_root: str | Path, catalogue: Catalogue, embedder: Embedder) -> bool:
+    """True when nothing is published, or the live version lags the catalogue or the model. A model whose
+    classifier alone changed (same fingerprint, other release) needs a build too, though its vectors are all
+    known: the new version's manifest is what tells a following server to load that model. So does a live
+    version whose manifest records no release (written before they were)."""
     current = publish.read_current(index_root)
     if current is None:
         return True
     manifest = publish.read_manifest(index_root, current)
-    return (manifest["model"]["fingerprint"] != fingerprint
+    return (publish.release_in(manifest) != embedder.release
+            or manifest["model"]["fingerprint"] != embedder.fingerprint
             or manifest["catalogue"]["version"] != catalogue.version)

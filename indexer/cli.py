@@ -217,10 +217,10 @@ def _status(args: argparse.Namespace) -> int:
     where = _locations(args)
     current = publish.read_current(where.index_root)
     catalogue = Catalogue(where.catalogue, where.table)
-    report = {"index_root": str(where.index_root), "current": current,
-              "versions": publish.list_versions(where.index_root),
-              "models": {version: publish.model_of(where.index_root, version)
-                         for version in publish.list_versions(where.index_root)},
+    versions = publish.list_versions(where.index_root)
+    report = {"index_root": str(where.index_root), "current": current, "versions": versions,
+              "models": {version: publish.model_of(where.index_root, version) for version in versions},
+              "releases": {version: publish.release_of(where.index_root, version) for version in versions},
               "manifest": publish.read_manifest(where.index_root, current) if current else None,
               "catalogue": {"uri": catalogue.uri, "rows": len(catalogue), "version": catalogue.version}}
     if where.bundle:  # also count rows this model has not embedded yet
@@ -239,7 +239,8 @@ def _activate(args: argparse.Namespace) -> int:
     previous = publish.read_current(where.index_root)
     publish.activate_version(where.index_root, args.version)
     _print({"index_root": str(where.index_root), "current": args.version, "previous": previous,
-            "model": publish.model_of(where.index_root, args.version)})
+            "model": publish.model_of(where.index_root, args.version),
+            "release": publish.release_of(where.index_root, args.version)})
     return 0
 
 

@@ -166,7 +166,7 @@ def run_once(config: JobConfig) -> tuple[int, dict]:
             embedder = load_embedder(config.bundle)
             if config.known_vectors is not None:
                 summary["reused_vectors"] = seed_catalogue(catalogue, config.known_vectors, embedder.fingerprint)
-            if needs_build(config.index_root, catalogue, embedder.fingerprint):
+            if needs_build(config.index_root, catalogue, embedder):
                 result = build_under_lock(catalogue, config.index_root, embedder, config.build)
                 summary["build"] = {"version": result.version, "embedded": result.embedded,
                                     "vectors": result.manifest["counts"]["vectors"],

@@ -190,17 +190,43 @@ def model_of(root: str | Path, version: str) -> str | None:
     return (read_manifest(root, version).get("model") or {}).get("fingerprint")
 
 
+def release_in(manifest: dict) -> str | None:
+    """The release of the model that built a version (`Embedder.release`); None for a manifest written before
+    releases were recorded."""
+    return (manifest.get("model") or {}).get("release")
+
+
+def release_of(root: str | Path, version: str) -> str | None:
+    """`release_in` the manifest of `version`."""
+    return release_in(read_manifest(root, version))
+
+
+def _model_key(root: str | Path, version: str) -> tuple[str | None, str | None]:
+    """What tells models apart: the release, or for a manifest from before releases its fingerprint alone."""
+    release = release_of(root, version)
+    return (None, release) if release else (model_of(root, version), None)
+
+
 def newest_version_per_model(root: str | Path, names: list[str] | None = None) -> list[str]:
-    """For each model with a complete version, its newest one; ordered by that version, oldest first."""
-    newest: dict[str | None, str] = {}
+    """For each model (release: weights and classifier) with a complete version, its newest one; ordered by that
+    version, oldest first."""
+    newest: dict[tuple[str | None, str | None], str] = {}
     for name in names if names is not None else list_versions(root):  # oldest first: later ones win
-        newest[model_of(root, name)] = name
+        newest[_model_key(root, name)] = name
     return sorted(newest.values())
 
 
-def newest_version_built_by(root: str | Path, fingerprint: str) -> str | None:
-    """The newest complete version whose vectors `fingerprint`'s model made (what a rollback to it serves)."""
-    built = [name for name in list_versions(root) if model_of(root, name) == fingerprint]
+def newest_version_built_by(root: str | Path, fingerprint: str, release: str = "") -> str | None:
+    """The newest complete version built by the model with `release` (what a rollback to it serves), or without
+    a `release` (a registry version from before them) by any model with `fingerprint`. A manifest that records
+    no release counts for the fingerprint it names."""
+    def built_by(name: str) -> bool:
+        recorded = release_of(root, name)
+        if release and recorded:
+            return recorded == release
+        return model_of(root, name) == fingerprint
+
+    built = [name for name in list_versions(root) if built_by(name)]
     return built[-1] if built else None
 
 

@@ -33,7 +33,7 @@ from shopclip.input_policy import DEFAULT_LIMITS, ProductLimits, check_text
 from shopclip.model.clip import IMAGE_FEATURES, ShopClipModel, assemble
 from shopclip.model.config import OPEN_CLIP_PREFIX, SHOPCLIP_BACKBONE, ModelConfig
 from shopclip.model.embedder import Encoded
-from shopclip.model.ensemble import EnsembleClassifier, ViewInputs
+from shopclip.model.ensemble import CLASSIFIER_FILES, EnsembleClassifier, ViewInputs
 from shopclip.model.image_tower import IMAGENET_WEIGHT_PACKAGES
 from shopclip.model.knn import KnnParams, final_probabilities
 from shopclip.model.ocr import INSTALL_HINT as OCR_INSTALL_HINT
@@ -164,6 +164,21 @@ def bundle_fingerprint(weights: Path, config: ModelConfig, architecture: dict[st
     return digest.hexdigest()[:16]
 
 
+def bundle_release(path: str | os.PathLike, config: dict[str, Any]) -> str:
+    """What Classify answers from, as 16 hex digits: sha256 of config.json (which holds the weights' fingerprint,
+    the vote's parameters and the classifier's description) and of the classifier's files. The weights file is
+    covered by the fingerprint, so it is not read again. Computed from the files at load, so it names what was
+    loaded even when a bundle is rewritten in place."""
+    folder = Path(path)
+    digest = hashlib.sha256()
+    for name in (CONFIG_FILE, *(CLASSIFIER_FILES if config.get("classifier") else ())):
+        digest.update(name.encode() + b"\0")
+        with (folder / name).open("rb") as stream:
+            for chunk in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
 def read_bundle_config(path: str | os.PathLike) -> dict[str, Any]:
     """config.json of a bundle; NotFound if `path` is not a bundle, ValueError if it is another format."""
     folder = Path(path)
@@ -209,7 +224,7 @@ def load_bundle_embedder(path: str | os.PathLike, device: str | torch.device | N
     local = resolve_bundle(str(path))
     model, config = load_bundle(local, device)
     return BundleEmbedder(model, config, source=str(path), classifier=load_classifier(local, config), limits=limits,
-                          read_image_words=read_image_words)
+                          read_image_words=read_image_words, release=bundle_release(local, config))
 
 
 def load_classifier(path: str | os.PathLike, config: dict[str, Any]) -> EnsembleClassifier | None:
@@ -225,10 +240,11 @@ class BundleEmbedder:
     def __init__(self, model: ShopClipModel, config: dict[str, Any], source: str = "",
                  text_batch_size: int | None = None, image_batch_size: int | None = None,
                  classifier: EnsembleClassifier | None = None, limits: ProductLimits = DEFAULT_LIMITS,
-                 read_image_words: bool = True) -> None:
+                 read_image_words: bool = True, release: str = "") -> None:
         """Batch sizes are per modality; None picks the measured default for the model's device. Without a
         `classifier` (bundles from before the views), Classify is the head + k-NN vote of `final_probabilities`.
-        `read_image_words`: see `shopclip.model.load_embedder`."""
+        `read_image_words`: see `shopclip.model.load_embedder`. `release`: `bundle_release` of the bundle's files
+        ("" for the fingerprint, when the model was not read from a bundle)."""
         self.model = model.eval()
         self.config = config
         self.source = source
@@ -237,6 +253,7 @@ class BundleEmbedder:
         self.codes = list(model.codes)
         self.limits = limits
         self.fingerprint = str(config["fingerprint"])
+        self.release = release or self.fingerprint
         self.knn = KnnParams.from_dict(config.get("knn"))
         self.classifier = classifier
         self.read_image_words = read_image_words and classifier is not None and classifier.reads_ocr
@@ -343,7 +360,8 @@ class BundleEmbedder:
         return {"architecture": public_backbone(self.model.config), "text_towers": list(self.model.text_towers),
                 "image_tower": self.model.config.image_tower,
                 "image_extra_trunks": list(self.model.config.image_extra_trunks), "embed_dim": self.dim,
-                "num_classes": len(self.codes), "fingerprint": self.fingerprint, "bundle": self.source,
+                "num_classes": len(self.codes), "fingerprint": self.fingerprint, "release": self.release,
+                "bundle": self.source,
                 "device": str(self.device), "versions": config.get("versions", {}),
                 "metrics": config.get("metrics", {}), "knn": self.knn.to_dict(),
                 "classifier_views": [view["name"] for view in classifier.get("views", [])],

@@ -45,6 +45,9 @@ class Encoded:
 class Embedder(Protocol):
     fingerprint: str
     """Identifies the weights: vectors made by embedders with different fingerprints are not comparable."""
+    release: str
+    """Identifies everything Classify answers from: the weights and the classifier (views, their weights, the vote's
+    parameters). A retrain can change the classifier alone, keeping `fingerprint` (and every vector) the same."""
     dim: int
     codes: Sequence[int]
     """Class index -> prdtypecode, the order of `classify_vectors` columns."""
@@ -104,12 +107,15 @@ class FakeEmbedder:
     """
 
     def __init__(self, dim: int = 32, codes: Sequence[int] = tuple(range(27)),
-                 limits: ProductLimits = DEFAULT_LIMITS) -> None:
+                 limits: ProductLimits = DEFAULT_LIMITS, release: str = "") -> None:
+        """`release`: tells apart fakes with the same vectors (fingerprint) but another classifier, as a retrain
+        of the classifier alone does ("" for the fingerprint itself)."""
         self.dim = dim
         self.codes = list(codes)
         self.limits = limits
         self.fingerprint = f"fake-{dim}-{len(self.codes)}"
-        self.source = f"fake:dim={dim},classes={len(self.codes)}"
+        self.release = f"{self.fingerprint}-{release}" if release else self.fingerprint
+        self.source = f"fake:dim={dim},classes={len(self.codes)}" + (f",release={release}" if release else "")
         self.knn = KnnParams()
         rng = np.random.default_rng(0)
         self._head = rng.standard_normal((dim, len(self.codes))).astype(np.float32)
@@ -146,4 +152,4 @@ class FakeEmbedder:
 
     def describe(self) -> dict:
         return {"architecture": "fake", "embed_dim": self.dim, "num_classes": len(self.codes),
-                "fingerprint": self.fingerprint}
+                "fingerprint": self.fingerprint, "release": self.release}

@@ -51,6 +51,8 @@ TEXT_GROUP, IMAGE_ONLY_GROUP = "text", "image_only"
 GROUPS = (TEXT_GROUP, IMAGE_ONLY_GROUP)
 ARRAYS_FILE = "classifier.safetensors"
 VOCABULARY_FILE = "classifier_vocabulary.json"
+CLASSIFIER_FILES = (ARRAYS_FILE, VOCABULARY_FILE)
+"""Every file `EnsembleClassifier.save` writes into a bundle."""
 KNN_SMOOTHING = 0.01
 """Share of the uniform vote mixed into the k-NN vote before its log: a code no neighbour voted for is
 unlikely, not impossible (log 0 would veto every other view)."""

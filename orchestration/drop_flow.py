@@ -35,7 +35,7 @@ import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shopclip import settings
 from shopclip.catalogue_files import SourceOptions
@@ -43,6 +43,9 @@ from shopclip.errors import InvalidInput, NotFound, NotReady, PromotionRefused
 from shopclip.indexer.options import BuildOptions
 from shopclip.registry.options import GateOptions, RegistryOptions
 from shopclip.settings import option
+
+if TYPE_CHECKING:
+    from shopclip.client.results import Versions
 
 log = logging.getLogger(__name__)
 
@@ -213,8 +216,8 @@ def publish(config: DropFlowConfig) -> dict[str, Any]:
     if code != 0:
         raise NotReady(f"index publish failed ({summary.get('status')}): {summary.get('error', '')}")
     return {"version": summary["current_version"], "model_version": champion.version,
-            "model_fingerprint": champion.bundle_fingerprint, "build": summary["build"],
-            "reused_vectors": summary.get("reused_vectors", 0)}
+            "model_fingerprint": champion.bundle_fingerprint, "model_release": champion.bundle_release,
+            "build": summary["build"], "reused_vectors": summary.get("reused_vectors", 0)}
 
 
 def check(config: DropFlowConfig, published: dict[str, Any]) -> dict[str, Any]:
@@ -227,15 +230,24 @@ def check(config: DropFlowConfig, published: dict[str, Any]) -> dict[str, Any]:
     with ShopclipClient(config.server) as client:
         while True:
             versions = client.info(timeout=10).versions
-            if (versions.index_version, versions.model_fingerprint) == (published["version"],
-                                                                       published["model_fingerprint"]):
+            if _serves(versions, published):
                 return {"checked": True, "index_version": versions.index_version,
-                        "model_fingerprint": versions.model_fingerprint}
+                        "model_fingerprint": versions.model_fingerprint, "model_release": versions.model_release}
             if time.monotonic() > deadline:
                 raise NotReady(f"{config.server} still serves index {versions.index_version} of model "
-                               f"{versions.model_fingerprint}, not {published['version']} of "
-                               f"{published['model_fingerprint']}, after {config.served_timeout_s:.0f} s")
+                               f"{versions.model_fingerprint} (release {versions.model_release or '?'}), not "
+                               f"{published['version']} of {published['model_fingerprint']} (release "
+                               f"{published.get('model_release') or '?'}), after {config.served_timeout_s:.0f} s")
             time.sleep(1.0)
+
+
+def _serves(versions: Versions, published: dict[str, Any]) -> bool:
+    """The server answers with the published index and the champion: same weights and, where both sides know
+    it (a champion registered and a server started since releases exist), the same classifier."""
+    if (versions.index_version, versions.model_fingerprint) != (published["version"], published["model_fingerprint"]):
+        return False
+    expected = published.get("model_release")
+    return not (expected and versions.model_release) or versions.model_release == expected
 
 
 # -- helpers -------------------------------------------------------------------------------------------------

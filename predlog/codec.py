@@ -38,7 +38,7 @@ def _scalars(record: PredictionRecord) -> dict[str, Any]:
     """The fields a row and a spill line hold alike."""
     return {name: getattr(record, name) for name in (
         "request_id", "productid", "content_hash", "text_length", "has_description", "has_image", "image_bytes",
-        "abstain", "model_fingerprint", "index_version", "latency_ms", "designation")}
+        "abstain", "model_fingerprint", "index_version", "latency_ms", "designation", "model_release")}
 
 
 def record_row(record: PredictionRecord) -> dict[str, Any]:
@@ -64,7 +64,7 @@ def row_record(row: Mapping[str, Any]) -> PredictionRecord:
         abstain=bool(row["abstain"]), model_fingerprint=row["model_fingerprint"],
         index_version=row["index_version"], latency_ms=float(row["latency_ms"]),
         embedding=None if embedding is None else tuple(float(x) for x in decode_embedding(bytes(embedding))),
-        designation=row.get("designation") or "")
+        designation=row.get("designation") or "", model_release=row.get("model_release") or "")
 
 
 def record_to_json(record: PredictionRecord) -> dict[str, Any]:
@@ -91,7 +91,8 @@ def record_from_json(data: Mapping[str, Any]) -> PredictionRecord:
             abstain=bool(data["abstain"]), model_fingerprint=str(data["model_fingerprint"]),
             index_version=str(data["index_version"]), latency_ms=float(data["latency_ms"]),
             embedding=None if embedding is None else tuple(float(x) for x in embedding),
-            designation=str(data.get("designation") or ""))  # spill files of a v1 writer have none
+            # spill files of a v1 writer have no designation, those written before releases no model_release
+            designation=str(data.get("designation") or ""), model_release=str(data.get("model_release") or ""))
     except KeyError as exc:
         raise InvalidInput(str(exc.args[0]), "missing from the spilled prediction record") from None
     except (TypeError, ValueError) as exc:

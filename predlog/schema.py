@@ -36,6 +36,7 @@ predictions = Table(
     Column("latency_ms", Float, nullable=False),
     Column("embedding", LargeBinary, nullable=True),  # float16 little-endian, see predlog.codec
     Column("designation", Text, nullable=True),  # v2: the title, so the review queue can show the product
+    Column("model_release", String(128), nullable=True),  # v4: the classifier too (Embedder.release)
     Index("predictions_created_at", "created_at"),
     Index("predictions_productid", "productid"),
 )
@@ -101,10 +102,16 @@ def _index_feedback_request_id_v3(connection: Connection) -> None:
     next(i for i in feedback.indexes if i.name == "feedback_request_id").create(connection, checkfirst=True)
 
 
+def _add_model_release_v4(connection: Connection) -> None:
+    if "model_release" not in {c["name"] for c in inspect(connection).get_columns("predictions")}:
+        connection.execute(text("ALTER TABLE predictions ADD COLUMN model_release VARCHAR(128)"))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "predictions, feedback and monitor_reports", _create_v1),
     Migration(2, "predictions.designation (the review queue shows the product's title)", _add_designation_v2),
     Migration(3, "index feedback.request_id (the review queue's NOT EXISTS)", _index_feedback_request_id_v3),
+    Migration(4, "predictions.model_release (a retrain may change the classifier alone)", _add_model_release_v4),
 )
 """In version order; never edit an entry once released, append a new one."""
 

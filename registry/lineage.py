@@ -16,6 +16,7 @@ import shopclip
 
 PREFIX = "shopclip."
 BUNDLE_FINGERPRINT = PREFIX + "bundle_fingerprint"
+BUNDLE_RELEASE = PREFIX + "bundle_release"
 DATA_FINGERPRINT = PREFIX + "data_fingerprint"
 TRAINING_DATA = PREFIX + "training_data"
 PARENT_VERSION = PREFIX + "parent_version"
@@ -39,13 +40,16 @@ when a run recorded it, else Classify's weighted F1 on the validation split. (`t
 bundle's own test split, so two bundles' values are not on the same products.)"""
 
 
-def lineage_tags(config: dict[str, Any], *, local_copy: str | None, parent: str | None) -> dict[str, str]:
-    """The tags of a new version from its bundle's config.json. Empty values are left out."""
+def lineage_tags(config: dict[str, Any], *, release: str, local_copy: str | None, parent: str | None
+                 ) -> dict[str, str]:
+    """The tags of a new version from its bundle's config.json and its release (`bundle_release`). Empty values
+    are left out."""
     training = config.get("training") or {}
     metrics = config.get("metrics") or {}
     commit = git_commit()
     tags = {
         BUNDLE_FINGERPRINT: str(config.get("fingerprint", "")),
+        BUNDLE_RELEASE: release,
         DATA_FINGERPRINT: str(training.get("data_fingerprint", "")),
         TRAINING_DATA: str(training.get("data_dir", "")),
         PARENT_VERSION: parent or "",

@@ -69,7 +69,7 @@ def rollback_index(registry: "Registry", index_root: str) -> str:
     from shopclip.indexer import publish
 
     restored = rollback_target(registry)
-    version = publish.newest_version_built_by(index_root, restored.bundle_fingerprint)
+    version = publish.newest_version_built_by(index_root, restored.bundle_fingerprint, restored.bundle_release)
     if version is None:
         raise NotFound(f"index root {index_root}: no kept version was built with version {restored.version} "
                        f"(model {restored.bundle_fingerprint}); build one first: shopclip index build --bundle "

@@ -61,6 +61,12 @@ class ModelRecord:
         return self.tags.get(lineage.BUNDLE_FINGERPRINT, "")
 
     @property
+    def bundle_release(self) -> str:
+        """The weights and the classifier (`Embedder.release`): what a server answering with this version reports.
+        "" for a version registered before releases were recorded."""
+        return self.tags.get(lineage.BUNDLE_RELEASE, "")
+
+    @property
     def data_fingerprint(self) -> str:
         return self.tags.get(lineage.DATA_FINGERPRINT, "")
 
@@ -187,20 +193,23 @@ class Registry:
         carrying its lineage, and made the challenger. `source` is where the bundle lives for the servers when
         that is not `bundle` (an upload of it); `parent` defaults to the champion at this moment.
 
-        Idempotent: the same bundle (fingerprint) at the same location is the version it already is, aliases
-        untouched, so a retried registration (a scheduler's task) never makes a second version."""
-        from shopclip.model.bundle import read_bundle_config  # torch: only registering reads a bundle
+        Idempotent: the same bundle (release: weights and classifier) at the same location is the version it
+        already is, aliases untouched, so a retried registration (a scheduler's task) never makes a second version;
+        a bundle retrained in place, even one whose classifier alone changed, is a new version."""
+        from shopclip.model.bundle import bundle_release, read_bundle_config  # torch: only registering reads one
 
         is_uri = "://" in bundle
-        config = read_bundle_config(local_bundle(bundle))
+        folder = local_bundle(bundle)
+        config = read_bundle_config(folder)
+        release = bundle_release(folder, config)
         location = source or (bundle if is_uri else str(Path(bundle).resolve()))
         local_copy = None if is_uri else str(Path(bundle).resolve())
-        existing = self._registered(location, str(config.get("fingerprint", "")))
+        existing = self._registered(location, str(config.get("fingerprint", "")), release)
         if existing is not None:
             log.info("%s is already version %s of %s", location, existing.version, self.name)
             return existing
         parent = self.get(parent).version if parent else self._champion_version()
-        tags = lineage.lineage_tags(config, local_copy=local_copy, parent=parent)
+        tags = lineage.lineage_tags(config, release=release, local_copy=local_copy, parent=parent)
         self._ensure_model()
         with self._errors():
             created = self.client.create_model_version(self.name, source=location, tags=_checked(tags),
@@ -209,9 +218,12 @@ class Registry:
         log.info("registered %s as version %s of %s (challenger)", location, created.version, self.name)
         return self.get(str(created.version))
 
-    def _registered(self, location: str, fingerprint: str) -> ModelRecord | None:
-        return next((r for r in self.versions() if r.source == location and r.bundle_fingerprint == fingerprint),
-                    None)
+    def _registered(self, location: str, fingerprint: str, release: str) -> ModelRecord | None:
+        def same(record: ModelRecord) -> bool:  # a version registered before releases: its fingerprint says
+            return record.bundle_release == release if record.bundle_release else \
+                record.bundle_fingerprint == fingerprint
+
+        return next((r for r in self.versions() if r.source == location and same(r)), None)
 
     def promote(self, version: str, *, event: str, reason: str) -> ModelRecord:
         """Point `champion` at `version` (which no longer is challenger). `event` says how (`promoted`,

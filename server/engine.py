@@ -30,6 +30,8 @@ class Versions:
     model_fingerprint: str
     index_version: str
     """"" when no index is loaded."""
+    model_release: str
+    """`Embedder.release`: the weights and the classifier."""
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,8 @@ class Served:
 
     @property
     def versions(self) -> Versions:
-        return Versions(self.embedder.fingerprint, self.index.version if self.index is not None else "")
+        return Versions(self.embedder.fingerprint, self.index.version if self.index is not None else "",
+                        self.embedder.release)
 
 
 def check_index_matches(index: PublishedIndex, embedder: Embedder) -> None:

@@ -10,8 +10,9 @@ serving whatever happens on disk; the watcher says when the published index stop
 - the index root or CURRENT removed, or the served version's files changed since they were read (a source
   that can check, `CheckedSource`; the published index root can).
 
-A version built with another model than the one served is served with that model when the watcher may
-follow models (`load_model`, the server's `--follow-model`): the manifest names the bundle, the watcher loads it
+A version built with another model than the one served (other weights, or the same weights with another
+classifier: `Embedder.release`) is served with that model when the watcher may follow models (`load_model`, the
+server's `--follow-model`): the manifest names the bundle, the watcher loads it
 off the event loop, checks it is the model the index names, and `Engine.swap_model` replaces model and index
 in one assignment. That is how a promoted champion (or a rollback) reaches a running server: publish an index
 built with it. Without `load_model` such a version is refused and the served pair stays.
@@ -29,6 +30,7 @@ from typing import Protocol, runtime_checkable
 
 from shopclip.errors import NotReady, ShopclipError
 from shopclip.indexer.api import PublishedIndex
+from shopclip.indexer.publish import release_in
 from shopclip.model.embedder import Embedder
 from shopclip.server.engine import Engine, check_index_matches
 
@@ -107,11 +109,12 @@ class IndexWatcher:
             index = await asyncio.to_thread(self._source.open)
             if index.version == self._served_version():
                 return False
-            built_by = _built_by(index)  # None: swap_index refuses the index and says why
-            if self._load_model is not None and built_by is not None and built_by != self._engine.embedder.fingerprint:
+            if self._load_model is not None and self._built_by_another_model(index):
                 self._engine.swap_model(await self._model_of(index), index)
-                log.info("now serving model %s (%s)", self._engine.embedder.fingerprint, _bundle_of(index))
-            else:
+                embedder = self._engine.embedder
+                log.info("now serving model %s, release %s (%s)", embedder.fingerprint, embedder.release,
+                         _bundle_of(index))
+            else:  # the served model's (swap_index refuses another model's vectors and says why)
                 self._engine.swap_index(index)
         except Exception as exc:  # noqa: BLE001 - any failure to load leaves the old index in service
             await self._set_problem(f"cannot load published index version {version}: {exc}; "
@@ -121,6 +124,15 @@ class IndexWatcher:
         await self._set_problem(None)
         await self._on_swap(index)
         return True
+
+    def _built_by_another_model(self, index: PublishedIndex) -> bool:
+        """True when `index` names a model other than the served one: other weights, or the same weights with
+        another classifier (a retrain that changed only the views and their weights keeps every vector)."""
+        served, release = self._engine.embedder, release_in(index.manifest)
+        if release is not None:
+            return release != served.release
+        built_by = _built_by(index)  # a manifest from before releases: the weights alone say
+        return built_by is not None and built_by != served.fingerprint
 
     async def _model_of(self, index: PublishedIndex) -> Embedder:
         """The model `index` was built with, loaded from where its manifest says; NotReady if it is another."""

@@ -55,8 +55,8 @@ class ServerMetrics:
         for collector in collectors:
             self.registry.register(collector)
 
-    def set_model(self, fingerprint: str, architecture: str) -> None:
-        self.model.info({"fingerprint": fingerprint, "architecture": architecture})
+    def set_model(self, fingerprint: str, release: str, architecture: str) -> None:
+        self.model.info({"fingerprint": fingerprint, "release": release, "architecture": architecture})
 
     def set_index(self, version: str, size: int) -> None:
         self.index.info({"version": version})

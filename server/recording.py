@@ -53,4 +53,4 @@ class PredictionRecorder:
             product, productid, result.predictions, result.abstain, versions.model_fingerprint,
             versions.index_version, latency_ms,
             embedding=outcome.vector.tolist() if self.keep_embeddings else None,
-            request_id=request_id, created_at=created_at)
+            request_id=request_id, created_at=created_at, model_release=versions.model_release)

@@ -65,7 +65,7 @@ class _Base:
         self._engine.require_ready()
         for _ in range(MODEL_SWAP_PASSES):
             outcomes = await self._batcher.submit_many(jobs, context.time_remaining(), return_exceptions=True)
-            models = {o.served.embedder.fingerprint for o in outcomes if isinstance(o, Outcome)}
+            models = {o.served.embedder.release for o in outcomes if isinstance(o, Outcome)}
             if len(models) <= 1:
                 break
         for field, outcome in zip(fields, outcomes):
@@ -213,7 +213,8 @@ def _feedback_response(receipt: FeedbackReceipt) -> feedback_pb2.SubmitFeedbackR
 
 
 def _versions(versions: Versions) -> product_pb2.Versions:
-    return product_pb2.Versions(model_fingerprint=versions.model_fingerprint, index_version=versions.index_version)
+    return product_pb2.Versions(model_fingerprint=versions.model_fingerprint, index_version=versions.index_version,
+                                model_release=versions.model_release)
 
 
 def _neighbor(n: NeighborInfo) -> product_pb2.Neighbor:

@@ -66,6 +66,9 @@ class PredictionRecord:
     """The product's vector (for centroid drift); None when the server does not keep it."""
     designation: str = ""
     """The title as received, so that a reviewer sees what was classified (descriptions and images are not kept)."""
+    model_release: str = ""
+    """`Embedder.release` of the model that answered: the weights and the classifier ("" in rows logged before
+    releases were recorded)."""
 
     @property
     def top_code(self) -> int | None:
@@ -79,7 +82,7 @@ class PredictionRecord:
     def of(cls, product: ProductInput, productid: int | None, predictions: Sequence[tuple[int, float]],
            abstain: bool, model_fingerprint: str, index_version: str, latency_ms: float,
            embedding: Iterable[float] | None = None, request_id: str | None = None,
-           created_at: datetime | None = None) -> "PredictionRecord":
+           created_at: datetime | None = None, model_release: str = "") -> "PredictionRecord":
         return cls(request_id=request_id or new_id(), created_at=created_at or utc_now(), productid=productid,
                    content_hash=content_hash(product),
                    text_length=len(product.designation) + len(product.description),
@@ -88,7 +91,7 @@ class PredictionRecord:
                    predictions=tuple((int(c), float(p)) for c, p in predictions), abstain=bool(abstain),
                    model_fingerprint=model_fingerprint, index_version=index_version, latency_ms=float(latency_ms),
                    embedding=None if embedding is None else _floats(embedding),
-                   designation=product.designation)
+                   designation=product.designation, model_release=model_release)
 
 
 def _floats(values: Iterable[float]) -> tuple[float, ...]:

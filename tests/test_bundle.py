@@ -132,6 +132,32 @@ def test_fingerprint_follows_the_weights_not_the_metadata(bundle, tmp_path: Path
     assert fingerprints[0] == fingerprints[1] != fingerprints[2]
 
 
+def test_release_follows_the_weights_and_everything_classify_reads(bundle, tmp_path: Path) -> None:
+    """Same weights, another vote (config.json) or other classifier files: same fingerprint, another release; a
+    byte-identical copy elsewhere is the same release."""
+    import shutil
+
+    from shopclip.model.bundle import bundle_release
+    from shopclip.model.ensemble import ARRAYS_FILE, CLASSIFIER_FILES
+
+    path, _ = bundle
+    model, _ = load_bundle(path)
+    copy = shutil.copytree(path, tmp_path / "copy")
+    other_vote = save_bundle(tmp_path / "other-vote", model, metadata={"knn": KnnParams(k=3).to_dict()})
+    embedders = [load_embedder(str(p), device="cpu") for p in (path, copy, other_vote)]
+    assert {e.fingerprint for e in embedders} == {embedders[0].fingerprint}
+    assert embedders[0].release == embedders[1].release != embedders[2].release
+    assert embedders[0].describe()["release"] == embedders[0].release
+
+    config = {"fingerprint": "f" * 16, "classifier": {"views": []}}
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(config))
+    for name in CLASSIFIER_FILES:
+        (tmp_path / name).write_bytes(b"weights")
+    before = bundle_release(tmp_path, config)
+    (tmp_path / ARRAYS_FILE).write_bytes(b"refitted")
+    assert bundle_release(tmp_path, config) != before
+
+
 def test_missing_or_mismatched_bundles_fail_loudly(bundle, tmp_path: Path) -> None:
     with pytest.raises(NotFound):
         load_bundle(tmp_path / "nothing-here")

@@ -40,7 +40,8 @@ def test_classify_sends_the_product_and_returns_typed_ranked_codes(server):
     assert result.neighbors == (Neighbor(101, 2280, pytest.approx(0.91), "Coussin bleu", 555),
                                 Neighbor(102, None, 0.5, "Sans étiquette", None))
     assert result.abstain is True
-    assert (result.versions.model_fingerprint, result.versions.index_version) == ("fp-test", "v7")
+    assert (result.versions.model_fingerprint, result.versions.index_version, result.versions.model_release) == (
+        "fp-test", "v7", "rel-test")
 
 
 def test_unset_optionals_stay_unset_on_the_wire(server):

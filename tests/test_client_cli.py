@@ -141,7 +141,8 @@ def test_classify_table_shows_the_closest_voters_and_marks_image_only_products()
 
     voters = tuple(Neighbor(productid=100 + i, prdtypecode=10, similarity=0.9 - i / 100,
                             designation="" if i == 0 else f"titre {i}") for i in range(40))
-    text = format_classify(ClassifyResult((Prediction(10, 0.8),), voters, False, Versions("m", "v")))
+    text = format_classify(ClassifyResult((Prediction(10, 0.8),), voters, False, Versions("m", "v", "r")))
+    assert "model m (release r) · index v" in text
     assert f"the {SHOWN_VOTERS} closest of 40 neighbours that voted:" in text
     assert "(no title: image only)" in text
     assert f"titre {SHOWN_VOTERS - 1}" in text and f"titre {SHOWN_VOTERS}" not in text

@@ -104,6 +104,7 @@ def test_the_drop_dag_retrains_promotes_publishes_then_takes_the_short_path(s3, 
         with ShopclipClient(target) as client:
             info = client.info()
             assert info.versions.model_fingerprint == champion.bundle_fingerprint
+            assert info.versions.model_release == champion.bundle_release != ""  # the classifier too
             assert info.index_size == 100  # 80 + 20 products, the broken rows rejected
             found = client.search(productid=90, top_k=3)  # a product of the second drop is searchable
             assert found.neighbors and found.versions.index_version == info.versions.index_version

@@ -24,7 +24,8 @@ class CountingEmbedder:
 
     def __init__(self, spec: str = "fake:dim=32,classes=4") -> None:
         self.inner = load_embedder(spec)
-        self.fingerprint, self.dim, self.codes = self.inner.fingerprint, self.inner.dim, self.inner.codes
+        self.fingerprint, self.release = self.inner.fingerprint, self.inner.release
+        self.dim, self.codes = self.inner.dim, self.inner.codes
         self.source = self.inner.source
         self.seen: list[ProductInput] = []
 
@@ -51,12 +52,13 @@ def catalogue_with(tmp_path: Path, productids: range) -> Catalogue:
     return catalogue
 
 
-def test_build_embeds_only_changed_rows_and_a_new_model_re_embeds_all(tmp_path: Path) -> None:
+def test_build_embeds_only_changed_rows_a_new_classifier_reuses_every_vector_and_new_weights_re_embed_all(
+        tmp_path: Path) -> None:
     catalogue = catalogue_with(tmp_path, range(1, 41))
     embedder = CountingEmbedder()
     first = build_and_publish(catalogue, tmp_path / "index", embedder, SMALL)
     assert first.embedded == 40 and len(embedder.seen) == 40
-    assert not needs_build(tmp_path / "index", catalogue, embedder.fingerprint)
+    assert not needs_build(tmp_path / "index", catalogue, embedder)
 
     ingest_folder(synthetic_drop(tmp_path / "drop2", [3, 41, 42], word="nouveau"), catalogue)
     embedder.seen.clear()
@@ -65,10 +67,18 @@ def test_build_embeds_only_changed_rows_and_a_new_model_re_embeds_all(tmp_path: 
     assert sorted(p.designation.split()[-1] for p in embedder.seen) == ["3", "41", "42"]
     assert second.manifest["counts"]["vectors"] == 42
 
+    retrained_classifier = CountingEmbedder("fake:dim=32,classes=4,release=b")
+    assert needs_build(tmp_path / "index", catalogue, retrained_classifier)  # its manifest tells servers
+    third = build_and_publish(catalogue, tmp_path / "index", retrained_classifier, SMALL)
+    assert third.embedded == 0 and retrained_classifier.seen == []  # same weights: every vector is reused
+    assert (third.manifest["model"]["fingerprint"], third.manifest["model"]["release"]) == (
+        embedder.fingerprint, retrained_classifier.release)
+    assert not needs_build(tmp_path / "index", catalogue, retrained_classifier)
+
     other_model = CountingEmbedder("fake:dim=16,classes=4")
-    assert needs_build(tmp_path / "index", catalogue, other_model.fingerprint)
-    third = build_and_publish(catalogue, tmp_path / "index", other_model, SMALL)
-    assert third.embedded == 42 and open_current(tmp_path / "index").dim == 16
+    assert needs_build(tmp_path / "index", catalogue, other_model)
+    fourth = build_and_publish(catalogue, tmp_path / "index", other_model, SMALL)
+    assert fourth.embedded == 42 and open_current(tmp_path / "index").dim == 16
 
 
 def test_corrupt_image_falls_back_to_text_and_is_recorded(tmp_path: Path) -> None:

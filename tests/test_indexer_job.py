@@ -90,6 +90,7 @@ def test_cli_ingest_build_status_and_run(tmp_path: Path, capsys: pytest.CaptureF
     assert main(["index", "status", *where, *index]) == 0
     status = json.loads(capsys.readouterr().out)
     assert status["current"] == built["version"] and status["catalogue"]["stale_rows"] == 0
+    assert (status["models"], status["releases"]) == ({built["version"]: "fake-16-4"}, {built["version"]: "fake-16-4"})
     assert main(["index", "run", "--once", "--drops", str(tmp_path / "drops"), *where, *index]) == 0
     assert json.loads(capsys.readouterr().out)["status"] == "up-to-date"  # the drop was ingested by hand
 

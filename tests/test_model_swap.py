@@ -104,6 +104,37 @@ def test_a_new_model_and_its_index_swap_in_together_under_load_and_a_rollback_br
                         [(OLD_MODEL, first), (NEW_MODEL, second)], [(NEW_MODEL, second), (OLD_MODEL, first)])
 
 
+def test_a_retrain_that_changed_only_the_classifier_reaches_the_server_and_a_rollback_brings_the_old_one_back(
+        tmp_path: Path) -> None:
+    """Same weights (fingerprint, so every vector is reused), another classifier (release): the version published
+    with the retrained model makes the server load it, and activating the earlier version brings the earlier
+    classifier back. Comparing fingerprints alone, the server would have kept answering with the old classifier."""
+    published = build_catalogue_index(tmp_path)
+    first = published.version
+    retrained = FakeEmbedder(release="b")
+
+    async def classify_versions(channel: grpc.aio.Channel) -> product_pb2.Versions:
+        stub = classification_pb2_grpc.ClassificationServiceStub(channel)
+        return (await stub.Classify(classify_request("famille3 sorte3"))).versions
+
+    async def scenario() -> tuple[product_pb2.Versions, str, product_pb2.Versions, product_pb2.Versions]:
+        async with running_server(index_root=published.index_root, poll_interval_s=0.05) as (server, channel):
+            before = await classify_versions(channel)
+            second = await asyncio.to_thread(published.publish, retrained.source)
+            await wait_until(lambda: server.engine.versions().index_version == second, 15)
+            after = await classify_versions(channel)
+            await asyncio.to_thread(publish.activate_version, published.index_root, first)
+            await wait_until(lambda: server.engine.versions().index_version == first, 10)
+            return before, second, after, await classify_versions(channel)
+
+    before, second, after, back = asyncio.run(scenario())
+    assert retrained.fingerprint == OLD_MODEL and retrained.release != OLD_MODEL
+    assert (before.model_fingerprint, before.model_release, before.index_version) == (OLD_MODEL, OLD_MODEL, first)
+    assert (after.model_fingerprint, after.model_release, after.index_version) == (OLD_MODEL, retrained.release,
+                                                                                   second)
+    assert (back.model_fingerprint, back.model_release, back.index_version) == (OLD_MODEL, OLD_MODEL, first)
+
+
 def publish_with_model_at(published, bundle_location: str) -> str:
     """Publish the catalogue embedded by another model whose manifest records `bundle_location` as its bundle."""
     embedder = FakeEmbedder(dim=24, codes=range(28))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -32,7 +33,8 @@ def make_record(n: int, productid: int | None = None, top: int = 10, at: datetim
     return PredictionRecord.of(ProductInput(designation=f"produit {n}", description="desc" if n % 2 else ""),
                                productid=productid, predictions=[(top, 0.8), (2583, 0.15), (40, 0.05)],
                                abstain=False, model_fingerprint="fp-1", index_version="v1", latency_ms=3.5,
-                               embedding=embedding, created_at=at or T0 + timedelta(seconds=n))
+                               embedding=embedding, created_at=at or T0 + timedelta(seconds=n),
+                               model_release="rel-1")
 
 
 @pytest.fixture
@@ -68,6 +70,8 @@ def test_record_json_round_trip_keeps_timezone() -> None:
     data = json.loads(json.dumps(record_to_json(record)))
     assert data["created_at"] == "2025-03-01T13:00:00+01:00"
     assert record_from_json(data) == record
+    written_before_releases = {key: value for key, value in data.items() if key != "model_release"}
+    assert record_from_json(written_before_releases) == dataclasses.replace(record, model_release="")
     data.pop("content_hash")
     with pytest.raises(InvalidInput) as error:
         record_from_json(data)
@@ -186,15 +190,16 @@ def test_migrate_twice_is_a_no_op(db_url: str) -> None:
 
 def test_a_version_1_database_is_migrated_keeping_its_rows(db_url: str) -> None:
     """A log created by a shopclip of schema 1 gains what later versions add (predictions.designation, the
-    feedback.request_id index); its rows stay."""
+    feedback.request_id index, predictions.model_release); its rows stay."""
     from sqlalchemy import MetaData, Table, text
 
     from shopclip.predlog.schema import feedback, monitor_reports, predictions
 
     engine = engine_for(db_url)
     try:
-        v1 = MetaData()  # the tables as schema 1 made them: no predictions.designation, no v3 index
-        Table("predictions", v1, *[column.copy() for column in predictions.columns if column.name != "designation"])
+        v1 = MetaData()  # the tables as schema 1 made them: no predictions.designation, no v3 index, no v4 column
+        Table("predictions", v1, *[column.copy() for column in predictions.columns
+                                   if column.name not in ("designation", "model_release")])
         Table("feedback", v1, *[column.copy() for column in feedback.columns])
         Table("monitor_reports", v1, *[column.copy() for column in monitor_reports.columns])
         with engine.begin() as connection:
@@ -211,10 +216,12 @@ def test_a_version_1_database_is_migrated_keeping_its_rows(db_url: str) -> None:
         assert "feedback_request_id" in {i["name"] for i in inspect(engine).get_indexes("feedback")}
         store = PredictionStore(engine)
         old = store.get_prediction("aa")
-        assert old is not None and old.designation == "" and old.predictions == ((10, 0.9),)
+        assert old is not None and old.designation == "" and old.model_release == ""
+        assert old.predictions == ((10, 0.9),)
         fresh = make_record(7)
         store.insert_predictions([fresh])
-        assert store.get_prediction(fresh.request_id).designation == "produit 7"
+        stored = store.get_prediction(fresh.request_id)
+        assert (stored.designation, stored.model_release) == ("produit 7", "rel-1")
     finally:
         engine.dispose()
 

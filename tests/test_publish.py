@@ -108,6 +108,21 @@ def test_pruning_keeps_the_previous_models_newest_version_for_a_rollback(tmp_pat
     assert publish.model_of(root, newer[-1]) == "fake-24-4"
 
 
+def test_a_classifier_retrained_alone_is_another_model_to_pruning_and_rollback(tmp_path: Path) -> None:
+    """Same weights, another classifier: the earlier classifier's newest version stays as its rollback target, and
+    is found by its release, not by the fingerprint both share."""
+    catalogue, root, first = published_catalogue(tmp_path)
+    old = load_embedder(BUNDLE)
+    retrained = load_embedder(BUNDLE + ",release=b")
+    options = BuildOptions(commit_every=8, keep_versions=2)
+    newer = [build_and_publish(catalogue, root, retrained, options).version for _ in range(3)]
+    assert publish.list_versions(root) == [first, *newer[-2:]]
+    assert publish.release_of(root, first) == old.release and publish.release_of(root, newer[-1]) == retrained.release
+    assert publish.newest_version_built_by(root, old.fingerprint, old.release) == first
+    assert publish.newest_version_built_by(root, old.fingerprint, retrained.release) == newer[-1]
+    assert publish.newest_version_built_by(root, old.fingerprint) == newer[-1]  # a version registered before releases
+
+
 def test_activating_a_kept_version_makes_it_current_again(tmp_path: Path) -> None:
     catalogue, root, first = published_catalogue(tmp_path)
     second = build_and_publish(catalogue, root, load_embedder("fake:dim=24,classes=4"), BuildOptions()).version

@@ -132,6 +132,27 @@ def test_register_records_lineage_and_makes_the_newest_the_challenger(options: R
     assert registry.get("challenger").version == "2"
 
 
+def test_a_bundle_whose_classifier_alone_was_retrained_in_place_is_a_new_version(options: RegistryOptions,
+                                                                               bundles: Bundles,
+                                                                               tmp_path: Path) -> None:
+    """The registry records the release a server reports for the bundle; a retrain written over the same folder
+    that changed only the classifier keeps the fingerprint, and is still a new version (not "already registered")."""
+    from shopclip.model import load_embedder
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(bundles.good, bundle)
+    registry = open_registry(options)
+    first = registry.register(str(bundle))
+    assert first.bundle_release == load_embedder(str(bundle)).release != ""
+    config = json.loads((bundle / "config.json").read_text())
+    config["knn"]["temperature"] *= 2  # what a refit of the vote changes
+    (bundle / "config.json").write_text(json.dumps(config))
+    retrained = registry.register(str(bundle))
+    assert retrained.version == "2" and retrained.bundle_fingerprint == first.bundle_fingerprint
+    assert retrained.bundle_release == load_embedder(str(bundle)).release != first.bundle_release
+    assert registry.register(str(bundle)).version == "2"
+
+
 def test_alias_moves_show_from_both_sides_and_serving_resolves_the_champion(options: RegistryOptions,
                                                                             bundles: Bundles) -> None:
     registry = open_registry(options)

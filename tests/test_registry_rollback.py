@@ -46,13 +46,15 @@ def registry(empty_registry: Path, tmp_path: Path) -> Registry:
 
 
 @pytest.fixture
-def index_root(tmp_path: Path) -> tuple[Path, str, str]:
-    """An index published by the first model, then by the second (live): (root, first, second)."""
+def index_root(tmp_path: Path, registry: Registry) -> tuple[Path, str, str]:
+    """An index published by the first model, then by the second (live): (root, first, second). Their embedders
+    answer as the releases the registry recorded for the two bundles, as the bundles would load."""
     from support.index import build_catalogue_index
 
-    published = build_catalogue_index(tmp_path / "published")
+    published = build_catalogue_index(tmp_path / "published", release=registry.get("1").bundle_release)
     first = published.version
-    return Path(published.index_root), first, published.publish("fake:dim=32,classes=5")
+    return (Path(published.index_root), first,
+            published.publish("fake:dim=32,classes=5", release=registry.get("2").bundle_release))
 
 
 def test_rollback_moves_the_champion_back_and_says_so(registry: Registry) -> None:

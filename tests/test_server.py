@@ -62,6 +62,7 @@ def test_classify_without_index_ranks_the_head_probabilities() -> None:
         assert response.predictions[0].probability == pytest.approx(probs.max(), rel=1e-5)
         assert not response.neighbors
         assert response.versions.model_fingerprint == embedder.fingerprint
+        assert response.versions.model_release == embedder.release
         assert response.versions.index_version == ""
 
     asyncio.run(scenario())
@@ -730,7 +731,7 @@ def test_metrics_endpoint_counts_requests_batches_and_versions(published_index: 
     assert f'shopclip_request_latency_seconds_count{{method="{method}"}} 4.0' in text
     assert "shopclip_batch_size_sum 3.0" in text
     assert "shopclip_queue_depth 0.0" in text
-    assert 'shopclip_model_info{architecture="fake",fingerprint="fake-32-27"} 1.0' in text
+    assert 'shopclip_model_info{architecture="fake",fingerprint="fake-32-27",release="fake-32-27"} 1.0' in text
     assert f'shopclip_index_info{{version="{published_index.version}"}} 1.0' in text
     assert "shopclip_ready 1.0" in text
 

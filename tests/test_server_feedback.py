@@ -53,6 +53,7 @@ def test_every_classified_product_gets_a_request_id_and_one_record() -> None:
                 assert len(record.predictions) == len(answer.predictions)
                 assert record.abstain == answer.abstain
                 assert record.model_fingerprint == answer.versions.model_fingerprint
+                assert record.model_release == answer.versions.model_release == server.engine.embedder.release
                 assert record.latency_ms > 0
                 assert record.embedding is not None and len(record.embedding) == server.engine.embedder.dim
             assert log.records[0].text_length == len("Lot de 3 tasses") + len("porcelaine blanche")

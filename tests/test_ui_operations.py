@@ -153,14 +153,14 @@ def test_rollback_needs_a_reason_and_the_confirmation_then_moves_the_champion(re
 
 
 @pytest.fixture
-def two_indexes(tmp_path: Path) -> tuple[str, str, str]:
+def two_indexes(tmp_path: Path, registry: Registry) -> tuple[str, str, str]:
     """An index root published with the first model's embedder, then with the second's (live): (root, first
-    version, second version)."""
+    version, second version). The embedders answer as the releases the registry recorded for the two bundles."""
     from support.index import build_catalogue_index
 
-    published = build_catalogue_index(tmp_path / "published")
+    published = build_catalogue_index(tmp_path / "published", release=registry.get("1").bundle_release)
     first = published.version
-    second = published.publish(OTHER_BUNDLE)
+    second = published.publish(OTHER_BUNDLE, release=registry.get("2").bundle_release)
     assert publish.model_of(published.index_root, first) == FIRST_MODEL
     assert publish.model_of(published.index_root, second) == SECOND_MODEL
     return published.index_root, first, second

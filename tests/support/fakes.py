@@ -18,7 +18,7 @@ from shopclip.v1 import (classification_pb2, classification_pb2_grpc, embedding_
                          info_pb2_grpc, product_pb2, search_pb2, search_pb2_grpc)
 
 UNKNOWN_PRODUCTID = 404
-VERSIONS = product_pb2.Versions(model_fingerprint="fp-test", index_version="v7")
+VERSIONS = product_pb2.Versions(model_fingerprint="fp-test", index_version="v7", model_release="rel-test")
 CODES = (10, 40, 50, 60, 1140, 1160, 1180, 1280, 2280, 2705)
 
 

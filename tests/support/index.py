@@ -83,13 +83,17 @@ class PublishedCatalogue:
     def index_root(self) -> str:
         return str(self.root / "index")
 
-    def publish(self, bundle: str = FAKE_BUNDLE) -> str:
-        """Build and publish the catalogue as it is now, embedded by `bundle`; returns the new version."""
+    def publish(self, bundle: str = FAKE_BUNDLE, release: str = "") -> str:
+        """Build and publish the catalogue as it is now, embedded by `bundle`; returns the new version. `release`:
+        the fake embedder answers as that release (a registered fake bundle's, as the bundle would load)."""
         from shopclip.indexer.build import BuildOptions, build_and_publish
         from shopclip.model import load_embedder
 
+        embedder = load_embedder(bundle)
+        if release:
+            embedder.release = release
         options = BuildOptions(embed_batch=16, commit_every=64)
-        self.version = build_and_publish(self.catalogue, self.index_root, load_embedder(bundle), options).version
+        self.version = build_and_publish(self.catalogue, self.index_root, embedder, options).version
         return self.version
 
     def publish_without(self, productids: Sequence[int]) -> str:
@@ -105,8 +109,9 @@ class PublishedCatalogue:
 
 
 def build_catalogue_index(root: Path, rows: Sequence[CatalogueRow] | None = None,
-                          bundle: str = FAKE_BUNDLE) -> PublishedCatalogue:
-    """Ingest `rows` (default `catalogue_rows()`) under `root` and publish their first index version."""
+                          bundle: str = FAKE_BUNDLE, release: str = "") -> PublishedCatalogue:
+    """Ingest `rows` (default `catalogue_rows()`) under `root` and publish their first index version (`bundle`,
+    `release`: see `PublishedCatalogue.publish`)."""
     from shopclip.indexer.catalogue import Catalogue
     from shopclip.indexer.ingest import ingest_folder
 
@@ -115,5 +120,5 @@ def build_catalogue_index(root: Path, rows: Sequence[CatalogueRow] | None = None
     if summary.rejected:
         raise AssertionError(f"the test catalogue lost {summary.rejected} rows at ingest")
     published = PublishedCatalogue(root=root, catalogue=catalogue, version="")
-    published.publish(bundle)
+    published.publish(bundle, release)
     return published
