@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from shopclip.atomic import json_default, replace_atomically, write_json_atomically
 from shopclip.errors import InvalidInput, NotFound
@@ -278,8 +279,8 @@ class BundleEmbedder:
             check_text(product.designation, product.description, product.has_image, self.limits, f"products[{i}]")
         text_rows = [i for i, product in enumerate(products) if product.has_text]
         image_rows = [i for i, product in enumerate(products) if product.has_image]
-        pixels = [self.model.image_transform(products[i].image, train=False, field=f"products[{i}].image",
-                                             limits=self.limits) for i in image_rows]
+        prepared = {i: prepare_image(products[i].image, f"products[{i}].image", self.limits) for i in image_rows}
+        pixels = [self.model.image_transform.from_prepared(prepared[i]) for i in image_rows]
         texts = [product_text(products[i].designation, products[i].description) for i in text_rows]
         with torch.inference_mode():
             text_emb, text_features = self._encode_texts(texts, tuned=with_views)
@@ -294,18 +295,18 @@ class BundleEmbedder:
             features = {**_spread(text_features, text_rows, len(products)),
                         **_spread(image_features, image_rows, len(products))}
             encoded.views = ViewInputs(all_texts, _mask(text_rows, len(products)), _mask(image_rows, len(products)),
-                                       features, np.log(np.clip(head, 1e-12, None)), self._image_words(products))
+                                       features, np.log(np.clip(head, 1e-12, None)),
+                                       self._image_words(products, prepared))
         return encoded
 
-    def _image_words(self, products: Sequence[ProductInput]) -> list[str] | None:
-        """Words read on the images of products without text, when the classifier has an OCR view (else None):
-        the only products whose class the image alone decides, and OCR costs several image forwards."""
+    def _image_words(self, products: Sequence[ProductInput], prepared: dict[int, Image.Image]) -> list[str] | None:
+        """Words read on the (`prepared`) images of products without text, when the classifier has an OCR view
+        (else None): the only products whose class the image alone decides, and OCR costs several image forwards."""
         if not self.read_image_words:
             return None
         rows = [i for i, product in enumerate(products) if product.has_image and not product.has_text]
-        images = [prepare_image(products[i].image, f"products[{i}].image", self.limits) for i in rows]
         words = [""] * len(products)
-        for row, read in zip(rows, read_words(images, workers=torch.get_num_threads())):
+        for row, read in zip(rows, read_words([prepared[i] for i in rows], workers=torch.get_num_threads())):
             words[row] = read
         return words
 

@@ -18,9 +18,9 @@ what the towers would compute live (batch-norm statistics and dropout do not mov
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from PIL import Image
@@ -31,13 +31,24 @@ from shopclip.model.config import SHOPCLIP_BACKBONE, ModelConfig
 from shopclip.model.e5_tuned import E5_TUNED, E5TunedTop
 from shopclip.model.image_tower import ImageTower, build_timm_image_tower
 from shopclip.model.precision import resolve_precision
-from shopclip.model.preprocess import IMAGENET_MEAN, IMAGENET_STD, ImageTransform
+from shopclip.input_policy import DEFAULT_LIMITS, ProductLimits
+from shopclip.model.preprocess import IMAGENET_MEAN, IMAGENET_STD, ImageInput, ImageTransform
 
 IMAGE_FEATURES = "image"
 """Key of the image trunk's output in `tower_features` (text towers use their own names)."""
 INITIAL_LOGIT_SCALE = math.log(1 / 0.07)
 """CLIP's initial temperature, stored as a log like open_clip."""
-ImagePreprocessor = Callable[..., torch.Tensor]
+class ImagePreprocessor(Protocol):
+    """Bytes or a PIL image -> the image tower's input (`ImageTransform`, `OpenClipImageTransform`)."""
+
+    def __call__(self, image: ImageInput, train: bool = False, field: str = "image",
+                 limits: ProductLimits = DEFAULT_LIMITS) -> torch.Tensor: ...
+
+    def from_prepared(self, prepared: Image.Image, train: bool = False) -> torch.Tensor:
+        """The same from `prepare_image(image)`, already decoded and cropped."""
+        ...
+
+    def to_dict(self) -> dict[str, Any]: ...
 
 
 class ShopClipModel(nn.Module):

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 from torch import nn
 
 from shopclip.model.config import OpenClipSpec
@@ -61,7 +62,10 @@ class OpenClipImageTransform:
 
     def __call__(self, image: ImageInput, train: bool = False, field: str = "image",
                  limits: ProductLimits = DEFAULT_LIMITS) -> torch.Tensor:
-        prepared = prepare_image(image, field, limits)
+        return self.from_prepared(prepare_image(image, field, limits), train)
+
+    def from_prepared(self, prepared: Image.Image, train: bool = False) -> torch.Tensor:
+        """The model's transform on `prepare_image`'s output."""
         return (self._train if train else self._evaluate)(prepared)
 
     def to_dict(self) -> dict[str, Any]:

@@ -128,8 +128,11 @@ class ImageTransform:
 
     def __call__(self, image: ImageInput, train: bool = False, field: str = "image",
                  limits: ProductLimits = DEFAULT_LIMITS) -> torch.Tensor:
-        square = pad_to_square(prepare_image(image, field, limits))
-        return (self._train if train else self._eval)(square)
+        return self.from_prepared(prepare_image(image, field, limits), train)
+
+    def from_prepared(self, prepared: Image.Image, train: bool = False) -> torch.Tensor:
+        """Steps 4-5 on `prepare_image`'s output, for a caller that reads the prepared image otherwise too (OCR)."""
+        return (self._train if train else self._eval)(pad_to_square(prepared))
 
     @cached_property
     def _eval(self) -> T.Compose:

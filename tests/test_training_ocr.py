@@ -13,6 +13,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from shopclip.cli import main
 from shopclip.model import load_embedder, ocr
+from shopclip.model.preprocess import prepare_image
 from shopclip.products import ProductInput
 from support.services import service_missing
 from support.training import TINY_MODEL, image_index_row, write_tables
@@ -72,11 +73,17 @@ def test_training_fits_the_ocr_view_and_the_bundle_says_which_tesseract_read(bun
     assert len(cached) == 1 and len(json.loads(cached[0].read_text())) == len(CLASSES) * IMAGE_PRODUCTS
 
 
-def test_classify_reads_the_words_on_a_new_products_image(bundle: Path) -> None:
+def test_classify_reads_the_words_on_a_new_products_image(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shopclip.model.bundle as bundle_module
+
     embedder = load_embedder(str(bundle), device="cpu")
     products = [ProductInput("", "", jpeg(printed(" ".join(words)))) for words in CLASSES.values()]
     products.append(ProductInput("tasse porcelaine modèle 9", "", jpeg(printed("peluche lapin"))))
+    decoded = []
+    monkeypatch.setattr(bundle_module, "prepare_image",
+                        lambda image, *args: decoded.append(image) or prepare_image(image, *args))
     encoded = embedder.encode(products)
+    assert sorted(decoded) == sorted(p.image for p in products)  # once each: the image tower and OCR share it
     assert encoded.views.ocr_texts == [" ".join(words) for words in CLASSES.values()] + [""]  # text: not read
     codes = np.array(embedder.codes)[embedder.classify(encoded, None).argmax(axis=1)]
     assert codes[:len(CLASSES)].tolist() == list(CLASSES)

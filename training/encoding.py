@@ -12,9 +12,10 @@ raw inputs or from the cache, with gradients when training.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -25,6 +26,8 @@ from shopclip.catalogue_files import SourceRow
 from shopclip.model.clip import IMAGE_FEATURES
 from shopclip.model.text import product_text
 from shopclip.training.data import has_image, has_text
+
+Decoded = TypeVar("Decoded")
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,18 @@ class ProductInputs:
         position = {int(pid): i for i, pid in enumerate(self.productids)}
         return torch.tensor([position[int(pid)] for pid in productids], dtype=torch.long)
 
+    def decoded_image(self, row: int, decode: Callable[[bytes], Decoded], outcome: str) -> Decoded | None:
+        """`decode` of the row's image file; None when it has none, and None logged ("image of product <id>
+        <outcome>: why") when the file cannot be read or decoded: the product then counts as having no image."""
+        path = self.image_paths[row]
+        if path is None:
+            return None
+        try:
+            return decode(path.read_bytes())
+        except (InvalidInput, OSError) as exc:
+            log.warning("image of product %d %s: %s", self.productids[row], outcome, exc)
+            return None
+
     def load_pixels(self, model, rows: torch.Tensor, train: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
         """(pixels of the rows whose image decoded, mask over `rows` of those rows).
 
@@ -59,13 +74,7 @@ class ProductInputs:
         """
         tensors, ok = [], []
         for row in rows.tolist():
-            path = self.image_paths[row]
-            pixels = None
-            if path is not None:
-                try:
-                    pixels = model.preprocess_image(path.read_bytes(), train=train)
-                except (InvalidInput, OSError) as exc:
-                    log.warning("image of product %d skipped: %s", self.productids[row], exc)
+            pixels = self.decoded_image(row, lambda data: model.preprocess_image(data, train=train), "skipped")
             ok.append(pixels is not None)
             if pixels is not None:
                 tensors.append(pixels)
@@ -197,11 +206,7 @@ def image_words(inputs: ProductInputs, workers: int, cache_folder: str | Path | 
     missing = [row for row in rows if str(inputs.productids[row]) not in known]
 
     def prepared(row: int):  # noqa: ANN202 - a PIL image or None
-        try:
-            return prepare_image(inputs.image_paths[row].read_bytes())
-        except (InvalidInput, OSError) as exc:
-            log.warning("image of product %d not read for words: %s", inputs.productids[row], exc)
-            return None
+        return inputs.decoded_image(row, prepare_image, "not read for words")
 
     read = read_words(missing, workers, prepared, progress="reading words on images")
     known.update({str(inputs.productids[row]): words for row, words in zip(missing, read)})
