@@ -64,13 +64,18 @@ def _summary(report: Report) -> str:
             if accuracy is None or accuracy.value is None else
             f"<p>Live accuracy: <strong>{accuracy.value:.1%}</strong> on {accuracy.count} feedback rows"
             f"{' (' + escape(accuracy.note) + ')' if accuracy.note else ''}.</p>")
-    models = ", ".join(f"{escape(name)} ({count})" for name, count in sorted(report.model_fingerprints.items()))
+    models = _counted(report.model_fingerprints)
+    releases = f"; releases: {_counted(report.model_releases)}" if report.model_releases else ""
     return (f"<h1>shopclip monitor</h1>"
             f"<p>Window <strong>{escape(report.window.label)}</strong> against {escape(report.reference)}.<br>"
             f"{counts['predictions']} predictions (reference {counts['reference_rows']}), "
             f"{counts['feedback']} feedback rows, {counts['embeddings']} embeddings. "
             f"Report {escape(report.report_id)} at {report.created_at.isoformat(timespec='seconds')}.<br>"
-            f"Models: {models or 'none'}</p>{empty}{alerts}{live}")
+            f"Models: {models or 'none'}{releases}</p>{empty}{alerts}{live}")
+
+
+def _counted(rows_by_name: dict[str, int]) -> str:
+    return ", ".join(f"{escape(name)} ({count})" for name, count in sorted(rows_by_name.items()))
 
 
 def _statistics_table(statistics: list[Statistic]) -> str:

@@ -42,6 +42,8 @@ class Report:
     """predictions, reference_rows, feedback, feedback_compared, embeddings, reference_embeddings."""
     model_fingerprints: dict[str, int]
     """Models that answered in the window, with their row counts: a drift often coincides with a new model."""
+    model_releases: dict[str, int]
+    """The same by release: a retrain may change the classifier alone, under the same fingerprint."""
     thresholds: Thresholds
     window: Window = field(repr=False, compare=False)
     reference_window: Window = field(repr=False, compare=False)
@@ -59,7 +61,8 @@ class Report:
         return {"report_id": self.report_id, "created_at": self.created_at.isoformat(),
                 "window_start": self.window_start.isoformat(), "window_end": self.window_end.isoformat(),
                 "reference": self.reference, "alerts": list(self.alerts), "counts": dict(self.counts),
-                "model_fingerprints": dict(self.model_fingerprints), "thresholds": asdict(self.thresholds),
+                "model_fingerprints": dict(self.model_fingerprints), "model_releases": dict(self.model_releases),
+                "thresholds": asdict(self.thresholds),
                 "statistics": [s.to_dict() for s in self.statistics]}
 
 
@@ -80,7 +83,8 @@ def build_report(engine: Engine, start: datetime, end: datetime, reference: Refe
         log.warning("monitor %s: alerts %s", window.label, ", ".join(alerts))
     return Report(report_id=new_id(), created_at=utc_now(), window_start=start, window_end=end,
                   reference=reference.label, statistics=statistics, alerts=alerts, counts=counts,
-                  model_fingerprints=dict(window.model_fingerprints), thresholds=thresholds, window=window,
+                  model_fingerprints=dict(window.model_fingerprints), model_releases=dict(window.model_releases),
+                  thresholds=thresholds, window=window,
                   reference_window=reference.window)
 
 
@@ -157,7 +161,8 @@ def _mean(values: np.ndarray | None) -> float | None:
 def store_report(engine: Engine, report: Report, html_path: str | Path | None = None) -> str:
     """Writes `report` into monitor_reports; returns its report_id."""
     summary = report.to_dict()
-    statistics = {key: summary[key] for key in ("statistics", "counts", "model_fingerprints", "thresholds")}
+    statistics = {key: summary[key] for key in ("statistics", "counts", "model_fingerprints", "model_releases",
+                                                "thresholds")}
     with engine.begin() as connection:
         connection.execute(monitor_reports.insert().values(
             report_id=report.report_id, created_at=report.created_at, window_start=report.window_start,

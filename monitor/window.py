@@ -59,6 +59,8 @@ class Window:
     embeddings: np.ndarray | None = None
     """The matrix itself (float32, normalised), only when read with embeddings="matrix"."""
     model_fingerprints: dict[str, int] = field(default_factory=dict)
+    model_releases: dict[str, int] = field(default_factory=dict)
+    """Rows per model release (weights and classifier); rows logged before releases are not counted."""
     feedback_predicted: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
     """The top code each feedback row's prediction answered (NO_CODE: no logged prediction to compare with)."""
     feedback_code: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
@@ -104,7 +106,7 @@ def utc(moment: datetime) -> datetime:
 
 PREDICTION_COLUMNS = (predictions.c.text_length, predictions.c.has_description, predictions.c.has_image,
                       predictions.c.image_bytes, predictions.c.top_code, predictions.c.top_probability,
-                      predictions.c.abstain, predictions.c.model_fingerprint)
+                      predictions.c.abstain, predictions.c.model_fingerprint, predictions.c.model_release)
 
 
 class _Columns:
@@ -114,10 +116,11 @@ class _Columns:
         self.parts: dict[str, list[np.ndarray]] = {name: [] for name in (
             "text_length", "has_description", "has_image", "image_bytes", "top_code", "top_probability", "abstain")}
         self.fingerprints: Counter[str] = Counter()
+        self.releases: Counter[str] = Counter()
 
     def add(self, rows: Sequence[Sequence]) -> None:
-        text_length, has_description, has_image, image_bytes, top_code, top_probability, abstain, models = \
-            zip(*rows)
+        text_length, has_description, has_image, image_bytes, top_code, top_probability, abstain, models, \
+            releases = zip(*rows)
         self.parts["text_length"].append(np.asarray(text_length, dtype=np.int64))
         self.parts["has_description"].append(np.asarray(has_description, dtype=bool))
         self.parts["has_image"].append(np.asarray(has_image, dtype=bool))
@@ -127,6 +130,7 @@ class _Columns:
             np.asarray([np.nan if p is None else p for p in top_probability], dtype=np.float64))
         self.parts["abstain"].append(np.asarray(abstain, dtype=bool))
         self.fingerprints.update(models)
+        self.releases.update(release for release in releases if release)  # none in rows logged before releases
 
     def column(self, name: str, dtype: type) -> np.ndarray:
         parts = self.parts[name]
@@ -197,7 +201,8 @@ def _read_predictions(connection: Connection, start: datetime, end: datetime, em
                   top_code=collected.column("top_code", np.int64),
                   top_probability=collected.column("top_probability", np.float64),
                   abstain=collected.column("abstain", bool), centroid=mean, embedding_count=count,
-                  embeddings=matrix, model_fingerprints=dict(collected.fingerprints), start=start, end=end,
+                  embeddings=matrix, model_fingerprints=dict(collected.fingerprints),
+                  model_releases=dict(collected.releases), start=start, end=end,
                   unavailable=unavailable)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from sqlalchemy import select
-from support.monitoring import (FEEDBACK_ROWS, ROWS, UNTIL, WINDOW, MonitoringLog, shifted_gauges,
+from support.monitoring import (FEEDBACK_ROWS, RELEASE, ROWS, UNTIL, WINDOW, MonitoringLog, shifted_gauges,
                                 write_monitoring_log, write_reference_folder)
 
 from shopclip.errors import InvalidInput
@@ -70,7 +70,8 @@ def test_a_window_holds_its_rows_and_feedback_only(shifted_log: MonitoringLog) -
     assert (window.text_length == 0).all() and not window.has_description.any() and window.has_image.all()
     assert set(window.top_code.tolist()) == {1280, 2583}
     assert window.feedback_rows == FEEDBACK_ROWS and before.feedback_rows == 0
-    assert window.model_fingerprints == {"model-a": ROWS}
+    assert window.model_fingerprints == before.model_fingerprints == {"model-a": ROWS}
+    assert (window.model_releases, before.model_releases) == ({RELEASE: ROWS}, {})  # logged before releases: none
     assert window.embedding_count == ROWS and window.centroid.shape == (16,) and window.embeddings is None
 
 
@@ -160,6 +161,7 @@ def test_store_report_writes_statistics_and_alerts(engine, tmp_path: Path) -> No
     names = {s["name"]: s for s in row.statistics["statistics"]}
     assert names["text_length.psi"]["alert"] is True and names["text_length.psi"]["threshold"] == 0.2
     assert row.statistics["counts"]["predictions"] == ROWS
+    assert row.statistics["model_releases"] == {RELEASE: ROWS}
     assert row.html_path == str(html.resolve()) and row.reference == report.reference
     json.dumps(row.statistics)
 
@@ -172,6 +174,7 @@ def test_the_html_page_is_self_contained_with_figures_and_alerts(shifted_report:
         assert name in page
     assert page.count("<tr class='alert'>") == len(shifted_report.alerts)
     assert "Live accuracy: <strong>60.0%</strong> on 60 feedback rows" in page
+    assert f"Models: model-a ({ROWS}); releases: {RELEASE} ({ROWS})" in page
 
 
 def test_gauges_of_a_shifted_report(tmp_path: Path) -> None:

@@ -337,6 +337,7 @@ def test_monitoring_page_shows_the_report_its_plots_and_the_series(monitored: tu
     assert metrics["answers in the window"] == "400" and metrics["feedback compared"] == "60"
     assert metrics["live accuracy"] == "60.0%"
     assert len(at.get("iframe")) == 1 and "drift.html" in texts(at.caption)
+    assert "Models that answered: model-a (400); releases: release-b (400)" in texts(at.caption)
     (download,) = at.get("download_button")
     assert download.proto.label == "Download the report page"
     accuracy = next(frame.value for frame in at.dataframe if "confirmed" in frame.value.columns)

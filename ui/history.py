@@ -42,6 +42,8 @@ class StoredReport:
     alerts: list[str]
     counts: dict[str, int] = field(default_factory=dict)
     model_fingerprints: dict[str, int] = field(default_factory=dict)
+    model_releases: dict[str, int] = field(default_factory=dict)
+    """Empty in reports stored before releases were counted."""
     html_path: str | None = None
     """The report's HTML page as the monitor wrote it (a path on the monitor's machine)."""
 
@@ -133,7 +135,8 @@ def _report(row: Mapping[str, Any]) -> StoredReport:
                         window_start=_utc(row["window_start"]), window_end=_utc(row["window_end"]),
                         reference=row["reference"], statistics=list(stored.get("statistics", [])),
                         alerts=list(row["alerts"] or []), counts=dict(stored.get("counts", {})),
-                        model_fingerprints=dict(stored.get("model_fingerprints", {})), html_path=row["html_path"])
+                        model_fingerprints=dict(stored.get("model_fingerprints", {})),
+                        model_releases=dict(stored.get("model_releases", {})), html_path=row["html_path"])
 
 
 @contextmanager

@@ -25,6 +25,8 @@ SHIFTED_CODES = (1280, 2583)
 DIM = 16
 ROWS = 400
 FEEDBACK_ROWS = 60
+RELEASE = "release-b"
+"""The release of the model that answered the image-only week (the mixed weeks were logged before releases)."""
 FEEDBACK_RIGHT = {True: 36, False: 54}
 """Feedback rows that confirm the prediction, of the shifted and the unshifted week (0.6 and 0.9)."""
 
@@ -64,13 +66,13 @@ def image_only_records(start: datetime, span: timedelta, count: int = ROWS, seed
     rng = np.random.default_rng(seed)
     return [_record(f"{prefix}{i:08d}", start + span * (i + 0.5) / count, int(rng.choice(SHIFTED_CODES)), 0, False,
                     True, int(rng.integers(30_000, 60_000)), float(rng.uniform(0.3, 0.7)), bool(rng.random() < 0.35),
-                    rng)
+                    rng, RELEASE)
             for i in range(count)]
 
 
 def _record(request_id: str, created_at: datetime, code: int, text_length: int, has_description: bool,
             has_image: bool, image_bytes: int, probability: float, abstain: bool,
-            rng: np.random.Generator) -> PredictionRecord:
+            rng: np.random.Generator, release: str = "") -> PredictionRecord:
     embedding = _direction(code) + rng.normal(scale=0.3, size=DIM)
     other = CODES[(CODES.index(code) + 1) % len(CODES)]
     return PredictionRecord(
@@ -78,7 +80,7 @@ def _record(request_id: str, created_at: datetime, code: int, text_length: int, 
         content_hash=request_id, text_length=text_length, has_description=has_description, has_image=has_image,
         image_bytes=image_bytes, predictions=((code, probability), (other, (1 - probability) / 2)), abstain=abstain,
         model_fingerprint="model-a", index_version="v1", latency_ms=12.0,
-        embedding=tuple(float(x) for x in embedding), designation="")
+        embedding=tuple(float(x) for x in embedding), designation="", model_release=release)
 
 
 def write_monitoring_log(url: str, shifted: bool = True, until: datetime = UNTIL) -> MonitoringLog:

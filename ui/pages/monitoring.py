@@ -77,8 +77,10 @@ def _report(reports: list[StoredReport]) -> None:
     else:
         st.success("No alert: every statistic is within its threshold.", icon=":material/check_circle:")
     if report.model_fingerprints:
+        releases = ("; releases: " + ", ".join(f"{release} ({rows:,})" for release, rows
+                                               in report.model_releases.items())) if report.model_releases else ""
         st.caption("Models that answered: " + ", ".join(f"{fingerprint} ({rows:,})" for fingerprint, rows
-                                                        in report.model_fingerprints.items()))
+                                                        in report.model_fingerprints.items()) + releases)
     rows = statistic_rows(report)
     if rows:
         st.dataframe(_highlighted(rows), hide_index=True, width="stretch")
