@@ -270,8 +270,10 @@ class BundleEmbedder:
         """(n, dim) float32, L2-normalised; raises InvalidInput naming `products[i].<field>`."""
         return self.encode(products, with_views=False).vectors
 
-    def encode(self, products: Sequence[ProductInput], with_views: bool = True) -> Encoded:
+    def encode(self, products: Sequence[ProductInput], image_words: Sequence[str | None] | None = None,
+               with_views: bool = True) -> Encoded:
         """Vectors, head probabilities and (with a classifier) the views' inputs, from one forward pass.
+        `image_words`: see `Embedder.encode`.
 
         Every product is validated and every image decoded before any forward pass, so a bad product
         fails the call fast and cheaply."""
@@ -296,19 +298,31 @@ class BundleEmbedder:
                         **_spread(image_features, image_rows, len(products))}
             encoded.views = ViewInputs(all_texts, _mask(text_rows, len(products)), _mask(image_rows, len(products)),
                                        features, np.log(np.clip(head, 1e-12, None)),
-                                       self._image_words(products, prepared))
+                                       self._image_words(products, prepared, image_words))
         return encoded
 
-    def _image_words(self, products: Sequence[ProductInput], prepared: dict[int, Image.Image]) -> list[str] | None:
-        """Words read on the (`prepared`) images of products without text, when the classifier has an OCR view
-        (else None): the only products whose class the image alone decides, and OCR costs several image forwards."""
+    def _reads_words_of(self, product: ProductInput) -> bool:
+        """Products without text, when the classifier has an OCR view: the only products whose class the image
+        alone decides, and OCR costs several image forwards."""
+        return self.read_image_words and product.has_image and not product.has_text
+
+    def _image_words(self, products: Sequence[ProductInput], prepared: dict[int, Image.Image],
+                     given: Sequence[str | None] | None) -> list[str] | None:
+        """Words on the images of the products `_reads_words_of` (None without an OCR view): those `given`, and the
+        others read here on their `prepared` images."""
         if not self.read_image_words:
             return None
-        rows = [i for i, product in enumerate(products) if product.has_image and not product.has_text]
-        words = [""] * len(products)
+        words = [(given[i] if given is not None else None) or "" for i in range(len(products))]
+        rows = [i for i, product in enumerate(products)
+                if self._reads_words_of(product) and (given is None or given[i] is None)]
         for row, read in zip(rows, read_words([prepared[i] for i in rows], workers=torch.get_num_threads())):
             words[row] = read
         return words
+
+    def read_words_on_image(self, product: ProductInput, field: str) -> str | None:
+        if not self._reads_words_of(product):
+            return None
+        return read_words([prepare_image(product.image, field, self.limits)])[0]
 
     def classify(self, encoded: Encoded, knn_votes: np.ndarray | None) -> np.ndarray:
         if self.classifier is None or encoded.views is None:

@@ -65,8 +65,17 @@ class Embedder(Protocol):
         """(n, len(codes)) float32 probabilities of the linear head for vectors from `embed`."""
         ...
 
-    def encode(self, products: Sequence[ProductInput]) -> Encoded:
-        """One forward pass: vectors and whatever `classify` needs. Raises InvalidInput like `embed`."""
+    def encode(self, products: Sequence[ProductInput], image_words: Sequence[str | None] | None = None) -> Encoded:
+        """One forward pass: vectors and whatever `classify` needs. Raises InvalidInput like `embed`.
+
+        `image_words`, per product: the words `read_words_on_image` gave ahead of the forward, "" for none (a
+        product only embedded), None to let `encode` read them where the model needs them."""
+        ...
+
+    def read_words_on_image(self, product: ProductInput, field: str) -> str | None:
+        """The words `encode` would read on this product's image, for a caller that reads them ahead, off the
+        forward (the server); None when the model reads none for this product. InvalidInput naming `field` for an
+        image that cannot be decoded."""
         ...
 
     def classify(self, encoded: Encoded, knn_votes: np.ndarray | None) -> np.ndarray:
@@ -143,9 +152,12 @@ class FakeEmbedder:
         probs = np.exp(logits)
         return (probs / probs.sum(axis=1, keepdims=True)).astype(np.float32)
 
-    def encode(self, products: Sequence[ProductInput]) -> Encoded:
+    def encode(self, products: Sequence[ProductInput], image_words: Sequence[str | None] | None = None) -> Encoded:
         vectors = self.embed(products)
         return Encoded(vectors, self.classify_vectors(vectors))
+
+    def read_words_on_image(self, product: ProductInput, field: str) -> str | None:
+        return None  # the fake has no OCR view
 
     def classify(self, encoded: Encoded, knn_votes: np.ndarray | None) -> np.ndarray:
         return final_probabilities(encoded.head_probs, knn_votes, self.knn)

@@ -30,6 +30,7 @@ from shopclip.server.batching import MicroBatcher
 from shopclip.server.config import ServerConfig, usable_cores
 from shopclip.server.engine import Engine, Job, Outcome
 from shopclip.server.errors import ErrorTableInterceptor
+from shopclip.server.image_words import ImageWordsReader
 from shopclip.server.index_watch import IndexSource, IndexWatcher, ModelLoader, PublishedIndexSource
 from shopclip.server.metrics import ServerMetrics
 from shopclip.server.recording import PredictionRecorder
@@ -81,13 +82,14 @@ class ShopclipServer:
 
     def __init__(self, config: ServerConfig, grpc_server: grpc.aio.Server, engine: Engine,
                  batcher: MicroBatcher[Job, Outcome], forward_executor: ThreadPoolExecutor,
-                 health_servicer: HealthWithReasons, metrics: ServerMetrics) -> None:
+                 health_servicer: HealthWithReasons, metrics: ServerMetrics, image_words: ImageWordsReader) -> None:
         self.config = config
         self.grpc_server = grpc_server
         self.engine = engine
         self.batcher = batcher
         self.watcher: IndexWatcher | None = None
         self._forward_executor = forward_executor
+        self._image_words = image_words
         self.health = health_servicer
         self.metrics = metrics
         self.port = 0
@@ -132,6 +134,7 @@ class ShopclipServer:
             await self.watcher.stop()
         await self.batcher.stop()
         self._forward_executor.shutdown(wait=False)
+        self._image_words.close()
         if self.owned_log is not None:  # after the batcher: every answered product has been handed to it
             await asyncio.to_thread(self.owned_log.close)
         self.metrics.close()
@@ -197,10 +200,12 @@ async def create_server(config: ServerConfig, index_source: IndexSource | None =
     recorder = PredictionRecorder(metrics, prediction_log, keep_embeddings=config.prediction_log_embeddings)
     grpc_server = _grpc_server(config, metrics)
     health_servicer = HealthWithReasons()
+    image_words = ImageWordsReader(engine, config.image_words_workers, config.queue_size)
     _add_servicers(grpc_server, engine, batcher, _limits(config), health_servicer, recorder, prediction_log,
-                   metrics)
+                   metrics, image_words)
 
-    server = ShopclipServer(config, grpc_server, engine, batcher, forward_executor, health_servicer, metrics)
+    server = ShopclipServer(config, grpc_server, engine, batcher, forward_executor, health_servicer, metrics,
+                            image_words)
     server.owned_log = owned_log
     if index_source is not None:
         server.watcher = IndexWatcher(index_source, engine, config.poll_interval_s, on_swap=server.on_index_swapped,
@@ -239,9 +244,9 @@ async def serve(config: ServerConfig) -> None:
 
 def _add_servicers(grpc_server: grpc.aio.Server, engine: Engine, batcher: MicroBatcher[Job, Outcome],
                    limits: RequestLimits, health_servicer: health.aio.HealthServicer, recorder: PredictionRecorder,
-                   prediction_log: PredictionLog | None, metrics: ServerMetrics) -> None:
+                   prediction_log: PredictionLog | None, metrics: ServerMetrics, image_words: ImageWordsReader) -> None:
     classification_pb2_grpc.add_ClassificationServiceServicer_to_server(
-        ClassificationServicer(engine, batcher, limits, recorder), grpc_server)
+        ClassificationServicer(engine, batcher, limits, recorder, image_words), grpc_server)
     feedback_pb2_grpc.add_FeedbackServiceServicer_to_server(
         FeedbackServicer(engine, batcher, limits, prediction_log, metrics), grpc_server)
     search_pb2_grpc.add_SearchServiceServicer_to_server(SearchServicer(engine, batcher, limits), grpc_server)

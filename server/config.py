@@ -35,8 +35,11 @@ class ServerConfig:
     queue_size: int = option(1024, "products waiting for a forward before RESOURCE_EXHAUSTED")
     abstain_threshold: float = option(0.5, "Classify abstains when the top probability is below this")
     read_image_words: bool = option(True, "read the words on the image of a product without text where the model "
-                                          "has an OCR view (Tesseract, on the forward thread); off: such products "
-                                          "are classified as if their images held no words")
+                                          "has an OCR view (Tesseract); off: such products are classified as if "
+                                          "their images held no words")
+    image_words_workers: int = option(2, "threads reading those words ahead of the forward pass, one Tesseract "
+                                         "process each (0: on the forward thread, which holds the products batched "
+                                         "with such a product while it reads)")
     limits: ProductLimits = option(default_factory=ProductLimits)
     """The input policy's flags (`--max-image-bytes`, ...): what a product may hold."""
     max_classify_top_k: int = option(50, "largest Classify top_k")
@@ -70,6 +73,8 @@ class ServerConfig:
                      "batch_limit", "max_message_bytes"):
             if getattr(self, name) < 1:
                 raise InvalidInput(name, f"must be >= 1, got {getattr(self, name)}")
+        if self.image_words_workers < 0:
+            raise InvalidInput("image_words_workers", f"must be >= 0, got {self.image_words_workers}")
         if self.torch_threads is not None and self.torch_threads < 1:
             raise InvalidInput("torch_threads", f"must be >= 1, got {self.torch_threads}")
         for name in ("max_wait_ms", "poll_interval_s", "drain_grace_s"):

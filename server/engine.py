@@ -57,6 +57,9 @@ class Job:
     product: ProductInput
     top_k: int | None = None
     """Classify with this many ranked codes; None only embeds."""
+    image_words: str | None = None
+    """The words on the product's image, when read ahead of the forward (`server/image_words.py`); None: the
+    forward reads them if the model needs them."""
 
 
 @dataclass(frozen=True)
@@ -167,7 +170,9 @@ class Engine:
     def forward(self, jobs: Sequence[Job]) -> list[Outcome]:
         """The batch function (runs in the forward thread)."""
         served = self._served
-        encoded = served.embedder.encode([job.product for job in jobs])
+        # A product only embedded is not classified: nothing to read on its image.
+        words = [job.image_words if job.image_words is not None or job.top_k is not None else "" for job in jobs]
+        encoded = served.embedder.encode([job.product for job in jobs], image_words=words)
         rows = [i for i, job in enumerate(jobs) if job.top_k is not None]
         classifications = dict(zip(rows, self._classify(served, encoded.take(rows), [jobs[i].top_k for i in rows]))
                                ) if rows else {}

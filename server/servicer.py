@@ -20,6 +20,7 @@ from shopclip.predictions import Feedback, FeedbackReceipt, PredictionLog
 from shopclip.products import ProductInput
 from shopclip.server.batching import MicroBatcher
 from shopclip.server.engine import Classification, Engine, Job, NeighborInfo, Outcome, Versions
+from shopclip.server.image_words import ImageWordsReader
 from shopclip.server.metrics import ServerMetrics
 from shopclip.server.recording import PredictionRecorder
 from shopclip.server.validation import check_actor, check_count, check_productid, check_request_id, check_top_k
@@ -78,9 +79,10 @@ class _Base:
 
 class ClassificationServicer(_Base, classification_pb2_grpc.ClassificationServiceServicer):
     def __init__(self, engine: Engine, batcher: MicroBatcher[Job, Outcome], limits: RequestLimits,
-                 recorder: PredictionRecorder) -> None:
+                 recorder: PredictionRecorder, image_words: ImageWordsReader) -> None:
         super().__init__(engine, batcher, limits)
         self._recorder = recorder
+        self._image_words = image_words
 
     async def Classify(self, request: classification_pb2.ClassifyRequest,
                        context: grpc.aio.ServicerContext) -> classification_pb2.ClassifyResponse:
@@ -88,7 +90,8 @@ class ClassificationServicer(_Base, classification_pb2_grpc.ClassificationServic
         top_k = self._top_k(request)
         product = self._product(request.product, "product")
         productid = _productid(request.product, "product.productid")
-        (outcome,) = await self._run([Job(product, top_k)], ["product"], context)
+        jobs = await self._image_words.read_ahead([Job(product, top_k)], ["product"])
+        (outcome,) = await self._run(jobs, ["product"], context)
         (request_id,) = self._recorder.answered([product], [productid], [outcome], started)
         return _classify_response(outcome, request_id)
 
@@ -100,7 +103,8 @@ class ClassificationServicer(_Base, classification_pb2_grpc.ClassificationServic
         fields = [f"products[{i}]" for i in range(len(request.products))]
         products = [self._product(p, field) for p, field in zip(request.products, fields)]
         productids = [_productid(p, f"{field}.productid") for p, field in zip(request.products, fields)]
-        outcomes = await self._run([Job(p, top_k) for p in products], fields, context)
+        jobs = await self._image_words.read_ahead([Job(p, top_k) for p in products], fields)
+        outcomes = await self._run(jobs, fields, context)
         request_ids = self._recorder.answered(products, productids, outcomes, started)
         return classification_pb2.ClassifyBatchResponse(
             results=[_classify_response(o, r) for o, r in zip(outcomes, request_ids)])

@@ -46,6 +46,7 @@ def test_flags_win_over_env_which_wins_over_defaults() -> None:
     (["--bundle", "fake"], {"SHOPCLIP_PORT": "70000"}, "port"),
     (["--bundle", "fake", "--torch-threads", "0"], {}, "torch_threads"),
     (["--bundle", "fake"], {"SHOPCLIP_FORWARD_WORKERS": "0"}, "forward_workers"),
+    (["--bundle", "fake", "--image-words-workers", "-1"], {}, "image_words_workers"),
 ])
 def test_bad_settings_name_the_field(argv: list[str], env: dict[str, str], field: str) -> None:
     with pytest.raises(InvalidInput) as error:

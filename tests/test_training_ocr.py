@@ -12,6 +12,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 
 from shopclip.cli import main
+from shopclip.errors import InvalidInput
 from shopclip.model import load_embedder, ocr
 from shopclip.model.preprocess import prepare_image
 from shopclip.products import ProductInput
@@ -88,6 +89,19 @@ def test_classify_reads_the_words_on_a_new_products_image(bundle: Path, monkeypa
     codes = np.array(embedder.codes)[embedder.classify(encoded, None).argmax(axis=1)]
     assert codes[:len(CLASSES)].tolist() == list(CLASSES)
     assert codes[-1] == 40  # a product with text is classified by its text, the print on its image not read
+
+
+def test_words_read_ahead_are_the_ones_encode_reads_and_encode_reads_no_others(bundle: Path) -> None:
+    embedder = load_embedder(str(bundle), device="cpu")
+    image_only = ProductInput("", "", jpeg(printed("coque silicone")))
+    with_text = ProductInput("coque", "", jpeg(printed("puzzle paysage")))
+    assert embedder.read_words_on_image(image_only, "product.image") == "coque silicone"
+    assert embedder.read_words_on_image(with_text, "product.image") is None  # the model reads none there
+    with pytest.raises(InvalidInput) as refused:
+        embedder.read_words_on_image(ProductInput("", "", b"\xff\xd8 not a jpeg"), "products[3].image")
+    assert refused.value.field == "products[3].image"
+    encoded = embedder.encode([image_only, image_only, with_text], image_words=["puzzle paysage", None, None])
+    assert encoded.views.ocr_texts == ["puzzle paysage", "coque silicone", ""]  # given, read here, not read
 
 
 def test_a_server_may_leave_image_words_unread(bundle: Path) -> None:
