@@ -150,7 +150,8 @@ def format_record(record: Any) -> str:
     tags = record.tags
     rows = [("source", record.source), ("local copy", tags.get(lineage.LOCAL_COPY)),
             ("created", f"{record.created:%Y-%m-%d %H:%M:%S} UTC"), ("description", record.description),
-            ("bundle fingerprint", record.bundle_fingerprint), ("data fingerprint", record.data_fingerprint),
+            ("bundle fingerprint", record.bundle_fingerprint), ("bundle release", record.bundle_release),
+            ("data fingerprint", record.data_fingerprint),
             ("training data", tags.get(lineage.TRAINING_DATA)), ("parent version", record.parent_version),
             ("previous champion", record.previous_champion), ("trained by code", tags.get(lineage.CODE_VERSION)),
             ("registered by", tags.get(lineage.REGISTERED_BY)), ("classes", tags.get(lineage.CLASSES)),

@@ -206,6 +206,7 @@ def test_the_gate_promotes_a_first_model_and_an_equal_one_and_refuses_shuffled_l
     assert model("show", "3") == 0
     shown = capsys.readouterr().out
     assert "gate decisions: 1" in shown and "REFUSED" in shown and "parent version:     2" in shown
+    assert f"bundle release:     {registry.get('3').bundle_release}" in shown
 
 
 def _scores(weighted_f1: float, answers: dict[int, list[bool]]) -> Scores:
