@@ -59,10 +59,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=20.0, help="measuring time per round and server")
     parser.add_argument("--rounds", type=int, default=2, help="pairs of runs (ahead, in the forward)")
     parser.add_argument("--placement", choices=("split", "shared"), default="split")
-    args = parser.parse_args(argv)
-    for name in ("max_batch", "max_wait_ms", "torch_threads", "forward_workers"):
-        setattr(args, name, None)  # serve.running_server's flags: server defaults
-    return args
+    return serve.with_server_defaults(parser.parse_args(argv))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -43,10 +43,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--postgres", action="store_true",
                         help="start a throwaway PostgreSQL on loopback (tests/support/postgres.py) and log there")
     parser.add_argument("--placement", choices=("split", "shared"), default="split")
-    args = parser.parse_args(argv)
-    for name in ("max_batch", "max_wait_ms", "torch_threads", "forward_workers"):
-        setattr(args, name, None)  # serve.running_server's flags: server defaults
-    return args
+    return serve.with_server_defaults(parser.parse_args(argv))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

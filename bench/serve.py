@@ -133,6 +133,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def with_server_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """`args` of a benchmark that leaves the server's batching and threads to its defaults (the flags
+    `running_server` passes on are set to None)."""
+    for name in ("max_batch", "max_wait_ms", "torch_threads", "forward_workers"):
+        setattr(args, name, None)
+    return args
+
+
 def placement(mode: str) -> tuple[set[int], set[int]]:
     """(cores for (a) and the server, cores for the load generator); the same set twice when shared."""
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
