@@ -118,6 +118,8 @@ def test_models_page_shows_both_models_versions_history(registry: Registry) -> N
     versions = next(frame for frame in frames if "aliases" in frame.columns)
     assert versions["version"].tolist() == [3, 2, 1]
     assert versions["aliases"].tolist() == ["challenger", "champion", ""]
+    assert versions["release"].tolist() == [registry.get(v).bundle_release[:12] for v in ("3", "2", "1")]
+    assert all(versions["release"]) and versions["release"].nunique() == 3
     evaluation = next(frame for frame in frames if "method" in frame.columns)
     assert evaluation["method"].tolist() == ["tfidf_svc", "classify"]
     assert evaluation["weighted_f1"].tolist() == [0.5, 0.74]  # the champion's: the challenger has no eval

@@ -72,7 +72,8 @@ def _model_card(alias: str, record: ModelRecord) -> None:
     st.metric(f"{alias} weighted F1" + (f" ({headline[0]})" if headline else ""),
               f"{headline[1]:.4f}" if headline else "-")
     st.caption(f"registered {record.created:%Y-%m-%d %H:%M} UTC · model {record.bundle_fingerprint[:SHORT] or '-'}"
-               f" · data {record.data_fingerprint[:SHORT] or '-'} · {record.source}")
+               f" · release {record.bundle_release[:SHORT] or '-'} · data {record.data_fingerprint[:SHORT] or '-'}"
+               f" · {record.source}")
     rows = metric_rows(record.metrics)
     if rows:
         st.dataframe(rows, hide_index=True, width="stretch")
@@ -116,7 +117,7 @@ def _versions_table(versions: list[ModelRecord]) -> None:
     st.dataframe([{"version": int(r.version), "aliases": ", ".join(r.aliases),
                    "weighted F1": r.tags.get(lineage.WEIGHTED_F1, ""), "gate": r.tags.get(lineage.GATE, ""),
                    "registered (UTC)": f"{r.created:%Y-%m-%d %H:%M}", "model": r.bundle_fingerprint[:SHORT],
-                   "data": r.data_fingerprint[:SHORT], "parent": r.parent_version or "",
+                   "release": r.bundle_release[:SHORT], "data": r.data_fingerprint[:SHORT], "parent": r.parent_version or "",
                    "replaced": r.previous_champion or "", "source": r.source, "description": r.description}
                   for r in versions], hide_index=True, width="stretch")
 
