@@ -46,6 +46,8 @@ class ReviewItem:
     """(prdtypecode, probability) as answered, best first."""
     abstain: bool
     model_fingerprint: str
+    model_release: str = ""
+    """"" for an answer logged before releases were recorded."""
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,8 @@ def recent_feedback(engine: Engine, limit: int = 50) -> list[ReviewedItem]:
 
 _REVIEW_COLUMNS = (predictions.c.request_id, predictions.c.created_at, predictions.c.productid,
                    predictions.c.designation, predictions.c.top_code, predictions.c.top_probability,
-                   predictions.c.ranked, predictions.c.abstain, predictions.c.model_fingerprint)
+                   predictions.c.ranked, predictions.c.abstain, predictions.c.model_fingerprint,
+                   predictions.c.model_release)
 
 
 def _needs_review(max_probability: float) -> ColumnElement[bool]:
@@ -146,7 +149,8 @@ def _review_item(row: Mapping[str, Any]) -> ReviewItem:
                       productid=row["productid"], designation=row["designation"] or "", top_code=row["top_code"],
                       top_probability=row["top_probability"],
                       ranked=tuple((int(code), float(p)) for code, p in row["ranked"] or ()),
-                      abstain=bool(row["abstain"]), model_fingerprint=row["model_fingerprint"])
+                      abstain=bool(row["abstain"]), model_fingerprint=row["model_fingerprint"],
+                      model_release=row["model_release"] or "")
 
 
 def _reviewed_item(row: Mapping[str, Any]) -> ReviewedItem:

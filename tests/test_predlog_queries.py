@@ -26,7 +26,8 @@ def record(n: int, probability: float, abstain: bool = False, productid: int | N
     return PredictionRecord.of(ProductInput(designation=f"produit {n}"), productid=productid,
                                predictions=[(10, probability), (40, (1 - probability) / 2)], abstain=abstain,
                                model_fingerprint="fp-1", index_version="v1", latency_ms=2.0,
-                               request_id=f"req{n:04d}", created_at=at or T0 + timedelta(minutes=n))
+                               request_id=f"req{n:04d}", created_at=at or T0 + timedelta(minutes=n),
+                               model_release="rel-1")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -49,7 +50,8 @@ def test_the_queue_holds_abstained_and_low_confidence_answers_newest_first(store
     item = queue[-1]
     assert item.designation == "produit 2" and item.top_code == 10 and item.top_probability == pytest.approx(0.3)
     assert item.ranked == ((10, pytest.approx(0.3)), (40, pytest.approx(0.35)))
-    assert item.created_at == T0 + timedelta(minutes=2) and item.model_fingerprint == "fp-1" and not item.abstain
+    assert item.created_at == T0 + timedelta(minutes=2) and not item.abstain
+    assert (item.model_fingerprint, item.model_release) == ("fp-1", "rel-1")
     assert ids(review_queue(store.engine, order="least_confident")) == ["req0002", "req0003", "req0005", "req0006"]
     assert ids(review_queue(store.engine, max_probability=0.65)) == ["req0007", "req0006", "req0005", "req0004",
                                                                     "req0003", "req0002"]

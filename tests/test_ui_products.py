@@ -190,6 +190,8 @@ def test_review_accepts_corrects_and_bulk_accepts_through_the_feedback_rpc(conso
     at = page("review.py")
     no_exception(at)
     assert queue_titles(at) == list(reversed(UNKNOWN_TITLES))  # abstained ones, newest first; not the confident one
+    queue = at.dataframe[0].value
+    assert set(queue["release"]) == set(queue["model"]) != {""}  # the fake's release is its fingerprint
     first = UNKNOWN_TITLES[-1]
 
     at.button(key="accept_one").click()  # the product picker starts on the top of the queue

@@ -65,7 +65,8 @@ def _table(items: Sequence[ReviewItem], book: CodeBook) -> list[ReviewItem]:
     rows = [{"time": item.created_at, "title": item.designation or "(no title)", "productid": item.productid,
              "predicted": book.label(item.top_code), "probability": item.top_probability,
              "runner-up": book.label(item.ranked[1][0]) if len(item.ranked) > 1 else "-",
-             "abstain": item.abstain, "model": item.model_fingerprint} for item in items]
+             "abstain": item.abstain, "model": item.model_fingerprint, "release": item.model_release}
+            for item in items]
     event = st.dataframe(rows, key=f"queue_{_round()}", on_select="rerun", selection_mode="multi-row",
                          hide_index=True, column_config={
                              "time": st.column_config.DatetimeColumn("time", format="YYYY-MM-DD HH:mm:ss"),
