@@ -140,8 +140,7 @@ class ShopclipServer:
         self.metrics.close()
 
     async def on_index_swapped(self, index: PublishedIndex) -> None:
-        embedder = self.engine.embedder
-        self.metrics.set_model(embedder.fingerprint, embedder.release, self.engine.info().architecture)
+        self.metrics.set_model(self.engine.info())
         self.metrics.set_index(index.version, len(index))
         await self.update_health()
 
@@ -183,7 +182,7 @@ async def create_server(config: ServerConfig, index_source: IndexSource | None =
         index_source = PublishedIndexSource(config.index_root)
     engine = Engine(embedder, abstain_threshold=config.abstain_threshold, index_required=index_source is not None)
     metrics = ServerMetrics()
-    metrics.set_model(embedder.fingerprint, embedder.release, engine.info().architecture)
+    metrics.set_model(engine.info())
     batcher: MicroBatcher[Job, Outcome] = MicroBatcher(
         engine.forward, executor=forward_executor,
         max_batch=config.max_batch, max_wait_s=config.max_wait_ms / 1000, queue_size=config.queue_size,

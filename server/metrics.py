@@ -12,6 +12,8 @@ from wsgiref.simple_server import WSGIServer
 from prometheus_client.registry import Collector
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
+from shopclip.server.engine import EngineInfo
+
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
@@ -55,8 +57,10 @@ class ServerMetrics:
         for collector in collectors:
             self.registry.register(collector)
 
-    def set_model(self, fingerprint: str, release: str, architecture: str) -> None:
-        self.model.info({"fingerprint": fingerprint, "release": release, "architecture": architecture})
+    def set_model(self, info: EngineInfo) -> None:
+        versions = info.versions
+        self.model.info({"fingerprint": versions.model_fingerprint, "release": versions.model_release,
+                         "architecture": info.architecture})
 
     def set_index(self, version: str, size: int) -> None:
         self.index.info({"version": version})
