@@ -89,6 +89,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                              "simple_ensemble,shopclip",
                         help="comma-separated subset of the methods")
     parser.add_argument("--epochs", type=int, default=None, help="override `shopclip train`'s epochs (quick looks)")
+    parser.add_argument("--e5-max-tokens", type=int, default=None,
+                        help="a candidate: shopclip with the e5 tower reading this many tokens (default: the model's)")
     return parser.parse_args(argv)
 
 
@@ -224,6 +226,7 @@ def fold_shopclip(products, codes: list[int], train: np.ndarray, test: np.ndarra
     from tqdm import tqdm
 
     from shopclip.model.bundle import load_bundle_embedder
+    from shopclip.model.config import ModelConfig
     from shopclip.training.config import TrainConfig
     from shopclip.training.data import product_input
     from shopclip.training.evaluate import classify_products
@@ -232,8 +235,10 @@ def fold_shopclip(products, codes: list[int], train: np.ndarray, test: np.ndarra
     config = TrainConfig(feature_cache=args.cache)
     if args.epochs:
         config = replace(config, epochs=args.epochs)
+    model_config = ModelConfig() if args.e5_max_tokens is None else ModelConfig(e5_max_tokens=args.e5_max_tokens)
     started = time.monotonic()
-    train_products([products[i] for i in train], out, config=config, source=f"{args.data} fold")
+    train_products([products[i] for i in train], out, model_config=model_config, config=config,
+                   source=f"{args.data} fold")
     print(f"  shopclip trained in {time.monotonic() - started:.0f} s", flush=True)
     embedder = load_bundle_embedder(out, device="cpu")
     references = np.concatenate([embedder.embed([product_input(products[i]) for i in train[start:start + 32]])
