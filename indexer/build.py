@@ -250,11 +250,11 @@ def needs_build(index_root: str | Path, catalogue: Catalogue, embedder: Embedder
     """True when nothing is published, or the live version lags the catalogue or the model. A model whose
     classifier alone changed (same fingerprint, other release) needs a build too, though its vectors are all
     known: the new version's manifest is what tells a following server to load that model. So does a live
-    version whose manifest records no release (written before they were)."""
+    version whose manifest records no release (written before they were). The release covers the weights, so
+    it alone tells the model apart."""
     current = publish.read_current(index_root)
     if current is None:
         return True
     manifest = publish.read_manifest(index_root, current)
     return (publish.release_in(manifest) != embedder.release
-            or manifest["model"]["fingerprint"] != embedder.fingerprint
             or manifest["catalogue"]["version"] != catalogue.version)

@@ -11,15 +11,12 @@ What a model reads is the model's decision (`Embedder.read_words_on_image`); the
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 from shopclip.errors import InvalidInput, Overloaded
 from shopclip.server.engine import Engine, Job
-
-log = logging.getLogger(__name__)
 
 
 class ImageWordsReader:
