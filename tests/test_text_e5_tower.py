@@ -150,6 +150,21 @@ def test_batch_result_equals_one_by_one(tower: E5Tower, short_texts: list[str]) 
     np.testing.assert_allclose(batched, single, atol=2e-5)
 
 
+def test_layers_multiply_real_tokens_only(tower: E5Tower, short_texts: list[str]) -> None:
+    """Padding never reaches the matrix products (a fifth of a batch of product texts is padding)."""
+    batch = tower.tokenize([short_texts[0], "x", short_texts[-1]])
+    rows: list[int] = []
+    hook = tower.layers[0].intermediate.register_forward_hook(lambda _m, inputs, _o: rows.append(inputs[0].shape[0]))
+    try:
+        with torch.no_grad():
+            tower(batch)
+    finally:
+        hook.remove()
+    real = int(batch["attention_mask"].sum())
+    assert real < batch["attention_mask"].numel()  # the batch is padded
+    assert rows == [real]
+
+
 def test_forward_from_cached_layer_equals_the_full_forward(tower: E5Tower, short_texts: list[str]) -> None:
     batch = tower.tokenize(short_texts)
     mask = batch["attention_mask"]
