@@ -74,9 +74,10 @@ class ModelConfig:
     text_towers: list[str] = option(default_factory=lambda: ["use", "e5", "ngram"],
                                     help=f"comma-separated text towers of the shopclip backbone "
                                          f"({', '.join(TEXT_TOWERS)})")
-    e5_max_tokens: int = option(48, "tokens the e5 tower reads, prefix and specials included")
+    e5_max_tokens: int = option(34, "tokens the e5 tower reads, prefix and specials included")
     """Tokens the e5 tower reads (prefix and specials included): the title and the head of the description.
-    Its cost grows with length (e5 is a 12-layer transformer) and the TF-IDF view reads the whole text."""
+    e5 is most of a text product's forward (16 transformer layers with the tuned top) and its cost grows with
+    length; the other text views read the whole text. README, "What it achieves", weighs 34 against 48."""
     e5_tuned_layers: int = option(4, "top e5 layers fine-tuned as a view of their own (0: none)")
     """Top e5 layers fine-tuned for the codes as a view of their own (model/e5_tuned.py); 0: none."""
     tower_precision: str = option("auto", f"what the pretrained text towers compute in: {', '.join(PRECISIONS)} "
