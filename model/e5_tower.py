@@ -43,7 +43,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from shopclip.model.packed_linear import PackedLinear
+from shopclip.model.packed_linear import PackedLinear, pads_rows, row_bucket
 
 HIDDEN = 384
 LAYERS = 12
@@ -332,24 +332,35 @@ class E5Embeddings(nn.Module):
 class TokenLayout:
     """Where the real tokens of a right-padded batch are. The layers' matrix products, layer norms and GELU run
     on those rows alone (about a fifth of a batch of product texts at 48 tokens is padding, and one product's
-    cost is nearly all matrix products); attention, the only step that mixes tokens, puts them back in place."""
+    cost is nearly all matrix products); attention, the only step that mixes tokens, puts them back in place.
 
-    def __init__(self, attention_mask: torch.Tensor) -> None:
+    `whole_buckets`: the packed rows are filled up to `row_bucket` of their count (with copies of the first
+    token, never read back), so that `PackedLinear` finds them already at the size oneDNN has a kernel for
+    instead of padding a copy before each of a layer's four matrix products."""
+
+    def __init__(self, attention_mask: torch.Tensor, whole_buckets: bool = False) -> None:
         keep = attention_mask.bool()
         self.texts, self.length = keep.shape
-        padded = not bool(keep.all())
+        self.real = int(keep.sum())
+        padded = self.real < keep.numel()
         self.index = keep.reshape(-1).nonzero().squeeze(1) if padded else None
         """Positions of the real tokens in the flattened (texts * length) batch; None when nothing is padded."""
         self.key_mask = keep[:, None, None, :] if padded else None
         """(n, 1, 1, L) bool for attention, or None (SDPA's faster unmasked path)."""
+        filler = row_bucket(self.real) - self.real if whole_buckets else 0
+        self._gather = self.index
+        if filler:
+            real = self.index if padded else torch.arange(self.real, device=keep.device)
+            self._gather = torch.cat([real, real[:1].expand(filler)])
 
     def pack(self, padded: torch.Tensor) -> torch.Tensor:
-        """(n, L, C) -> (real tokens, C), texts one after another."""
+        """(n, L, C) -> (real tokens [+ filler], C), texts one after another."""
         rows = padded.reshape(self.texts * self.length, padded.shape[-1])
-        return rows if self.index is None else rows.index_select(0, self.index)
+        return rows if self._gather is None else rows.index_select(0, self._gather)
 
     def unpack(self, packed: torch.Tensor) -> torch.Tensor:
-        """(real tokens, C) -> (n, L, C), zeros at the padding."""
+        """(real tokens [+ filler], C) -> (n, L, C), zeros at the padding."""
+        packed = packed[:self.real]
         if self.index is not None:
             zeros = packed.new_zeros(self.texts * self.length, packed.shape[-1])
             packed = zeros.index_copy(0, self.index, packed)
@@ -451,7 +462,7 @@ class E5Tower(nn.Module):
         hidden = self.embeddings(batch["input_ids"]).to(self.compute_dtype)
         if not layers:
             return hidden
-        layout = TokenLayout(batch["attention_mask"])
+        layout = TokenLayout(batch["attention_mask"], whole_buckets=pads_rows(hidden))
         packed = layout.pack(hidden)
         for layer in self.layers[:layers]:
             packed = layer(packed, layout)
@@ -513,8 +524,9 @@ def _f32(file: E5File, name: str, shape: tuple[int, ...]) -> torch.Tensor:
 def run_layers(layers: Sequence[E5Layer], hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """`layers` over `hidden` (in the layers' dtype), then the float32 L2-normalised mean over real tokens."""
     if len(layers):  # none when the hidden states already come from the last layer
-        layout = TokenLayout(attention_mask)
-        packed = layout.pack(hidden.to(layers[0].qkv.weight.dtype))
+        hidden = hidden.to(layers[0].qkv.weight.dtype)
+        layout = TokenLayout(attention_mask, whole_buckets=pads_rows(hidden))
+        packed = layout.pack(hidden)
         for layer in layers:
             packed = layer(packed, layout)
         hidden = layout.unpack(packed)

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -127,16 +126,43 @@ class TfidfPart:
     ngram_range: tuple[int, int]
     vocabulary: dict[str, int]
     idf: np.ndarray
+    _word_ids: dict[str, np.ndarray] = field(default_factory=dict, init=False, repr=False, compare=False)
+    """char_wb only: a word's known n-gram ids. A word's char n-grams depend on the word alone and catalogue
+    words repeat, so each is looked up once (this runs on the serving thread, under the GIL)."""
 
     def transform(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         """(feature ids, values) of one text: (1 + log tf) * idf, L2-normalised; unknown n-grams dropped."""
-        counts = Counter(ANALYSERS[self.analyser](text, self.ngram_range))
-        known = [(self.vocabulary[gram], count) for gram, count in counts.items() if gram in self.vocabulary]
-        if not known:
-            return np.zeros(0, dtype=np.int64), np.zeros(0)
-        ids = np.fromiter((i for i, _ in known), dtype=np.int64, count=len(known))
-        values = (1.0 + np.log(np.fromiter((c for _, c in known), dtype=np.float64, count=len(known)))) * self.idf[ids]
+        ids, counts = np.unique(self._known_ids(text), return_counts=True)
+        if not len(ids):
+            return ids, np.zeros(0)
+        values = (1.0 + np.log(counts)) * self.idf[ids]
         return ids, values / np.linalg.norm(values)
+
+    def _known_ids(self, text: str) -> np.ndarray:
+        """Vocabulary id of every n-gram of `text` the vocabulary knows, repeats kept."""
+        if self.analyser != "char_wb":
+            return _ids_in(self.vocabulary, ANALYSERS[self.analyser](text, self.ngram_range))
+        words = _WHITESPACE_RUN_RE.sub(" ", text.lower()).split()  # as char_wb_ngrams splits
+        if not words:
+            return np.zeros(0, dtype=np.int64)
+        return np.concatenate([self._char_ids_of_word(word) for word in words])
+
+    def _char_ids_of_word(self, word: str) -> np.ndarray:
+        ids = self._word_ids.get(word)
+        if ids is None:
+            if len(self._word_ids) >= _WORD_CACHE_SIZE:
+                self._word_ids.clear()
+            low, high = self.ngram_range
+            ids = self._word_ids[word] = _ids_in(self.vocabulary, _word_char_ngrams(word, low, high))
+        return ids
+
+
+_WORD_CACHE_SIZE = 1 << 17
+
+
+def _ids_in(vocabulary: Mapping[str, int], grams: Sequence[str]) -> np.ndarray:
+    known = [index for index in map(vocabulary.get, grams) if index is not None]
+    return np.array(known, dtype=np.int64)
 
 
 @dataclass

@@ -22,7 +22,8 @@ class PackedLinear(nn.Linear):
         if not self._packs(x):
             return F.linear(x, self.weight, self.bias)
         rows = x.reshape(-1, x.shape[-1])
-        padded = F.pad(rows, (0, 0, 0, row_bucket(rows.shape[0]) - rows.shape[0]))
+        filler = row_bucket(rows.shape[0]) - rows.shape[0]
+        padded = F.pad(rows, (0, 0, 0, filler)) if filler else rows  # a caller may bring whole buckets
         out = _PACKED_LINEAR(padded, self._packed_weight(), self.bias, "none", [], "")
         return out[:rows.shape[0]].reshape(*x.shape[:-1], self.out_features)
 
@@ -33,8 +34,7 @@ class PackedLinear(nn.Linear):
         return state
 
     def _packs(self, x: torch.Tensor) -> bool:
-        return (_PACKED_LINEAR is not None and _PACK is not None and not torch.is_grad_enabled()
-                and x.device.type == "cpu" and x.dtype == torch.bfloat16 == self.weight.dtype)
+        return pads_rows(x) and x.dtype == self.weight.dtype
 
     def _packed_weight(self) -> torch.Tensor:
         # Keyed by storage and version: load_state_dict, .to() and in-place edits all invalidate it.
@@ -44,6 +44,13 @@ class PackedLinear(nn.Linear):
             cached = (key, _PACK(self.weight.detach(), None))
             self.__dict__["_packed"] = cached
         return cached[1]
+
+
+def pads_rows(x: torch.Tensor) -> bool:
+    """Whether `PackedLinear` (with weights in x's dtype) runs `x` on packed weights, its rows padded to
+    `row_bucket`: a caller that packs rows itself can bring them at that size and spare each linear a copy."""
+    return (_PACKED_LINEAR is not None and _PACK is not None and not torch.is_grad_enabled()
+            and x.device.type == "cpu" and x.dtype == torch.bfloat16)
 
 
 def _version(tensor: torch.Tensor) -> int | None:
