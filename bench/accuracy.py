@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from shopclip.model.precision import PRECISIONS
+
 DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 KINDS = ("text+image", "text only", "image only")
 COLUMNS = (*KINDS, "with text", "all")
@@ -91,6 +93,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=None, help="override `shopclip train`'s epochs (quick looks)")
     parser.add_argument("--e5-max-tokens", type=int, default=None,
                         help="a candidate: shopclip with the e5 tower reading this many tokens (default: the model's)")
+    parser.add_argument("--tower-precision", choices=PRECISIONS, default=None,
+                        help="a candidate: shopclip with its text towers in this precision (default: the model's)")
     return parser.parse_args(argv)
 
 
@@ -235,7 +239,8 @@ def fold_shopclip(products, codes: list[int], train: np.ndarray, test: np.ndarra
     config = TrainConfig(feature_cache=args.cache)
     if args.epochs:
         config = replace(config, epochs=args.epochs)
-    model_config = ModelConfig() if args.e5_max_tokens is None else ModelConfig(e5_max_tokens=args.e5_max_tokens)
+    candidate = {"e5_max_tokens": args.e5_max_tokens, "tower_precision": args.tower_precision}
+    model_config = ModelConfig(**{field: value for field, value in candidate.items() if value is not None})
     started = time.monotonic()
     train_products([products[i] for i in train], out, model_config=model_config, config=config,
                    source=f"{args.data} fold")

@@ -30,7 +30,8 @@ from torch.nn import functional as F
 from shopclip.model.config import SHOPCLIP_BACKBONE, ModelConfig
 from shopclip.model.e5_tuned import E5_TUNED, E5TunedTop
 from shopclip.model.image_tower import ImageTower, build_timm_image_tower
-from shopclip.model.precision import resolve_precision
+from shopclip.model.packed_linear import quantise_linears
+from shopclip.model.precision import quantises_linears, resolve_precision
 from shopclip.input_policy import DEFAULT_LIMITS, ProductLimits
 from shopclip.model.preprocess import IMAGENET_MEAN, IMAGENET_STD, ImageInput, ImageTransform
 
@@ -74,6 +75,8 @@ class ShopClipModel(nn.Module):
         self.head = nn.Linear(config.embed_dim, len(self.codes))
         self.e5_tuned = _tuned_top(config, self.text_towers)
         """The fine-tuned top of e5 (a view of the ensemble, trained apart from the two-tower loss), or None."""
+        if quantises_linears(config.tower_precision):
+            quantise_linears(self.text_towers, self.e5_tuned)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         state_dict.setdefault(prefix + "log_image_weight", torch.zeros(()))  # bundles from before: equal weights

@@ -82,9 +82,10 @@ class ModelConfig:
     """Top e5 layers fine-tuned for the codes as a view of their own (model/e5_tuned.py); 0: none."""
     tower_precision: str = option("auto", f"what the pretrained text towers compute in: {', '.join(PRECISIONS)} "
                                           f"(auto: bfloat16 where native)", choices=PRECISIONS)
-    """What the pretrained text towers (use, e5) compute in: `auto` (bfloat16 where the hardware multiplies
-    it natively, else float32), `float32` or `bfloat16`; see model/precision.py. Training that fine-tunes
-    the towers sets float32."""
+    """What the pretrained text towers (use, e5) and the tuned e5 top compute in: `auto` (bfloat16 where the
+    hardware multiplies it natively, else float32), `float32`, `bfloat16`, or `int8` (auto's float type, with the
+    linear layers on int8 weights at inference); see model/precision.py. Training that fine-tunes the towers
+    sets float32."""
     ngram_buckets: int = option(2**18, "hash buckets of the n-gram tower")
     ngram_dim: int = option(128, "width of the n-gram tower's bucket vectors")
     image_tower: str = "efficientnet_lite0"

