@@ -63,7 +63,7 @@ class PackedLinear(nn.Linear):
                 and x.device.type == "cpu" and x.dtype == torch.bfloat16 == self.weight.dtype)
 
     def _runs_int8(self, x: torch.Tensor) -> bool:
-        return (self.int8 and _INT8_LINEAR is not None and not torch.is_grad_enabled()
+        return (self.int8 and _int8_engine() and not torch.is_grad_enabled()
                 and x.device.type == "cpu" and x.is_floating_point())
 
     def _int8_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -88,6 +88,13 @@ class PackedLinear(nn.Linear):
             cached = (key, _PACK(self.weight.detach(), None))
             self.__dict__["_packed"] = cached
         return cached[1]
+
+
+@functools.cache
+def _int8_engine() -> bool:
+    """Whether this torch runs int8 linears on fbgemm (x86). Elsewhere (qnnpack on ARM, a torch without
+    quantized kernels) int8 layers compute in their float type: slower than int8 might be, never wrong."""
+    return _INT8_LINEAR is not None and torch.backends.quantized.engine in ("x86", "fbgemm")
 
 
 @functools.cache

@@ -106,3 +106,24 @@ def test_int8_layers_train_and_pickle_as_plain_linears() -> None:
     with torch.no_grad():
         layer.weight.mul_(-1)
         torch.testing.assert_close(layer(x), -expected + 2 * layer.bias, atol=0.05, rtol=0.05)  # re-quantised
+
+
+def test_int8_layers_compute_in_their_float_type_where_torch_quantises_on_another_engine(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """On ARM torch quantises with qnnpack, whose dynamic linear fbgemm's per-row weights are not made for."""
+    from shopclip.model import packed_linear
+
+    torch.manual_seed(4)
+    layer = PackedLinear(48, 24).eval()
+    quantise_linears(layer)
+    x = torch.randn(5, 48)
+    with torch.inference_mode():
+        assert not torch.allclose(layer(x), _plain(layer, x), atol=1e-5)  # int8 here, on fbgemm
+    monkeypatch.setattr(torch.backends.quantized, "engine", "qnnpack", raising=False)
+    packed_linear._int8_engine.cache_clear()
+    try:
+        with torch.inference_mode():
+            torch.testing.assert_close(layer(x), _plain(layer, x))
+    finally:
+        monkeypatch.undo()
+        packed_linear._int8_engine.cache_clear()
