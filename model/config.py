@@ -80,12 +80,14 @@ class ModelConfig:
     length; the other text views read the whole text. README, "What it achieves", weighs 34 against 48."""
     e5_tuned_layers: int = option(4, "top e5 layers fine-tuned as a view of their own (0: none)")
     """Top e5 layers fine-tuned for the codes as a view of their own (model/e5_tuned.py); 0: none."""
-    tower_precision: str = option("auto", f"what the pretrained text towers compute in: {', '.join(PRECISIONS)} "
-                                          f"(auto: bfloat16 where native)", choices=PRECISIONS)
+    tower_precision: str = option("int8", f"what the pretrained text towers compute in: {', '.join(PRECISIONS)} "
+                                          f"(auto: bfloat16 where native; int8: its linears on int8 weights)",
+                                  choices=PRECISIONS)
     """What the pretrained text towers (use, e5) and the tuned e5 top compute in: `auto` (bfloat16 where the
     hardware multiplies it natively, else float32), `float32`, `bfloat16`, or `int8` (auto's float type, with the
-    linear layers on int8 weights at inference); see model/precision.py. Training that fine-tunes the towers
-    sets float32."""
+    linear layers on int8 weights at inference, the default); see model/precision.py. Training that fine-tunes the
+    towers sets float32. int8 is the default because the CPUs this serves on multiply int8 in hardware (VNNI) but
+    have no bfloat16 tiles (AMX), where int8 is the faster of the two; README, "What it achieves", weighs them."""
     ngram_buckets: int = option(2**18, "hash buckets of the n-gram tower")
     ngram_dim: int = option(128, "width of the n-gram tower's bucket vectors")
     image_tower: str = "efficientnet_lite0"
@@ -159,6 +161,7 @@ class ModelConfig:
             raise ValueError(f"model config: unknown keys {sorted(unknown)}")
         values = dict(data)
         values.setdefault("image_extra_trunks", [])  # a bundle from before extra trunks has none
+        values.setdefault("tower_precision", "auto")  # nor int8: it is served as it was trained
         for key in ("text_towers", "codes", "image_extra_trunks"):
             if key in values:
                 values[key] = list(values[key])
