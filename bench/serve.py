@@ -93,6 +93,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     embedder = load_raw_embedder(args.bundle, args.torch_threads)
     raw_before = measure_raw(embedder, products, args.batch_sizes, args.seconds)
     with running_server(args) as server:
+        mismatch = served_model_mismatch(server.target, embedder, args.bundle)
+        if mismatch:
+            print(mismatch, file=sys.stderr)
+            return 2
         set_affinity(client_cpus)
         served = asyncio.run(measure_served(server, products, args.concurrency, args.seconds, args.top_k))
     set_affinity(server_cpus)
@@ -194,6 +198,21 @@ def measure_raw(embedder: Any, products: Sequence[ProductInput], batch_sizes: Se
             timings.append(time.perf_counter() - t0)
         points.append(RawPoint(batch_size, batch_size * len(timings) / sum(timings), percentile(timings, 50) * 1e3))
     return points
+
+
+def served_model_mismatch(target: str, embedder: Any, bundle: str) -> str | None:
+    """Why (b) would not time the model (a) times, None when it does. A server given an index follows the model
+    that index was built with (`--follow-model`, on by default), so a bundle other than that one, even a copy
+    with another precision, would be swapped out before the first request and (b) would time the index's model."""
+    from shopclip.client import ShopclipClient
+
+    with ShopclipClient(target, timeout=30) as client:
+        versions = client.info().versions
+    if (versions.model_release or versions.model_fingerprint) == embedder.release:
+        return None
+    return (f"the server answers with model release {versions.model_release or versions.model_fingerprint}, not "
+            f"{bundle}'s {embedder.release}: its index was built with another model (rebuild the index with this "
+            f"bundle, or leave --index-root out)")
 
 
 def mean_of(before: Sequence[RawPoint], after: Sequence[RawPoint]) -> list[RawPoint]:

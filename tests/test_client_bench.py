@@ -78,3 +78,22 @@ def test_the_reference_is_the_mean_of_raw_before_and_after(bench):
     before = [bench.RawPoint(1, 200.0, 5.0), bench.RawPoint(16, 300.0, 53.0)]
     after = [bench.RawPoint(1, 220.0, 4.0), bench.RawPoint(16, 280.0, 57.0)]
     assert bench.mean_of(before, after) == [bench.RawPoint(1, 210.0, 4.5), bench.RawPoint(16, 290.0, 55.0)]
+
+
+def test_a_server_answering_with_another_model_than_the_bundle_is_refused(bench, tmp_path, monkeypatch, capsys):
+    """An index built with another model makes the server follow that model: (b) would time something else."""
+    from shopclip.model import load_embedder
+
+    real_load = bench.load_raw_embedder
+
+    def another_release(bundle, threads):
+        embedder = real_load(bundle, threads)
+        embedder.release = "a-bundle-copy-with-another-config"
+        return embedder
+
+    monkeypatch.setattr(bench, "load_raw_embedder", another_release)
+    code = bench.main(["--bundle", FAKE_BUNDLE, "--data", str(tmp_path / "none.csv"), "--products", "8",
+                       "--batch-sizes", "1", "--concurrency", "1", "--seconds", "0.2"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "a-bundle-copy-with-another-config" in err and load_embedder(FAKE_BUNDLE).release in err
