@@ -207,12 +207,11 @@ def served_model_mismatch(target: str, embedder: Any, bundle: str) -> str | None
     from shopclip.client import ShopclipClient
 
     with ShopclipClient(target, timeout=30) as client:
-        versions = client.info().versions
-    if (versions.model_release or versions.model_fingerprint) == embedder.release:
+        served = client.info().versions.model_release  # the child runs this checkout's server: it always says
+    if served == embedder.release:
         return None
-    return (f"the server answers with model release {versions.model_release or versions.model_fingerprint}, not "
-            f"{bundle}'s {embedder.release}: its index was built with another model (rebuild the index with this "
-            f"bundle, or leave --index-root out)")
+    return (f"the server answers with model release {served}, not {bundle}'s {embedder.release}: its index was "
+            f"built with another model (rebuild the index with this bundle, or leave --index-root out)")
 
 
 def mean_of(before: Sequence[RawPoint], after: Sequence[RawPoint]) -> list[RawPoint]:
