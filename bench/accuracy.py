@@ -19,8 +19,15 @@ with text, all), with the calibration of shopclip's probabilities (ECE, answered
 server's default abstain threshold). Frozen features are cached under --cache (per product, keyed by model
 config and code), so a second run, or the folds after the first, skip the towers.
 
+Every method's held-out probabilities are kept beside accuracy.json (predictions.npz), so a candidate can be
+compared product by product with another run over the same folds (--compare): the difference of weighted F1
+with a bootstrap interval, and the products it fixes and breaks. Differences of a few tenths of a point are
+within what 1,000 products can tell apart; the interval says which are.
+
     python bench/accuracy.py                     # 5 folds over ../shared/data (about an hour on 2 cores)
     python bench/accuracy.py --folds 2           # a quicker look
+    python bench/accuracy.py --methods shopclip --e5-max-tokens 40 --out runs/bench-t40 \
+        --compare runs/bench-accuracy/predictions.npz    # a candidate, paired with the default's run
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ import logging
 import sys
 import time
 import warnings
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +50,8 @@ KINDS = ("text+image", "text only", "image only")
 COLUMNS = (*KINDS, "with text", "all")
 ABSTAIN_THRESHOLD = 0.5
 """The server's default `--abstain-threshold`."""
+PREDICTIONS = "predictions.npz"
+"""Beside accuracy.json: every method's held-out probabilities per product, for paired comparisons (--compare)."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,7 +85,12 @@ def main(argv: list[str] | None = None) -> int:
                    "seconds": round(time.monotonic() - started, 1)})
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "accuracy.json").write_text(json.dumps(report, indent=2))
+    save_predictions(Path(args.out) / PREDICTIONS, [p.productid for p in products], labels, kinds, scores)
     print(format_report(report))
+    if args.compare:
+        reference = load_predictions(Path(args.compare))
+        comparison = paired_comparison(scores, labels, kinds, [p.productid for p in products], reference)
+        print(format_comparison(comparison, args.compare))
     return 0
 
 
@@ -95,6 +109,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="a candidate: shopclip with the e5 tower reading this many tokens (default: the model's)")
     parser.add_argument("--tower-precision", choices=PRECISIONS, default=None,
                         help="a candidate: shopclip with its text towers in this precision (default: the model's)")
+    parser.add_argument("--reuse-bundles", action="store_true",
+                        help="classify with a fold's bundle already under --out when it learnt from exactly that "
+                             "fold's training products with the same model settings, instead of training it again")
+    parser.add_argument("--compare", metavar="PREDICTIONS",
+                        help=f"another run's {PREDICTIONS} (same folds): paired differences with this run")
     return parser.parse_args(argv)
 
 
@@ -244,9 +263,12 @@ def fold_shopclip(products, codes: list[int], train: np.ndarray, test: np.ndarra
     candidate = {"e5_max_tokens": args.e5_max_tokens, "tower_precision": args.tower_precision}
     model_config = ModelConfig(**{field: value for field, value in candidate.items() if value is not None})
     started = time.monotonic()
-    train_products([products[i] for i in train], out, model_config=model_config, config=config,
-                   source=f"{args.data} fold")
-    print(f"  shopclip trained in {time.monotonic() - started:.0f} s", flush=True)
+    if args.reuse_bundles and reusable_bundle(out, [products[i].productid for i in train], model_config, config):
+        print(f"  shopclip: the bundle under {out} learnt from this fold with these settings; not trained again")
+    else:
+        train_products([products[i] for i in train], out, model_config=model_config, config=config,
+                       source=f"{args.data} fold")
+        print(f"  shopclip trained in {time.monotonic() - started:.0f} s", flush=True)
     embedder = load_bundle_embedder(out, device="cpu")
     references = np.concatenate([embedder.embed([product_input(products[i]) for i in train[start:start + 32]])
                                  for start in tqdm(range(0, len(train), 32), desc="  embedding references",
@@ -261,6 +283,31 @@ def fold_shopclip(products, codes: list[int], train: np.ndarray, test: np.ndarra
                                            references, reference_codes)
     return {"shopclip": _on_codes(probs, embedder.codes, codes),
             "shopclip_image_withheld": _on_codes(no_image, embedder.codes, codes)}
+
+
+def reusable_bundle(out: Path, productids: list[int], model_config, train_config) -> bool:
+    """Whether `out` holds a bundle that learnt from exactly `productids` with these model and training settings
+    (the codes aside, which follow the products). Code changes since it was trained are not seen: reuse is for
+    classifying again with the same checkout, e.g. to write the predictions of a run from before they were kept."""
+    from shopclip.training.train import productids_digest
+
+    try:
+        bundle = json.loads((out / "config.json").read_text())
+        model, training = bundle["model"], bundle["training"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return (training.get("trained_on", {}).get("productids_sha256") == productids_digest(sorted(productids))
+            and _holds(model, {k: v for k, v in _as_json(model_config).items() if k != "codes"})
+            and _holds(training.get("config", {}), _as_json(train_config)))
+
+
+def _as_json(config) -> dict:
+    return json.loads(json.dumps(asdict(config)))
+
+
+def _holds(recorded: dict, wanted: dict) -> bool:
+    """Every wanted setting recorded with the same value (what a bundle records beside them is not compared)."""
+    return all(key in recorded and recorded[key] == value for key, value in wanted.items())
 
 
 def _on_codes(probs: np.ndarray, model_codes: list[int], codes: list[int]) -> np.ndarray:
@@ -280,20 +327,25 @@ LABELS = {"tfidf_svc": "TF-IDF + LinearSVC", "use_lr": "frozen USE + LR", "e5_lr
           "shopclip_image_withheld": "shopclip, image withheld"}
 
 
+def _column_masks(kinds: np.ndarray) -> dict[str, np.ndarray]:
+    """The report's columns: each kind of row, then products with text, then all."""
+    masks = {k: kinds == k for k in KINDS}
+    masks["with text"] = kinds != "image only"
+    masks["all"] = np.ones(len(kinds), dtype=bool)
+    return masks
+
+
 def build_report(scores: dict[str, np.ndarray], labels: np.ndarray, kinds: np.ndarray, codes: list[int],
                  extra: dict) -> dict:
     from sklearn.metrics import f1_score
 
     from shopclip.training.metrics import calibration
 
-    masks = {k: kinds == k for k in KINDS}
-    masks["with text"] = kinds != "image only"
-    masks["all"] = np.ones(len(kinds), dtype=bool)
     table = {}
     for name, probs in scores.items():
         answered = ~np.isnan(probs).any(axis=1)
         row = {}
-        for column, mask in masks.items():
+        for column, mask in _column_masks(kinds).items():
             rows = mask & answered
             if rows.sum() == 0 or rows.sum() < mask.sum():  # a method that cannot answer every row is left out
                 continue
@@ -308,6 +360,67 @@ def build_report(scores: dict[str, np.ndarray], labels: np.ndarray, kinds: np.nd
         report["shopclip_calibration"] = {"ece": calibrated["ece"],
                                           "default_threshold": calibrated["abstain"][f"{ABSTAIN_THRESHOLD:.1f}"]}
     return report
+
+
+def save_predictions(path: Path, productids: list[int], labels: np.ndarray, kinds: np.ndarray,
+                     scores: dict[str, np.ndarray]) -> None:
+    """Every method's held-out probabilities (rows: products, NaN where a method does not answer)."""
+    np.savez_compressed(path, productids=np.asarray(productids), labels=labels, kinds=kinds,
+                        **{f"method:{name}": probs for name, probs in scores.items()})
+
+
+def load_predictions(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as saved:
+        return {key: saved[key] for key in saved.files}
+
+
+def paired_comparison(scores: dict[str, np.ndarray], labels: np.ndarray, kinds: np.ndarray, productids: list[int],
+                      reference: dict[str, np.ndarray], draws: int = 1000, seed: int = 0) -> dict:
+    """Per method in both runs and per kind of row: weighted F1 of this run minus the reference's on the same
+    products, a 95% bootstrap interval of that difference (products resampled, both runs scored on each draw),
+    and how many products this run gets right that the reference gets wrong ("fixed") and the reverse.
+
+    Raises ValueError when the runs did not score the same products with the same labels (other data or folds
+    would make the difference meaningless)."""
+    from sklearn.metrics import f1_score
+
+    if (not np.array_equal(reference["productids"], np.asarray(productids))
+            or not np.array_equal(reference["labels"], labels)):
+        raise ValueError("--compare: the reference run scored other products or labels; compare runs over the "
+                         "same data")
+    rng = np.random.default_rng(seed)
+    out: dict[str, dict] = {}
+    for name, probs in scores.items():
+        theirs = reference.get(f"method:{name}")
+        if theirs is None:
+            continue
+        for column, mask in _column_masks(kinds).items():
+            rows = np.flatnonzero(mask & ~np.isnan(probs).any(axis=1) & ~np.isnan(theirs).any(axis=1))
+            if len(rows) < mask.sum() or len(rows) == 0:
+                continue
+            ours_pred, theirs_pred, truth = probs[rows].argmax(1), theirs[rows].argmax(1), labels[rows]
+
+            def delta(sample: np.ndarray) -> float:
+                return (f1_score(truth[sample], ours_pred[sample], average="weighted")
+                        - f1_score(truth[sample], theirs_pred[sample], average="weighted"))
+
+            boot = [delta(rng.integers(0, len(rows), len(rows))) for _ in range(draws)]
+            right, was_right = ours_pred == truth, theirs_pred == truth
+            out.setdefault(name, {})[column] = {
+                "delta": float(delta(np.arange(len(rows)))), "low": float(np.percentile(boot, 2.5)),
+                "high": float(np.percentile(boot, 97.5)), "fixed": int((right & ~was_right).sum()),
+                "broken": int((~right & was_right).sum()), "n": int(len(rows))}
+    return out
+
+
+def format_comparison(comparison: dict, reference: str) -> str:
+    lines = [f"\npaired with {reference}: weighted F1 of this run minus the reference's [95% bootstrap interval]; "
+             "products fixed / broken"]
+    for name, columns in comparison.items():
+        for column, c in columns.items():
+            lines.append(f"{LABELS.get(name, name):<36}{column:>12}  {c['delta']:+.4f} [{c['low']:+.4f}, "
+                         f"{c['high']:+.4f}]  {c['fixed']} / {c['broken']} of {c['n']}")
+    return "\n".join(lines)
 
 
 def format_report(report: dict) -> str:

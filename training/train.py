@@ -454,7 +454,7 @@ class Trainer:
                 "history": [asdict(h) for h in self.history],
                 "trained_on": {"products": len(learnt_from), "refit_on_validation": bool(
                     self.config.refit and self.selection), "epochs": self.best_epoch or self.config.epochs,
-                    "productids_sha256": _ids_digest(learnt_from)},
+                    "productids_sha256": productids_digest(learnt_from)},
             },
             "metrics": {"val_weighted_f1_head": self.best_f1,
                         "val_weighted_f1_classify": selection["figures"].get("val_weighted_f1", -1.0)},
@@ -486,7 +486,8 @@ class Trainer:
                 "figures": {}}
 
 
-def _ids_digest(productids: Sequence[int]) -> str:
+def productids_digest(productids: Sequence[int]) -> str:
+    """`training.trained_on.productids_sha256` of a bundle that learnt from these products (sorted productids)."""
     import hashlib
 
     return hashlib.sha256(",".join(map(str, productids)).encode()).hexdigest()[:16]
