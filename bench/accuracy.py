@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     labels = np.searchsorted(codes, [p.prdtypecode for p in products])
     kinds = np.array([kind_of(p) for p in products])
     folds = make_folds(labels, args.folds, args.seed)
+    productids = [p.productid for p in products]
+    reference = load_reference(Path(args.compare), productids, labels) if args.compare else None
     features = baseline_features(products, Path(args.cache))
     methods = [m for m in args.methods.split(",") if m]
     scores: dict[str, np.ndarray] = {}
@@ -85,12 +87,10 @@ def main(argv: list[str] | None = None) -> int:
                    "seconds": round(time.monotonic() - started, 1)})
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "accuracy.json").write_text(json.dumps(report, indent=2))
-    save_predictions(Path(args.out) / PREDICTIONS, [p.productid for p in products], labels, kinds, scores)
+    save_predictions(Path(args.out) / PREDICTIONS, productids, labels, kinds, scores)
     print(format_report(report))
-    if args.compare:
-        reference = load_predictions(Path(args.compare))
-        comparison = paired_comparison(scores, labels, kinds, [p.productid for p in products], reference)
-        print(format_comparison(comparison, args.compare))
+    if reference is not None:
+        print(format_comparison(paired_comparison(scores, labels, kinds, productids, reference), args.compare))
     return 0
 
 
@@ -111,7 +111,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="a candidate: shopclip with its text towers in this precision (default: the model's)")
     parser.add_argument("--reuse-bundles", action="store_true",
                         help="classify with a fold's bundle already under --out when it learnt from exactly that "
-                             "fold's training products with the same model settings, instead of training it again")
+                             "fold's training products with the same model and training settings, instead of "
+                             "training it again")
     parser.add_argument("--compare", metavar="PREDICTIONS",
                         help=f"another run's {PREDICTIONS} (same folds): paired differences with this run")
     return parser.parse_args(argv)
@@ -374,6 +375,24 @@ def load_predictions(path: Path) -> dict[str, np.ndarray]:
         return {key: saved[key] for key in saved.files}
 
 
+def load_reference(path: Path, productids: list[int], labels: np.ndarray) -> dict[str, np.ndarray]:
+    """--compare's run, checked before an hour of folds: it must have scored these products with these labels.
+    Exits with a message naming the file otherwise."""
+    try:
+        reference = load_predictions(path)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"--compare {path}: cannot read it ({exc})") from None
+    if not _same_products(reference, productids, labels):
+        raise SystemExit(f"--compare {path}: that run scored other products or labels; compare runs over the "
+                         "same data")
+    return reference
+
+
+def _same_products(reference: dict[str, np.ndarray], productids: list[int], labels: np.ndarray) -> bool:
+    return (np.array_equal(reference.get("productids"), np.asarray(productids))
+            and np.array_equal(reference.get("labels"), labels))
+
+
 def paired_comparison(scores: dict[str, np.ndarray], labels: np.ndarray, kinds: np.ndarray, productids: list[int],
                       reference: dict[str, np.ndarray], draws: int = 1000, seed: int = 0) -> dict:
     """Per method in both runs and per kind of row: weighted F1 of this run minus the reference's on the same
@@ -384,8 +403,7 @@ def paired_comparison(scores: dict[str, np.ndarray], labels: np.ndarray, kinds: 
     would make the difference meaningless)."""
     from sklearn.metrics import f1_score
 
-    if (not np.array_equal(reference["productids"], np.asarray(productids))
-            or not np.array_equal(reference["labels"], labels)):
+    if not _same_products(reference, productids, labels):
         raise ValueError("--compare: the reference run scored other products or labels; compare runs over the "
                          "same data")
     rng = np.random.default_rng(seed)

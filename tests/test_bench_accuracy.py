@@ -112,3 +112,14 @@ def test_a_fold_bundle_is_reused_only_for_the_same_products_and_settings(bench, 
     assert not bench.reusable_bundle(tmp_path / "nothing", [9, 5, 3], model, training)
     (folder / "config.json").write_text("{not json")
     assert not bench.reusable_bundle(folder, [9, 5, 3], model, training)
+
+
+def test_compare_refuses_another_runs_products_before_the_folds_start(bench, tmp_path, runs):
+    labels, kinds, reference, _ = runs
+    path = tmp_path / bench.PREDICTIONS
+    bench.save_predictions(path, list(range(60)), labels, kinds, {"shopclip": reference})
+    assert set(bench.load_reference(path, list(range(60)), labels)) >= {"productids", "method:shopclip"}
+    with pytest.raises(SystemExit, match="other products or labels"):
+        bench.load_reference(path, list(range(60)), (labels + 1) % 3)
+    with pytest.raises(SystemExit, match="cannot read"):
+        bench.load_reference(tmp_path / "missing.npz", list(range(60)), labels)
