@@ -434,6 +434,8 @@ def paired_comparison(scores: dict[str, np.ndarray], labels: np.ndarray, kinds: 
 def format_comparison(comparison: dict, reference: str) -> str:
     lines = [f"\npaired with {reference}: weighted F1 of this run minus the reference's [95% bootstrap interval]; "
              "products fixed / broken"]
+    if not comparison:
+        lines.append("(no method scored every product in both runs)")
     for name, columns in comparison.items():
         for column, c in columns.items():
             lines.append(f"{LABELS.get(name, name):<36}{column:>12}  {c['delta']:+.4f} [{c['low']:+.4f}, "

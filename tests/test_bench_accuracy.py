@@ -81,6 +81,7 @@ def test_paired_comparison_counts_fixed_and_broken_products(bench, tmp_path, run
                                    draws=50)["shopclip"]["all"]
     assert (same["delta"], same["low"], same["high"], same["fixed"], same["broken"]) == (0, 0, 0, 0, 0)
     assert "+0." in bench.format_comparison(comparison, str(path))
+    assert "no method" in bench.format_comparison({}, str(path))
 
 
 def test_paired_comparison_refuses_runs_over_other_products(bench, tmp_path, runs):
