@@ -290,12 +290,14 @@ def reusable_bundle(out: Path, productids: list[int], model_config, train_config
     """Whether `out` holds a bundle that learnt from exactly `productids` with these model and training settings
     (the codes aside, which follow the products). Code changes since it was trained are not seen: reuse is for
     classifying again with the same checkout, e.g. to write the predictions of a run from before they were kept."""
+    from shopclip.errors import NotFound
+    from shopclip.model.bundle import read_bundle_config
     from shopclip.training.train import productids_digest
 
     try:
-        bundle = json.loads((out / "config.json").read_text())
+        bundle = read_bundle_config(out)
         model, training = bundle["model"], bundle["training"]
-    except (OSError, ValueError, KeyError):
+    except (NotFound, ValueError, KeyError):
         return False
     return (training.get("trained_on", {}).get("productids_sha256") == productids_digest(sorted(productids))
             and _holds(model, {k: v for k, v in _as_json(model_config).items() if k != "codes"})

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from shopclip.model.bundle import BUNDLE_FORMAT, MODEL_FILE
 from shopclip.model.config import ModelConfig
 from shopclip.training.config import TrainConfig
 from shopclip.training.train import productids_digest
@@ -93,9 +94,12 @@ def test_paired_comparison_refuses_runs_over_other_products(bench, tmp_path, run
 
 
 def _bundle(folder: Path, productids: list[int], model: ModelConfig, training: TrainConfig) -> Path:
+    """What reuse reads of a bundle: its config.json, beside a weights file."""
     folder.mkdir()
+    (folder / MODEL_FILE).write_bytes(b"")
     recorded_training = {**json.loads(json.dumps(asdict(training))), "split_fractions": [0.15, 0.0]}
     (folder / "config.json").write_text(json.dumps({
+        "format": BUNDLE_FORMAT,
         "model": {**json.loads(json.dumps(asdict(model))), "codes": [10, 40]},
         "training": {"config": recorded_training,
                      "trained_on": {"productids_sha256": productids_digest(sorted(productids))}}}))
@@ -111,6 +115,9 @@ def test_a_fold_bundle_is_reused_only_for_the_same_products_and_settings(bench, 
                                      training)
     assert not bench.reusable_bundle(folder, [9, 5, 3], model, replace(training, epochs=training.epochs + 1))
     assert not bench.reusable_bundle(tmp_path / "nothing", [9, 5, 3], model, training)
+    (folder / MODEL_FILE).unlink()  # a fold whose training stopped before it wrote its weights
+    assert not bench.reusable_bundle(folder, [9, 5, 3], model, training)
+    (folder / MODEL_FILE).write_bytes(b"")
     (folder / "config.json").write_text("{not json")
     assert not bench.reusable_bundle(folder, [9, 5, 3], model, training)
 
